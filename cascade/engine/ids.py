@@ -1,0 +1,70 @@
+"""Ids that carry their hash slot, like Redis Cluster's 16,384 slots.
+
+A send id embeds the slot of its recipient, so a message id routes to its
+shard without a lookup, and a recipient's sends and inbox share a shard.
+Internally a send id is a 60-bit int (slot << 46 | random); it prints as
+`snd_` + 15 hex digits and a message id as `<sendId>.<step>`.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+__all__ = [
+    "SLOTS",
+    "format_message_id",
+    "format_send_id",
+    "new_send_key",
+    "parse_message_id",
+    "parse_send_id",
+    "slot_of",
+    "slot_of_key",
+]
+
+SLOTS = 16384
+_RANDOM_BITS = 46
+_RANDOM_MASK = (1 << _RANDOM_BITS) - 1
+_PREFIX = "snd_"
+_HEX_DIGITS = 15
+_rng = random.SystemRandom()
+
+
+def slot_of(recipient_id: str) -> int:
+    return zlib.crc32(recipient_id.encode()) % SLOTS
+
+
+def new_send_key(slot: int) -> int:
+    return (slot << _RANDOM_BITS) | (_rng.getrandbits(_RANDOM_BITS) or 1)
+
+
+def slot_of_key(key: int) -> int:
+    return key >> _RANDOM_BITS
+
+
+def format_send_id(key: int) -> str:
+    return f"{_PREFIX}{key:015x}"
+
+
+def format_message_id(key: int, step: int) -> str:
+    return f"{_PREFIX}{key:015x}.{step}"
+
+
+def parse_send_id(text: str) -> int | None:
+    if len(text) != len(_PREFIX) + _HEX_DIGITS or not text.startswith(_PREFIX):
+        return None
+    try:
+        return int(text[len(_PREFIX) :], 16)
+    except ValueError:
+        return None
+
+
+def parse_message_id(text: str) -> tuple[int, int] | None:
+    """(send key, step) or None when `text` is not a message id."""
+    send_part, dot, step_part = text.partition(".")
+    if not dot or not step_part.isdigit() or len(step_part) > 2:
+        return None
+    key = parse_send_id(send_part)
+    if key is None:
+        return None
+    return key, int(step_part)

@@ -1,0 +1,47 @@
+"""An in-memory provider for users' tests: it records every message it is
+handed and can be told to refuse them, like a provider that is down."""
+
+from __future__ import annotations
+
+import threading
+
+from .base import DeliveryOutcome, OutgoingMessage
+
+__all__ = ["MemoryProvider"]
+
+
+class MemoryProvider:
+    synchronous = True
+
+    def __init__(self, name: str = "memory", record: bool = True) -> None:
+        self.name = name
+        self.record = record
+        self.messages: list[OutgoingMessage] = []
+        self.accepted = 0
+        self.refused = 0
+        self._failing = False
+        self._lock = threading.Lock()
+
+    def fail(self, failing: bool = True) -> None:
+        """Refuse every later message (as after exhausted retries)."""
+        self._failing = failing
+
+    def deliver_now(self, message: OutgoingMessage) -> DeliveryOutcome:
+        if self._failing:
+            with self._lock:
+                self.refused += 1
+            return DeliveryOutcome(False, "retries_exhausted")
+        with self._lock:
+            self.accepted += 1
+            if self.record:
+                self.messages.append(message)
+        return _OK
+
+    async def deliver(self, message: OutgoingMessage) -> DeliveryOutcome:
+        return self.deliver_now(message)
+
+    async def close(self) -> None:
+        return None
+
+
+_OK = DeliveryOutcome(True)

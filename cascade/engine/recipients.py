@@ -1,0 +1,108 @@
+"""Recipients: addresses and per-channel preferences.
+
+A recipient lives on the shard of its hash slot, beside its sends and its
+in-app inbox. Validation is strict about shapes and lenient about formats
+(an email needs an @, a phone number digits), as providers know best.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .channels import CHANNELS
+from .errors import Detail, InvalidInput
+
+__all__ = ["Recipient", "validate_recipient", "RECIPIENT_ID"]
+
+RECIPIENT_ID = re.compile(r"[^\s/]{1,128}")
+_PHONE = re.compile(r"\+?[0-9][0-9 ().-]{2,30}")
+_FIELDS = ("email", "phone", "pushTokens", "preferences")
+
+
+class Recipient:
+    __slots__ = ("id", "email", "phone", "push_tokens", "preferences")
+
+    def __init__(self, rid: str, email: str | None = None, phone: str | None = None,
+                 push_tokens: tuple[str, ...] = (), preferences: dict[str, bool] | None = None) -> None:
+        self.id = rid
+        self.email = email
+        self.phone = phone
+        self.push_tokens = push_tokens
+        self.preferences = preferences or {}
+
+    def address(self, field: str | None) -> Any:
+        if field is None:
+            return True
+        if field == "email":
+            return self.email
+        if field == "phone":
+            return self.phone
+        return self.push_tokens
+
+    def opted_out(self, channel: str) -> bool:
+        return self.preferences.get(channel) is False
+
+    def view(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id}
+        if self.email is not None:
+            out["email"] = self.email
+        if self.phone is not None:
+            out["phone"] = self.phone
+        if self.push_tokens:
+            out["pushTokens"] = list(self.push_tokens)
+        out["preferences"] = dict(self.preferences)
+        return out
+
+    def to_record(self) -> tuple[Any, ...]:
+        return (self.id, self.email, self.phone, list(self.push_tokens), self.preferences)
+
+    @classmethod
+    def from_record(cls, rec: Any) -> Recipient:
+        rid, email, phone, tokens, prefs = rec
+        return cls(rid, email, phone, tuple(tokens), dict(prefs))
+
+
+def validate_recipient(rid: Any, body: Any, path: str = "$") -> list[Detail]:
+    errs: list[Detail] = []
+    id_path = f"{path}.id" if path != "$" else "$.id"
+    if not isinstance(rid, str) or not RECIPIENT_ID.fullmatch(rid):
+        errs.append((id_path, f"recipient id {rid!r} must be 1-128 characters without spaces or '/'"))
+    if not isinstance(body, dict):
+        return errs + [(path, "a recipient must be a JSON object")]
+    for k in body:
+        if k not in _FIELDS and k != "id":
+            errs.append((f"{path}.{k}", f"unknown field {k!r}; allowed: id, {', '.join(_FIELDS)}"))
+    email = body.get("email")
+    if email is not None and (not isinstance(email, str) or "@" not in email or len(email) > 320):
+        errs.append((f"{path}.email", f"email {email!r} is not an email address"))
+    phone = body.get("phone")
+    if phone is not None and (not isinstance(phone, str) or not _PHONE.fullmatch(phone)):
+        errs.append((f"{path}.phone", f"phone {phone!r} is not a phone number (digits, optional leading +)"))
+    tokens = body.get("pushTokens")
+    if tokens is not None:
+        if not isinstance(tokens, list):
+            errs.append((f"{path}.pushTokens", "pushTokens must be a list of strings"))
+        else:
+            for i, t in enumerate(tokens):
+                if not isinstance(t, str) or not t:
+                    errs.append((f"{path}.pushTokens[{i}]", "a push token must be a non-empty string"))
+    prefs = body.get("preferences")
+    if prefs is not None:
+        if not isinstance(prefs, dict):
+            errs.append((f"{path}.preferences", "preferences must be an object of channel: true|false"))
+        else:
+            for ch, on in prefs.items():
+                if ch not in CHANNELS:
+                    errs.append((f"{path}.preferences.{ch}", f"channel {ch!r} is not one of {', '.join(CHANNELS)}"))
+                elif not isinstance(on, bool):
+                    errs.append((f"{path}.preferences.{ch}", "a preference must be true or false"))
+    return errs
+
+
+def build_recipient(rid: str, body: dict[str, Any], path: str = "$") -> Recipient:
+    errs = validate_recipient(rid, body, path)
+    if errs:
+        raise InvalidInput(f"recipient is invalid: {errs[0][1]}", errs)
+    return Recipient(rid, body.get("email"), body.get("phone"),
+                     tuple(body.get("pushTokens") or ()), dict(body.get("preferences") or {}))
