@@ -13,7 +13,7 @@ from typing import Any
 from .channels import CHANNELS
 from .errors import Detail, InvalidInput
 
-__all__ = ["Recipient", "validate_recipient", "RECIPIENT_ID"]
+__all__ = ["RECIPIENT_ID", "Recipient", "RecipientUpdate", "validate_recipient"]
 
 RECIPIENT_ID = re.compile(r"[^\s/]{1,128}")
 _PHONE = re.compile(r"\+?[0-9][0-9 ().-]{2,30}")
@@ -21,7 +21,7 @@ _FIELDS = ("email", "phone", "pushTokens", "preferences")
 
 
 class Recipient:
-    __slots__ = ("id", "email", "phone", "push_tokens", "preferences")
+    __slots__ = ("id", "email", "phone", "push_tokens", "preferences", "inbox")
 
     def __init__(self, rid: str, email: str | None = None, phone: str | None = None,
                  push_tokens: tuple[str, ...] = (), preferences: dict[str, bool] | None = None) -> None:
@@ -30,6 +30,7 @@ class Recipient:
         self.phone = phone
         self.push_tokens = push_tokens
         self.preferences = preferences or {}
+        self.inbox: list[Any] | None = None  # (send, step index), oldest first; see inbox.py
 
     def address(self, field: str | None) -> Any:
         if field is None:
@@ -100,9 +101,25 @@ def validate_recipient(rid: Any, body: Any, path: str = "$") -> list[Detail]:
     return errs
 
 
-def build_recipient(rid: str, body: dict[str, Any], path: str = "$") -> Recipient:
-    errs = validate_recipient(rid, body, path)
-    if errs:
-        raise InvalidInput(f"recipient is invalid: {errs[0][1]}", errs)
-    return Recipient(rid, body.get("email"), body.get("phone"),
-                     tuple(body.get("pushTokens") or ()), dict(body.get("preferences") or {}))
+class RecipientUpdate:
+    """A validated recipient body, applied on the recipient's shard."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, rid: str, body: dict[str, Any], path: str = "$") -> None:
+        errs = validate_recipient(rid, body, path)
+        if errs:
+            raise InvalidInput(f"recipient is invalid: {errs[0][1]}", errs)
+        self.fields = {k: v for k, v in body.items() if k != "id"}
+
+    def merge_into(self, rcpt: Recipient, replace: bool = False) -> None:
+        """PUT replaces every field; a send's inline recipient only sets those it names."""
+        f = self.fields
+        if replace or "email" in f:
+            rcpt.email = f.get("email")
+        if replace or "phone" in f:
+            rcpt.phone = f.get("phone")
+        if replace or "pushTokens" in f:
+            rcpt.push_tokens = tuple(f.get("pushTokens") or ())
+        if replace or "preferences" in f:
+            rcpt.preferences = dict(f.get("preferences") or {})

@@ -13,9 +13,10 @@ __all__ = ["MemoryProvider"]
 class MemoryProvider:
     synchronous = True
 
-    def __init__(self, name: str = "memory", record: bool = True) -> None:
+    def __init__(self, name: str = "memory", record: bool = True, sink: list[str] | None = None) -> None:
         self.name = name
         self.record = record
+        self.sink = sink  # message ids in delivery order, shareable between providers
         self.messages: list[OutgoingMessage] = []
         self.accepted = 0
         self.refused = 0
@@ -35,6 +36,8 @@ class MemoryProvider:
             self.accepted += 1
             if self.record:
                 self.messages.append(message)
+            if self.sink is not None:
+                self.sink.append(message.message_id)
         return _OK
 
     async def deliver(self, message: OutgoingMessage) -> DeliveryOutcome:

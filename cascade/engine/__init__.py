@@ -1,0 +1,13 @@
+"""The sequencing engine: templates, recipients, send actors on pykka shards,
+timers, delivery and per-step metrics. `Engine` is the front of it."""
+
+from .clock import Clock, ManualClock, RealClock, ScaledClock
+from .errors import AlreadyFinished, CascadeError, Conflict, InvalidInput, NotFound, Overloaded, TemplateInvalid
+from .providers import DeliveryOutcome, LogProvider, MemoryProvider, OutgoingMessage, Provider
+from .supervisor import Engine, EngineConfig, Event
+
+__all__ = [
+    "AlreadyFinished", "CascadeError", "Clock", "Conflict", "DeliveryOutcome", "Engine", "EngineConfig",
+    "Event", "InvalidInput", "LogProvider", "ManualClock", "MemoryProvider", "NotFound", "OutgoingMessage",
+    "Overloaded", "Provider", "RealClock", "ScaledClock", "TemplateInvalid",
+]

@@ -1,0 +1,79 @@
+"""Per-step and per-outcome counters, kept as plain integers in each shard.
+
+A group is a template ("t:<id>") or a campaign ("c:<id>"). Rows are keyed by
+(step number, channel) so the counts of a step survive template versions that
+keep it. A send points at one `Counters` per group it belongs to; the state
+machine bumps them directly, with no lock and no prometheus call on the hot
+path. Readers get copies summed across shards at read time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .sequence import STEP_COLUMNS, Counters
+from .templates import TemplateVersion
+
+__all__ = ["CounterBook", "GroupTotals", "SEND_COLUMNS", "STEP_COLUMNS", "merge_totals"]
+
+SEND_COLUMNS = ("started", "stopped", "completed", "cancelled", "failed")
+
+# (send outcome counts, {(step, channel): step counts})
+GroupTotals = tuple[list[int], dict[tuple[int, str], list[int]]]
+
+
+class _Group:
+    __slots__ = ("sends", "rows")
+
+    def __init__(self) -> None:
+        self.sends = [0] * len(SEND_COLUMNS)
+        self.rows: dict[tuple[int, str], list[int]] = {}
+
+
+class CounterBook:
+    def __init__(self) -> None:
+        self._groups: dict[str, _Group] = {}
+        self._views: dict[tuple[str, str, int], Counters] = {}
+
+    def counters_for(self, group: str, tpl: TemplateVersion) -> Counters:
+        view_key = (group, tpl.id, tpl.version)
+        view = self._views.get(view_key)
+        if view is None:
+            g = self._groups.get(group)
+            if g is None:
+                g = self._groups[group] = _Group()
+            rows = tuple(g.rows.setdefault((s.number, s.channel), [0] * len(STEP_COLUMNS)) for s in tpl.steps)
+            view = self._views[view_key] = Counters(g.sends, rows)
+        return view
+
+    def totals(self, groups: list[str] | None = None) -> dict[str, GroupTotals]:
+        names = self._groups.keys() if groups is None else [g for g in groups if g in self._groups]
+        return {n: (list(self._groups[n].sends), {k: list(v) for k, v in self._groups[n].rows.items()})
+                for n in names}
+
+    def to_record(self) -> list[Any]:
+        return [[n, g.sends, [[k[0], k[1], v] for k, v in g.rows.items()]] for n, g in self._groups.items()]
+
+    def load_record(self, rec: list[Any]) -> None:
+        for name, sends, rows in rec:
+            g = self._groups.setdefault(name, _Group())
+            g.sends[:] = sends
+            for step, channel, values in rows:
+                g.rows.setdefault((step, channel), [0] * len(STEP_COLUMNS))[:] = values
+
+
+def merge_totals(parts: list[dict[str, GroupTotals]]) -> dict[str, GroupTotals]:
+    out: dict[str, GroupTotals] = {}
+    for part in parts:
+        for name, (sends, rows) in part.items():
+            acc = out.get(name)
+            if acc is None:
+                out[name] = (list(sends), {k: list(v) for k, v in rows.items()})
+                continue
+            for i, v in enumerate(sends):
+                acc[0][i] += v
+            for k, v in rows.items():
+                row = acc[1].setdefault(k, [0] * len(v))
+                for i, x in enumerate(v):
+                    row[i] += x
+    return out

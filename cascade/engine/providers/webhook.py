@@ -1,0 +1,144 @@
+"""The `webhook` provider: POST each message to the user's endpoint.
+
+Owns the HTTP side of API.md § Delivery to providers. Invariants:
+- the body is compact UTF-8 JSON of `OutgoingMessage.payload()`, signed (when
+  a secret is set) over exactly the bytes that are sent, and every attempt of
+  one message carries the same `Idempotency-Key`, so re-posts are harmless;
+- 408, 429, 5xx, timeouts and connection errors are retried, at most
+  `max_attempts` attempts in all, sleeping with capped exponential backoff and
+  full jitter (or the server's `Retry-After`, capped too) between them;
+- `deliver` never raises for network trouble: it answers a `DeliveryOutcome`.
+One `aiohttp.ClientSession` (keep-alive, at most `max_in_flight` connections)
+is created lazily on the loop that first delivers, and closed by `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import random
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from .base import DeliveryOutcome, OutgoingMessage
+
+__all__ = ["WebhookProvider"]
+
+_RETRYABLE_STATUSES = frozenset({408, 429})
+# Connection trouble of every kind: refused, reset, DNS, TLS, broken payloads.
+_NETWORK_ERRORS = (aiohttp.ClientError, OSError)
+
+
+class WebhookProvider:
+    """Asynchronous provider posting to one URL, with its own retries."""
+
+    synchronous = False
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        secret: str | None = None,
+        timeout_s: float = 5.0,
+        max_attempts: int = 3,
+        backoff_base_s: float = 0.2,
+        backoff_max_s: float = 5.0,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        *,
+        max_in_flight: int = 256,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"webhook url {url!r} is not allowed; use an absolute http:// or https:// URL")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s {timeout_s!r} is not allowed; it must be greater than 0")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts {max_attempts!r} is not allowed; it must be at least 1")
+        if backoff_base_s < 0 or backoff_max_s < 0:
+            raise ValueError(
+                f"backoff_base_s {backoff_base_s!r} / backoff_max_s {backoff_max_s!r} are not allowed; use values >= 0"
+            )
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight {max_in_flight!r} is not allowed; it must be at least 1")
+        self.name = name
+        self.url = url
+        self.timeout_s = float(timeout_s)
+        self.max_attempts = max_attempts
+        self.backoff_base_s = float(backoff_base_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.max_in_flight = max_in_flight
+        self._secret = secret.encode("utf-8") if secret is not None else None
+        self._rng = rng if rng is not None else random.Random()
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+
+    def deliver_now(self, message: OutgoingMessage) -> DeliveryOutcome:
+        raise TypeError(f"provider {self.name!r} is asynchronous; await deliver() on the delivery loop")
+
+    async def deliver(self, message: OutgoingMessage) -> DeliveryOutcome:
+        body = json.dumps(message.payload(), separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+        headers = {"Content-Type": "application/json", "Idempotency-Key": message.message_id}
+        if self._secret is not None:
+            digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
+            headers["X-Cascade-Signature"] = f"sha256={digest}"
+        session = self._get_session()
+        last = ""
+        for attempt in range(1, self.max_attempts + 1):
+            retry_after: str | None = None
+            try:
+                status, retry_after = await self._post(session, body, headers)
+            except asyncio.TimeoutError:  # also aiohttp.ServerTimeoutError
+                last = "timeout"
+            except _NETWORK_ERRORS as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                if 200 <= status < 300:
+                    return DeliveryOutcome(True, attempts=attempt)
+                if status not in _RETRYABLE_STATUSES and not 500 <= status < 600:
+                    return DeliveryOutcome(False, f"http_{status}", attempts=attempt)
+                last = f"http_{status}"
+            if attempt < self.max_attempts:
+                await self._sleep(self._delay(attempt, retry_after))
+        return DeliveryOutcome(False, f"retries_exhausted: {last}", attempts=self.max_attempts)
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created here rather than in __init__: a session belongs to the loop
+        # it is made on, and the provider is built before the loop runs.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.max_in_flight)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            )
+        return self._session
+
+    async def _post(
+        self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str | None]:
+        # No redirects: aiohttp would turn a 302'd POST into a GET, losing the body.
+        async with session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
+            # The answer is in the status line; reading the body only returns
+            # the connection to the keep-alive pool, so its failure is moot.
+            with contextlib.suppress(asyncio.TimeoutError, *_NETWORK_ERRORS):
+                await resp.read()
+            return resp.status, resp.headers.get("Retry-After")
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after is not None:
+            try:
+                seconds = float(retry_after)
+            except ValueError:
+                seconds = -1.0  # an HTTP-date: fall back to our own backoff
+            if seconds >= 0:  # also rejects NaN
+                return min(seconds, self.backoff_max_s)
+        return self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))

@@ -1,0 +1,152 @@
+"""The bridge from shard threads back to callers, threads or asyncio.
+
+A `Reply` is resolved once by a shard. A blocking caller waits on it; an
+asyncio caller awaits it, and the shard resolves the asyncio future with
+`loop.call_soon_threadsafe` — one call per shard batch for all the replies
+of one loop (`resolve_batch`), never a blocking pykka `get()` on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Generator
+
+__all__ = ["Gather", "Reply", "resolve_batch"]
+
+_UNSET = object()
+
+
+class Reply:
+    __slots__ = ("_value", "_error", "_event", "_future", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._value: Any = _UNSET
+        self._error: BaseException | None = None
+        self._loop = loop
+        self._event = None if loop is not None else threading.Event()
+        self._future: asyncio.Future[Any] | None = loop.create_future() if loop is not None else None
+
+    @classmethod
+    def here(cls) -> Reply:
+        """A reply for the calling context: asyncio-aware when a loop runs."""
+        try:
+            return cls(asyncio.get_running_loop())
+        except RuntimeError:
+            return cls()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop
+
+    # Called on the shard thread (or the loop thread for `_apply`).
+    def set(self, value: Any) -> None:
+        self._value = value
+        if self._event is not None:
+            self._event.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self._error = error
+        self._value = None
+        if self._event is not None:
+            self._event.set()
+
+    def _apply(self) -> None:
+        fut = self._future
+        if fut is None or fut.done():
+            return
+        if self._error is not None:
+            fut.set_exception(self._error)
+        else:
+            fut.set_result(self._value)
+
+    def wait(self, timeout: float | None = 30.0) -> Any:
+        if self._event is None:
+            raise RuntimeError("an asyncio reply must be awaited")
+        if not self._event.wait(timeout):
+            raise TimeoutError("the engine did not answer in time")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._future is None:
+            raise RuntimeError("a blocking reply must be waited on with wait()")
+        return self._future.__await__()
+
+
+def _apply_all(replies: list[Reply]) -> None:
+    for r in replies:
+        r._apply()
+
+
+def resolve_batch(replies: list[Reply]) -> None:
+    """Wake every waiter of a batch: one thread hop per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Reply]] = {}
+    for r in replies:
+        if r._loop is not None:
+            by_loop.setdefault(r._loop, []).append(r)
+    for loop, group in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_apply_all, group)
+        except RuntimeError:
+            pass  # the loop has closed: nobody is waiting any more
+
+
+class Gather:
+    """Fan-in of one request split across shards: `parts()` go to the shards,
+    and `parent` is resolved with `combine(results)` when the last arrives."""
+
+    def __init__(self, n: int, combine: Any, parent: Reply) -> None:
+        self._results: list[Any] = [None] * n
+        self._left = n
+        self._lock = threading.Lock()
+        self._combine = combine
+        self._parent = parent
+        self._error: BaseException | None = None
+        if n == 0:
+            self._finish()
+
+    def part(self, i: int) -> _Part:
+        return _Part(self, i)
+
+    def _done(self, i: int, value: Any, error: BaseException | None) -> None:
+        with self._lock:
+            self._results[i] = value
+            if error is not None and self._error is None:
+                self._error = error
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._finish()
+
+    def _finish(self) -> None:
+        parent = self._parent
+        if self._error is not None:
+            parent.set_error(self._error)
+        else:
+            try:
+                parent.set(self._combine(self._results))
+            except Exception as exc:  # noqa: BLE001 - hand it to the waiter
+                parent.set_error(exc)
+        loop = parent.loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(parent._apply)
+            except RuntimeError:
+                pass
+
+
+class _Part:
+    __slots__ = ("_gather", "_i", "_loop")
+
+    def __init__(self, gather: Gather, i: int) -> None:
+        self._gather = gather
+        self._i = i
+        self._loop = None  # resolve_batch skips parts: the gather wakes its parent
+
+    def set(self, value: Any) -> None:
+        self._gather._done(self._i, value, None)
+
+    def set_error(self, error: BaseException) -> None:
+        self._gather._done(self._i, None, error)

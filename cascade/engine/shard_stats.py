@@ -1,0 +1,44 @@
+"""Plain statistics a shard keeps for Prometheus: written by the shard's own
+thread only, read (racily, which is fine for monitoring) at scrape time."""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+from .channels import SIGNALS
+
+__all__ = ["LATENESS_BUCKETS", "ShardStats"]
+
+LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
+_OUTCOMES = ("accepted", "duplicate", "unknown_message", "unsupported_signal")
+
+
+class ShardStats:
+    def __init__(self) -> None:
+        self.signals = [[0] * len(_OUTCOMES) for _ in SIGNALS]  # [kind][outcome]
+        self.lateness_counts = [0] * (len(LATENESS_BUCKETS) + 1)
+        self.lateness_sum = 0.0
+        self.deliveries: dict[tuple[str, str, str], int] = {}
+
+    def signal(self, kind: int, outcome: int) -> None:
+        self.signals[kind][outcome] += 1
+
+    def timer_fired(self, lateness: float) -> None:
+        lateness = max(0.0, lateness)
+        self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS, lateness)] += 1
+        self.lateness_sum += lateness
+
+    def delivered(self, channel: str, provider: str, ok: bool) -> None:
+        key = (channel, provider, "ok" if ok else "failed")
+        self.deliveries[key] = self.deliveries.get(key, 0) + 1
+
+    def snapshot(self, **gauges: int) -> dict[str, Any]:
+        return {
+            **gauges,
+            "signals": {(SIGNALS[k], _OUTCOMES[o]): n for k, row in enumerate(self.signals)
+                        for o, n in enumerate(row) if n},
+            "lateness_counts": list(self.lateness_counts),
+            "lateness_sum": self.lateness_sum,
+            "deliveries": dict(self.deliveries),
+        }

@@ -1,0 +1,386 @@
+"""The engine's front: routes commands to shards by hash slot, batches them,
+bounds what is in flight, keeps shards alive, and drives timers.
+
+Everything a caller does goes through here and comes back as a `Reply`
+(wait on it from a thread, await it from asyncio). Commands issued on an
+event loop are batched per shard and flushed once per loop iteration; a pykka
+`tell` costs tens of microseconds, so one per event would cap throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import msgpack
+import pykka
+
+from .channels import CHANNELS, SIGNALS
+from .clock import Clock, ManualClock
+from .counters import merge_totals
+from .errors import Conflict, InvalidInput, NotFound, Overloaded
+from .idempotency import IdempotencyKeys
+from .ids import SLOTS, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
+from .providers.base import DeliveryOutcome, Provider
+from .providers.log import LogProvider
+from .recipients import RECIPIENT_ID, RecipientUpdate
+from .reply import Gather, Reply
+from .sequence import SignalOutcome
+from .shard import Command, ShardActor, ShardState, SubmitJobs
+from .templates import TemplateRegistry, TemplateVersion
+from .views import metrics_view
+
+__all__ = ["Engine", "EngineConfig", "Event"]
+
+_log = logging.getLogger("cascade.engine")
+
+# (messageId, sendId, channel, type, at): messageId, or sendId + channel
+Event = tuple[str | None, str | None, str | None, str, float | None]
+_KIND = {name: k for k, name in enumerate(SIGNALS)}
+_ITEM_CODE = {SignalOutcome.UNKNOWN_MESSAGE: "unknown_message", SignalOutcome.UNSUPPORTED: "unsupported_signal"}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    shards: int = 4
+    retain_finished_s: float = 7 * 86400.0
+    idempotency_ttl_s: float = 86400.0
+    max_pending_per_shard: int = 100_000  # commands queued towards one shard
+    tick_interval_s: float = 0.05
+    gc_freeze_every: int = 100_000  # sends started between two gc.freeze() calls; 0: never
+
+
+class Engine:
+    def __init__(self, clock: Clock, providers: Mapping[str, Provider] | None = None,
+                 config: EngineConfig | None = None, submit_jobs: SubmitJobs | None = None,
+                 inbox_listener: Callable[[str], None] | None = None) -> None:
+        self.clock = clock
+        self.config = config or EngineConfig()
+        log_provider = LogProvider()
+        self.providers: dict[str, Provider] = {c: log_provider for c in CHANNELS if c != "inapp"}
+        self.providers.update(providers or {})
+        self.templates = TemplateRegistry()
+        self.idempotency = IdempotencyKeys(self.config.idempotency_ttl_s)
+        n = self.config.shards
+        self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s,
+                                  submit_jobs, self.delivery_results, inbox_listener) for i in range(n)]
+        self._refs: list[pykka.ActorRef[Any]] = []
+        self._submitted = [0] * n
+        self._count_lock = threading.Lock()
+        self._outboxes: dict[asyncio.AbstractEventLoop, list[list[Command]]] = {}
+        self._advance_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._since_freeze = 0
+
+    # -- lifecycle --------------------------------------------------------------
+    def start(self) -> Engine:
+        self._refs = [ShardActor.start(state) for state in self.states]
+        if not isinstance(self.clock, ManualClock):
+            self._ticker = threading.Thread(target=self._tick_loop, name="cascade-ticker", daemon=True)
+            self._ticker.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+        for ref in self._refs:
+            try:
+                ref.stop(block=True, timeout=30)  # finishes what is queued first
+            except pykka.ActorDeadError:
+                pass
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(self.config.tick_interval_s):
+            for i in range(len(self.states)):
+                self._tell(i, [("tick", None, None)])
+
+    def _restart(self, i: int) -> None:
+        _log.error("shard %d had died; restarting it over its state", i)
+        self._refs[i] = ShardActor.start(self.states[i])
+
+    # -- routing and batching -------------------------------------------------
+    def shard_of_slot(self, slot: int) -> int:
+        return slot * len(self.states) // SLOTS
+
+    def _tell(self, i: int, commands: list[Command]) -> None:
+        try:
+            self._refs[i].tell(commands)
+        except pykka.ActorDeadError:
+            self._restart(i)
+            self._refs[i].tell(commands)
+
+    def _admit(self, i: int, n: int = 1) -> None:
+        with self._count_lock:
+            if self._submitted[i] - self.states[i].processed >= self.config.max_pending_per_shard:
+                raise Overloaded(f"shard {i} has {self.config.max_pending_per_shard} commands queued; retry shortly")
+            self._submitted[i] += n
+
+    def _submit(self, i: int, command: Command) -> None:
+        self._admit(i)
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self._tell(i, [command])
+            return
+        outbox = self._outboxes.get(loop)
+        if outbox is None:
+            outbox = self._outboxes[loop] = [[] for _ in self.states]
+            loop.call_soon(self._flush, loop)
+        outbox[i].append(command)
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        outbox = self._outboxes.pop(loop, None) or []
+        for i, commands in enumerate(outbox):
+            if commands:
+                self._tell(i, commands)
+
+    def pending(self) -> int:
+        """Commands submitted and not yet processed (the shards' mailbox depth)."""
+        return sum(s - st.processed for s, st in zip(self._submitted, self.states))
+
+    def _ask(self, i: int, op: str, payload: Any) -> Reply:
+        reply = Reply.here()
+        self._submit(i, (op, payload, reply))
+        return reply
+
+    def _ask_all(self, op: str, payload: Any, combine: Callable[[list[Any]], Any]) -> Reply:
+        parent = Reply.here()
+        gather = Gather(len(self.states), combine, parent)
+        for i in range(len(self.states)):
+            self._submit(i, (op, payload, gather.part(i)))
+        return parent
+
+    # -- templates (front-door state, shared read-only by shards) ------------------
+    def put_template(self, template_id: str, body: Any) -> tuple[TemplateVersion, bool]:
+        return self.templates.put(template_id, body, self.clock.now())
+
+    def get_template(self, template_id: str) -> TemplateVersion:
+        return self.templates.get(template_id)
+
+    def delete_template(self, template_id: str) -> TemplateVersion:
+        return self.templates.delete(template_id)
+
+    # -- recipients ---------------------------------------------------------------
+    def _recipient_shard(self, rid: str) -> int:
+        return self.shard_of_slot(slot_of(rid))
+
+    def put_recipient(self, rid: str, body: Any) -> Reply:
+        update = RecipientUpdate(rid, body)
+        return self._ask(self._recipient_shard(rid), "put_recipient", (rid, update, True))
+
+    def get_recipient(self, rid: str) -> Reply:
+        return self._ask(self._recipient_shard(rid), "get_recipient", rid)
+
+    # -- sends --------------------------------------------------------------------
+    def send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None = None,
+             idempotency_key: str | None = None, campaign: str | None = None) -> tuple[Reply, bool]:
+        """Start a send; (reply with the send view, created). created is False when
+        an idempotency key repeats an earlier request: the reply is that send."""
+        tpl = self.templates.get(template)
+        if isinstance(recipient, dict):
+            rid = recipient.get("id")
+            update: RecipientUpdate | None = RecipientUpdate(rid, recipient, "$.recipient")  # type: ignore[arg-type]
+        else:
+            rid, update = recipient, None
+            if not isinstance(rid, str) or not RECIPIENT_ID.fullmatch(rid):
+                raise InvalidInput(f"recipient id {rid!r} is invalid",
+                                   [("$.recipient", "a recipient id is 1-128 characters without spaces or '/'")])
+        assert isinstance(rid, str)
+        data_bytes = msgpack.packb(data) if data else None
+        claim = None
+        if idempotency_key is not None:
+            digest = hashlib.sha256(msgpack.packb([template, recipient, data or {}, campaign])).digest()
+            claim, fresh = self.idempotency.claim(idempotency_key, digest, self.clock.now())
+            if not fresh:
+                if claim.send_key is None:
+                    raise Conflict(f"a request with idempotencyKey {idempotency_key!r} is still in progress")
+                return self.get_send_by_key(claim.send_key), False
+        i = self._recipient_shard(rid)
+        key = new_send_key(slot_of(rid))
+        groups = (f"t:{template}",) if campaign is None else (f"t:{template}", f"c:{campaign}")
+        origin = (campaign, idempotency_key) if campaign is not None or idempotency_key is not None else None
+        reply = Reply.here()
+        try:
+            self._submit(i, ("start", (key, tpl, rid, update, data_bytes, groups, origin, True), reply))
+        except Exception:
+            if claim is not None:
+                self.idempotency.release(claim)
+            raise
+        if claim is not None:
+            claim.send_key = key
+        self._note_started(1)
+        return reply, True
+
+    def send_many(self, template: str, recipients: list[str], data: dict[str, Any] | None = None) -> Reply:
+        """Start one send per recipient in one batch per shard, without views
+        (bulk loads and benchmarks); the reply resolves once all have started."""
+        tpl = self.templates.get(template)
+        data_bytes = msgpack.packb(data) if data else None
+        groups = (f"t:{template}",)
+        batches: list[list[Command]] = [[] for _ in self.states]
+        for rid in recipients:
+            slot = slot_of(rid)
+            batches[self.shard_of_slot(slot)].append(
+                ("start", (new_send_key(slot), tpl, rid, None, data_bytes, groups, None, False), None))
+        parent = Reply.here()
+        gather = Gather(len(self.states), lambda _: len(recipients), parent)
+        for i, batch in enumerate(batches):
+            batch.append(("tick", None, gather.part(i)))
+            self._admit(i, len(batch))
+            self._tell(i, batch)
+        self._note_started(len(recipients))
+        return parent
+
+    def _note_started(self, n: int) -> None:
+        # A full collection walks every tracked object: over a million send
+        # actors that is a pause of half a second. Freezing moves what exists
+        # out of the collector's sight; sends hold no cycles, so refcounting
+        # still frees them.
+        every = self.config.gc_freeze_every
+        if every:
+            self._since_freeze += n
+            if self._since_freeze >= every:
+                self._since_freeze = 0
+                gc.freeze()
+
+    def _route_send_id(self, send_id: str) -> int:
+        key = parse_send_id(send_id)
+        if key is None:
+            raise NotFound(f"send {send_id!r} does not exist")
+        return key
+
+    def get_send_by_key(self, key: int) -> Reply:
+        return self._ask(self.shard_of_slot(slot_of_key(key)), "get_send", key)
+
+    def get_send(self, send_id: str) -> Reply:
+        return self.get_send_by_key(self._route_send_id(send_id))
+
+    def cancel_send(self, send_id: str) -> Reply:
+        key = self._route_send_id(send_id)
+        return self._ask(self.shard_of_slot(slot_of_key(key)), "cancel", key)
+
+    # -- signals ------------------------------------------------------------------
+    def signals(self, events: list[Event]) -> Reply:
+        """Apply engagement events; the reply is {accepted, duplicates, errors}."""
+        errors: list[dict[str, Any]] = []
+        batches: list[list[Any]] = [[] for _ in self.states]
+        for index, (message_id, send_id, channel, kind_name, at) in enumerate(events):
+            kind = _KIND.get(kind_name)
+            if kind is None:
+                errors.append({"index": index, "code": "invalid",
+                               "message": f"type {kind_name!r} is not one of {', '.join(SIGNALS)}"})
+                continue
+            if message_id is not None:
+                parsed = parse_message_id(message_id)
+                if parsed is None:
+                    errors.append({"index": index, "code": "unknown_message",
+                                   "message": f"messageId {message_id!r} is not a message id (<sendId>.<step>)"})
+                    continue
+                key, step_index, ch = parsed[0], parsed[1] - 1, None
+            else:
+                key2 = parse_send_id(send_id or "")
+                if key2 is None or channel not in CHANNELS:
+                    errors.append({"index": index, "code": "unknown_message",
+                                   "message": f"sendId {send_id!r} with channel {channel!r} names no message"})
+                    continue
+                key, step_index, ch = key2, None, channel
+            batches[self.shard_of_slot(slot_of_key(key))].append((index, key, step_index, ch, kind, at))
+        busy = [i for i, b in enumerate(batches) if b]
+        total = len(events)
+
+        def combine(parts: list[list[tuple[int, int, str]]]) -> dict[str, Any]:
+            duplicates = 0
+            errs = list(errors)
+            for part in parts:
+                for index, outcome, message in part:
+                    if outcome == SignalOutcome.DUPLICATE:
+                        duplicates += 1
+                    else:
+                        errs.append({"index": index, "code": _ITEM_CODE[outcome], "message": message})
+            errs.sort(key=lambda e: e["index"])
+            return {"accepted": total - duplicates - len(errs), "duplicates": duplicates, "errors": errs}
+
+        parent = Reply.here()
+        gather = Gather(len(busy), combine, parent)
+        for n, i in enumerate(busy):
+            self._submit(i, ("signals", batches[i], gather.part(n)))
+        return parent
+
+    def delivery_results(self, results: list[tuple[Any, DeliveryOutcome]]) -> None:
+        """Answers of asynchronous providers, routed back to their shards."""
+        batches: list[list[Any]] = [[] for _ in self.states]
+        for token, outcome in results:
+            batches[self.shard_of_slot(slot_of_key(token[0]))].append((token, outcome))
+        for i, batch in enumerate(batches):
+            if batch:
+                with self._count_lock:
+                    self._submitted[i] += 1  # accepted work: never refused
+                self._tell(i, [("results", batch, None)])
+
+    # -- inbox ----------------------------------------------------------------------
+    def inbox(self, rid: str, limit: int = 50, before: str | None = None) -> Reply:
+        return self._ask(self._recipient_shard(rid), "inbox", (rid, limit, before))
+
+    def inbox_signal(self, rid: str, message_id: str, kind_name: str) -> Reply:
+        parsed = parse_message_id(message_id)
+        if parsed is None:
+            raise NotFound(f"message {message_id!r} is not in the inbox of {rid!r}")
+        return self._ask(self._recipient_shard(rid), "inbox_signal", (rid, parsed[0], parsed[1] - 1, _KIND[kind_name]))
+
+    # -- metrics and statistics -----------------------------------------------------
+    def totals(self, groups: list[str] | None = None) -> Reply:
+        return self._ask_all("totals", groups, merge_totals)
+
+    def template_metrics(self, template_id: str) -> Reply:
+        if not self.templates.known(template_id):
+            raise NotFound(f"template {template_id!r} does not exist")
+        group = f"t:{template_id}"
+        try:
+            tpl: TemplateVersion | None = self.templates.get(template_id)
+        except NotFound:
+            tpl = None
+        return self._ask_all("totals", [group], lambda parts: metrics_view(
+            template_id, tpl, merge_totals(parts).get(group)))
+
+    def stats(self) -> Reply:
+        return self._ask_all("stats", None, list)
+
+    # -- manual time ----------------------------------------------------------------
+    def advance(self, seconds: float) -> float:
+        """Move a manual clock forward, firing every timer that falls due in
+        deadline order across shards, before returning the new time. Blocking:
+        call it from a thread, not from an event loop."""
+        clock = self.clock
+        if not isinstance(clock, ManualClock):
+            raise InvalidInput("the clock is not manual", [("clock.mode", "advance needs clock.mode = \"manual\"")])
+        if seconds < 0:
+            raise InvalidInput("time can't go backwards", [("$.advanceSeconds", "must be >= 0")])
+        with self._advance_lock:
+            target = clock.now() + seconds
+            t = clock.now()
+            while True:
+                nexts = self._fire_all(t)
+                due = [d for d in nexts if d is not None and d <= target]
+                if not due:
+                    break
+                t = max(t, min(due))
+                clock.set(t)
+            clock.set(target)
+            self._fire_all(target)
+            return target
+
+    def _fire_all(self, until: float) -> list[float | None]:
+        replies = []
+        for i in range(len(self.states)):
+            reply = Reply()
+            with self._count_lock:
+                self._submitted[i] += 1
+            self._tell(i, [("fire", until, reply)])
+            replies.append(reply)
+        return [r.wait(None) for r in replies]

@@ -1,0 +1,90 @@
+"""A timing wheel of absolute one-second buckets, one per shard.
+
+Each item (a send) has at most one deadline. Scheduling and cancelling are
+O(1) dict operations; a cancelled entry is removed at once, so a million
+cancelled windows leave no garbage behind. Buckets are found in order
+through a heap of bucket numbers (one heap entry per distinct second, not per
+timer). `pop_due` returns items in deadline order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Generic, Hashable, TypeVar
+
+__all__ = ["TimerWheel"]
+
+T = TypeVar("T", bound=Hashable)
+
+
+class TimerWheel(Generic[T]):
+    def __init__(self) -> None:
+        self._buckets: dict[int, dict[T, float]] = {}
+        self._order: list[int] = []  # bucket numbers; may hold numbers of emptied buckets
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def schedule(self, item: T, deadline: float) -> None:
+        slot = math.floor(deadline)
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            bucket = self._buckets[slot] = {}
+            heapq.heappush(self._order, slot)
+        if item not in bucket:
+            self._count += 1
+        bucket[item] = deadline
+
+    def cancel(self, item: T, deadline: float) -> bool:
+        slot = math.floor(deadline)
+        bucket = self._buckets.get(slot)
+        if bucket is None or bucket.pop(item, None) is None:
+            return False
+        self._count -= 1
+        if not bucket:
+            del self._buckets[slot]  # its heap entry is skipped when reached
+        return True
+
+    def _first_slot(self) -> int | None:
+        order = self._order
+        while order and order[0] not in self._buckets:
+            heapq.heappop(order)
+        return order[0] if order else None
+
+    def next_deadline(self) -> float | None:
+        slot = self._first_slot()
+        if slot is None:
+            return None
+        return min(self._buckets[slot].values())
+
+    def pop_due(self, now: float) -> list[tuple[float, T]]:
+        """Remove and return (deadline, item) for every deadline <= now, in deadline order."""
+        due: list[tuple[float, T]] = []
+        horizon = math.floor(now)
+        while True:
+            slot = self._first_slot()
+            if slot is None or slot > horizon:
+                break
+            bucket = self._buckets[slot]
+            if slot < horizon:
+                entries = sorted(bucket.items(), key=_by_deadline)
+                del self._buckets[slot]
+            else:
+                entries = sorted(((i, d) for i, d in bucket.items() if d <= now), key=_by_deadline)
+                for item, _ in entries:
+                    del bucket[item]
+                if bucket:
+                    self._count -= len(entries)
+                    due.extend((d, i) for i, d in entries)
+                    break
+                del self._buckets[slot]
+            heapq.heappop(self._order)
+            self._count -= len(entries)
+            due.extend((d, i) for i, d in entries)
+        return due
+
+
+def _by_deadline(entry: tuple[object, float]) -> float:
+    return entry[1]

@@ -1,0 +1,105 @@
+"""JSON-ready views of sends, inbox messages and metrics (API.md shapes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from .channels import CHANNEL_SIGNALS, ENGAGEMENT, SIGNALS
+from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
+from .ids import format_message_id, format_send_id
+from .sequence import SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
+from .templates import TemplateVersion
+from .timefmt import iso
+
+__all__ = ["send_view", "inbox_message_view", "metrics_view", "decode_data"]
+
+
+def decode_data(send: Send) -> dict[str, Any] | None:
+    return msgpack.unpackb(send.data) if send.data is not None else None
+
+
+def _signal_at(send: Send, i: int, kind: int) -> float | None:
+    if not send.has_signal(i, kind) or send.notes is None:
+        return None
+    at: float | None = send.notes.get((i, kind))
+    return at
+
+
+def send_view(send: Send) -> dict[str, Any]:
+    steps = []
+    for i, step in enumerate(send.tpl.steps):
+        st = send.step_status(i)
+        fired = send.fired_at(i)
+        if st == WAITING:
+            deadline = send.deadline
+        elif fired is not None and step.stop_rank >= 0 and send.tpl.sequence:
+            deadline = fired + step.wait_s
+        else:
+            deadline = None
+        reason = send.notes.get(i) if send.notes and st in (SKIPPED, STEP_FAILED) else None
+        steps.append({
+            "step": i + 1,
+            "channel": step.channel,
+            "messageId": format_message_id(send.key, i + 1),
+            "status": STEP_STATUS[st],
+            "stopCondition": step.stop_condition,
+            "waitMinutes": step.wait_minutes,
+            "firedAt": iso(fired),
+            "deadline": iso(deadline),
+            "reason": reason,
+            "signals": {name: iso(_signal_at(send, i, k)) for k, name in enumerate(SIGNALS)
+                        if name in CHANNEL_SIGNALS[step.channel]},
+        })
+    stopped_by = send.notes.get("stoppedBy") if send.notes else None
+    view: dict[str, Any] = {
+        "id": format_send_id(send.key),
+        "template": send.tpl.id,
+        "templateVersion": send.tpl.version,
+        "recipient": send.recipient.id,
+        "status": SEND_STATUS[send.status],
+        "createdAt": iso(send.created),
+        "finishedAt": iso(send.finished),
+        "stoppedBy": {"step": stopped_by[0] + 1, "signal": ENGAGEMENT[stopped_by[1]]} if stopped_by else None,
+        "steps": steps,
+    }
+    if send.origin is not None and send.origin[0] is not None:
+        view["campaign"] = send.origin[0]
+    return view
+
+
+def inbox_message_view(send: Send, i: int) -> dict[str, Any]:
+    step = send.tpl.steps[i]
+    content = step.content.render(decode_data(send), {"id": send.recipient.id, **send.recipient.view()})
+    return {
+        "messageId": format_message_id(send.key, i + 1),
+        "sendId": format_send_id(send.key),
+        "template": send.tpl.id,
+        "content": content,
+        "createdAt": iso(send.fired_at(i)),
+        "deliveredAt": iso(_signal_at(send, i, 0)),
+        "viewedAt": iso(_signal_at(send, i, 1)),
+        "clickedAt": iso(_signal_at(send, i, 2)),
+    }
+
+
+def metrics_view(template: str, tpl: TemplateVersion | None, totals: GroupTotals | None) -> dict[str, Any]:
+    sends, rows = totals if totals is not None else ([0] * len(SEND_COLUMNS), {})
+    keys = set(rows)
+    if tpl is not None:
+        keys |= {(s.number, s.channel) for s in tpl.steps}
+    steps = []
+    for number, channel in sorted(keys):
+        row = rows.get((number, channel), [0] * len(STEP_COLUMNS))
+        entry: dict[str, Any] = {"step": number, "channel": channel}
+        entry.update(zip(STEP_COLUMNS, row))
+        if "viewed" not in CHANNEL_SIGNALS[channel]:
+            entry["viewed"] = None
+        steps.append(entry)
+    finished = sum(sends[1:])
+    return {
+        "template": template,
+        "sends": {"started": sends[0], "active": sends[0] - finished, **dict(zip(SEND_COLUMNS[1:], sends[1:]))},
+        "steps": steps,
+    }
