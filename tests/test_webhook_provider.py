@@ -1,0 +1,240 @@
+"""The webhook provider against a scripted local endpoint (API.md § Delivery)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from cascade.engine.providers.base import OutgoingMessage
+from cascade.engine.providers.webhook import WebhookProvider
+
+MESSAGE = OutgoingMessage(
+    message_id="msg-1",
+    send_id="send-1",
+    template="welcome",
+    template_version=2,
+    step=1,
+    channel="push",
+    recipient={"id": "u-1", "name": "Zoë"},
+    content={"title": "Hi Zoë", "body": "Welcome"},
+)
+
+
+class Endpoint:
+    """Answers with `script` in order (a status, (status, headers), or "hang"),
+    then 200; records every request it sees."""
+
+    def __init__(self) -> None:
+        self.script: list[Any] = []
+        self.requests: list[tuple[dict[str, str], bytes, Any]] = []
+        self.release = asyncio.Event()  # "hang" waits on it; set at teardown
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.requests.append((dict(request.headers), body, request.transport.get_extra_info("peername")))
+        step = self.script.pop(0) if self.script else 200
+        if step == "hang":
+            await self.release.wait()
+            return web.Response(status=200)
+        status, headers = step if isinstance(step, tuple) else (step, {})
+        return web.Response(status=status, headers=headers, text="ok")
+
+
+class RecordingSleep:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+class TopOfRangeRng(random.Random):
+    """Always picks the largest delay jitter allows: exposes the cap."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@pytest.fixture
+async def endpoint(aiohttp_server: Any) -> AsyncIterator[tuple[Endpoint, str]]:
+    ep = Endpoint()
+    app = web.Application()
+    app.router.add_post("/push", ep.handle)
+    server = await aiohttp_server(app)
+    yield ep, str(server.make_url("/push"))
+    ep.release.set()
+
+
+@pytest.fixture
+async def make_provider() -> AsyncIterator[Callable[..., WebhookProvider]]:
+    made: list[WebhookProvider] = []
+
+    def make(url: str, **kwargs: Any) -> WebhookProvider:
+        kwargs.setdefault("sleep", RecordingSleep())
+        provider = WebhookProvider("webhook", url, **kwargs)
+        made.append(provider)
+        return provider
+
+    yield make
+    for provider in made:
+        await provider.close()
+
+
+async def test_posts_the_compact_json_payload_with_its_idempotency_key(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    outcome = await make_provider(url).deliver(MESSAGE)
+    assert outcome.ok and outcome.attempts == 1
+    headers, body, _ = ep.requests[0]
+    assert json.loads(body) == MESSAGE.payload()
+    assert body == json.dumps(MESSAGE.payload(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Idempotency-Key"] == "msg-1"
+    assert "X-Cascade-Signature" not in headers
+
+
+async def test_signature_is_the_hmac_sha256_of_the_exact_body_when_a_secret_is_set(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    assert (await make_provider(url, secret="whsec").deliver(MESSAGE)).ok
+    headers, body, _ = ep.requests[0]
+    expected = hmac.new(b"whsec", body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Cascade-Signature"], f"sha256={expected}")
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 408])
+async def test_transient_answers_are_retried_until_the_endpoint_accepts(endpoint, make_provider, status) -> None:
+    ep, url = endpoint
+    ep.script = [status, status]
+    outcome = await make_provider(url, max_attempts=3).deliver(MESSAGE)
+    assert outcome.ok and outcome.attempts == 3
+    assert {h["Idempotency-Key"] for h, _, _ in ep.requests} == {"msg-1"}
+
+
+async def test_exhausted_retries_fail_with_the_last_status_after_max_attempts(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = [503, 502, 500, 200]
+    outcome = await make_provider(url, max_attempts=3).deliver(MESSAGE)
+    assert not outcome.ok
+    assert outcome.reason == "retries_exhausted: http_500"
+    assert outcome.attempts == 3 and len(ep.requests) == 3
+
+
+async def test_a_slow_endpoint_times_out_and_is_retried_a_bounded_number_of_times(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = ["hang"] * 5
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    outcome = await make_provider(url, timeout_s=0.05, max_attempts=3).deliver(MESSAGE)
+    assert not outcome.ok and outcome.reason == "retries_exhausted: timeout" and outcome.attempts == 3
+    assert len(ep.requests) == 3
+    assert loop.time() - started < 2.0
+
+
+async def test_a_timeout_followed_by_success_is_delivered(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = ["hang"]
+    outcome = await make_provider(url, timeout_s=0.05).deliver(MESSAGE)
+    assert outcome.ok and outcome.attempts == 2
+
+
+async def test_a_refused_connection_is_retried_and_reported_never_raised(make_provider) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outcome = await make_provider(f"http://127.0.0.1:{port}/push", max_attempts=2).deliver(MESSAGE)
+    assert not outcome.ok and outcome.attempts == 2
+    assert outcome.reason is not None and outcome.reason.startswith("retries_exhausted: ")
+
+
+@pytest.mark.parametrize("status", [400, 404, 410, 302])
+async def test_other_answers_fail_at_once_without_retry_or_redirect(endpoint, make_provider, status) -> None:
+    ep, url = endpoint
+    ep.script = [(status, {"Location": url})]
+    sleep = RecordingSleep()
+    outcome = await make_provider(url, sleep=sleep).deliver(MESSAGE)
+    assert not outcome.ok and outcome.reason == f"http_{status}" and outcome.attempts == 1
+    assert len(ep.requests) == 1 and sleep.delays == []
+
+
+async def test_backoff_is_full_jitter_within_the_exponential_bound_and_the_cap(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = [503] * 8
+    sleep = RecordingSleep()
+    provider = make_provider(
+        url, max_attempts=8, backoff_base_s=0.1, backoff_max_s=0.5, rng=random.Random(7), sleep=sleep
+    )
+    assert not (await provider.deliver(MESSAGE)).ok
+    assert len(sleep.delays) == 7  # none after the last attempt
+    for n, delay in enumerate(sleep.delays, start=1):
+        assert 0.0 <= delay <= min(0.5, 0.1 * 2 ** (n - 1))
+
+
+async def test_backoff_doubles_from_the_base_and_never_exceeds_the_cap(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = [500] * 5
+    sleep = RecordingSleep()
+    provider = make_provider(
+        url, max_attempts=6, backoff_base_s=0.1, backoff_max_s=0.5, rng=TopOfRangeRng(), sleep=sleep
+    )
+    assert (await provider.deliver(MESSAGE)).ok
+    assert sleep.delays == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5])
+
+
+async def test_retry_after_seconds_is_honoured_and_capped(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = [
+        (429, {"Retry-After": "2"}),
+        (503, {"Retry-After": "120"}),
+        (503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}),  # a date: own backoff
+    ]
+    sleep = RecordingSleep()
+    provider = make_provider(
+        url, max_attempts=4, backoff_base_s=0.1, backoff_max_s=5.0, rng=TopOfRangeRng(), sleep=sleep
+    )
+    assert (await provider.deliver(MESSAGE)).ok
+    assert sleep.delays == pytest.approx([2.0, 5.0, 0.4])
+
+
+async def test_deliveries_share_one_keep_alive_connection(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    provider = make_provider(url)
+    for _ in range(3):
+        assert (await provider.deliver(MESSAGE)).ok
+    assert len({peer for _, _, peer in ep.requests}) == 1
+
+
+async def test_close_is_idempotent_and_a_later_delivery_opens_a_new_session(endpoint, make_provider) -> None:
+    _, url = endpoint
+    provider = make_provider(url)
+    assert (await provider.deliver(MESSAGE)).ok
+    await provider.close()
+    await provider.close()
+    assert (await provider.deliver(MESSAGE)).ok
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"url": "ftp://example.com/x"}, "url"),
+        ({"url": "/relative"}, "url"),
+        ({"url": "http://x", "max_attempts": 0}, "max_attempts"),
+        ({"url": "http://x", "timeout_s": 0}, "timeout_s"),
+        ({"url": "http://x", "max_in_flight": 0}, "max_in_flight"),
+    ],
+)
+def test_bad_configuration_is_refused_with_a_message_naming_the_setting(kwargs, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        WebhookProvider("webhook", **kwargs)
+
+
+def test_webhook_cannot_be_called_synchronously() -> None:
+    with pytest.raises(TypeError, match="asynchronous"):
+        WebhookProvider("webhook", "http://x").deliver_now(MESSAGE)
