@@ -34,6 +34,7 @@ class CounterBook:
     def __init__(self) -> None:
         self._groups: dict[str, _Group] = {}
         self._views: dict[tuple[str, str, int], Counters] = {}
+        self._sets: dict[tuple[tuple[str, ...], str, int], tuple[Counters, ...]] = {}
 
     def counters_for(self, group: str, tpl: TemplateVersion) -> Counters:
         view_key = (group, tpl.id, tpl.version)
@@ -45,6 +46,14 @@ class CounterBook:
             rows = tuple(g.rows.setdefault((s.number, s.channel), [0] * len(STEP_COLUMNS)) for s in tpl.steps)
             view = self._views[view_key] = Counters(g.sends, rows)
         return view
+
+    def counters_of(self, groups: tuple[str, ...], tpl: TemplateVersion) -> tuple[Counters, ...]:
+        """The tuple a send holds: shared by every send of the same groups and version."""
+        key = (groups, tpl.id, tpl.version)
+        found = self._sets.get(key)
+        if found is None:
+            found = self._sets[key] = tuple(self.counters_for(g, tpl) for g in groups)
+        return found
 
     def totals(self, groups: list[str] | None = None) -> dict[str, GroupTotals]:
         names = self._groups.keys() if groups is None else [g for g in groups if g in self._groups]

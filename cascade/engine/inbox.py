@@ -1,8 +1,9 @@
 """The built-in in-app inbox of a recipient.
 
-Delivering in-app appends (send, step index) to the recipient's inbox list,
-oldest first; nothing is rendered or copied until the inbox is listed, so an
-inbox entry costs one tuple. Listing is newest first with a cursor (the
+Delivering in-app appends the send to the recipient's inbox list, oldest
+first (a template has one in-app step at most, so the send names the
+message); nothing is rendered or copied until the inbox is listed, so an
+inbox entry costs one pointer. Listing is newest first with a cursor (the
 message id of the last entry returned); entries leave with their send when
 its retention ends.
 """
@@ -22,19 +23,23 @@ __all__ = ["list_inbox", "remove_from_inbox", "MAX_LIMIT"]
 MAX_LIMIT = 200
 
 
+def _step(send: Send) -> int:
+    return next(s.number - 1 for s in send.tpl.steps if s.channel == "inapp")
+
+
 def list_inbox(rcpt: Recipient | None, limit: int, before: str | None) -> tuple[dict[str, Any], list[tuple[Send, int]]]:
     """The page view and the entries on it (so the caller can mark them delivered)."""
     entries = rcpt.inbox if rcpt is not None and rcpt.inbox else []
     end = len(entries)
     if before is not None:
         end = next((j for j in range(len(entries) - 1, -1, -1)
-                    if format_message_id(entries[j][0].key, entries[j][1] + 1) == before), -1)
+                    if format_message_id(entries[j].key, _step(entries[j]) + 1) == before), -1)
         if end < 0:
             raise InvalidInput(f"cursor {before!r} is not a message of this inbox",
                                [("before", "use the `next` value of the previous page")])
     start = max(0, end - limit)
-    page = entries[start:end][::-1]
-    unseen = sum(1 for send, i in entries if not send.has_signal(i, 1))
+    page = [(send, _step(send)) for send in entries[start:end][::-1]]
+    unseen = sum(1 for send in entries if not send.has_signal(_step(send), 1))
     view = {
         "messages": [inbox_message_view(send, i) for send, i in page],
         "next": format_message_id(page[-1][0].key, page[-1][1] + 1) if page and start > 0 else None,
@@ -46,4 +51,4 @@ def list_inbox(rcpt: Recipient | None, limit: int, before: str | None) -> tuple[
 def remove_from_inbox(send: Send) -> None:
     entries = send.recipient.inbox
     if entries:
-        entries[:] = [e for e in entries if e[0] is not send]
+        entries[:] = [e for e in entries if e is not send]

@@ -21,7 +21,7 @@ _FIELDS = ("email", "phone", "pushTokens", "preferences")
 
 
 class Recipient:
-    __slots__ = ("id", "email", "phone", "push_tokens", "preferences", "inbox")
+    __slots__ = ("id", "email", "phone", "push_tokens", "preferences", "inbox", "_view")
 
     def __init__(self, rid: str, email: str | None = None, phone: str | None = None,
                  push_tokens: tuple[str, ...] = (), preferences: dict[str, bool] | None = None) -> None:
@@ -30,7 +30,8 @@ class Recipient:
         self.phone = phone
         self.push_tokens = push_tokens
         self.preferences = preferences or {}
-        self.inbox: list[Any] | None = None  # (send, step index), oldest first; see inbox.py
+        self._view: dict[str, Any] | None = None
+        self.inbox: list[Any] | None = None  # sends with an in-app message, oldest first; see inbox.py
 
     def address(self, field: str | None) -> Any:
         if field is None:
@@ -45,6 +46,10 @@ class Recipient:
         return self.preferences.get(channel) is False
 
     def view(self) -> dict[str, Any]:
+        """The API view; shared between calls until the recipient changes, so
+        treat it as read-only."""
+        if self._view is not None:
+            return self._view
         out: dict[str, Any] = {"id": self.id}
         if self.email is not None:
             out["email"] = self.email
@@ -53,6 +58,7 @@ class Recipient:
         if self.push_tokens:
             out["pushTokens"] = list(self.push_tokens)
         out["preferences"] = dict(self.preferences)
+        self._view = out
         return out
 
     def to_record(self) -> tuple[Any, ...]:
@@ -115,6 +121,7 @@ class RecipientUpdate:
     def merge_into(self, rcpt: Recipient, replace: bool = False) -> None:
         """PUT replaces every field; a send's inline recipient only sets those it names."""
         f = self.fields
+        rcpt._view = None
         if replace or "email" in f:
             rcpt.email = f.get("email")
         if replace or "phone" in f:

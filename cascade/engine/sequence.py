@@ -21,7 +21,7 @@ from .recipients import Recipient
 from .templates import TemplateVersion
 
 __all__ = [
-    "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",
+    "REASON_KEY", "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",
     "PENDING", "WAITING", "FIRED", "STEP_STOPPED", "SKIPPED", "STEP_FAILED", "STEP_CANCELLED", "STEP_STATUS",
     "DELIVER", "SCHEDULE", "UNSCHEDULE", "FINISH",
     "Counters", "Send", "SignalOutcome",
@@ -45,10 +45,12 @@ STEP_COLUMNS = ("requested", "delivered", "viewed", "clicked", "failed", "skippe
 # Columns of a send counter row
 S_STARTED = 0
 
-# Bits of Send.sig: 4 signal bits per step (kind k of step i at bit 4i+k),
-# then one "provider answered" bit per step, then "some step was delivered".
-_RESULT_BIT = 16
-_DELIVERED_ANY = 1 << 20
+# Bits of Send.sig: 4 signal bits per step (kind k of step i at bit 4i+k).
+# Bits of Send.answers: one "channel answered" bit per step, then "some step
+# was delivered"; kept apart from `sig` so both stay small cached ints.
+_DELIVERED_ANY = 1 << 4
+REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
+_NO_EFFECTS: list[Any] = []  # shared; never appended to
 
 
 class Counters:
@@ -63,8 +65,14 @@ class Counters:
 
 
 class Send:
+    """One send actor. Rarely used facts live in `notes`, created on first
+    use, so an active send that nothing happened to stays small: fired
+    times of later steps ("fired"), signal times (key 4*step+kind, like the
+    bits of `sig`), skip/failure reasons (key 16+step), "stoppedBy" (as
+    4*step+kind), "finished", "origin". Int keys spare a tuple a signal."""
+
     __slots__ = ("key", "tpl", "recipient", "data", "created", "status", "current", "steps",
-                 "sig", "deadline", "finished", "counters", "fired", "notes", "origin")
+                 "sig", "answers", "deadline", "counters", "notes")
 
     def __init__(self, key: int, tpl: TemplateVersion, recipient: Recipient, data: bytes | None,
                  created: float, counters: tuple[Counters, ...], origin: Any = None) -> None:
@@ -77,12 +85,10 @@ class Send:
         self.current = 0
         self.steps = 0
         self.sig = 0
+        self.answers = 0
         self.deadline: float | None = None
-        self.finished: float | None = None
         self.counters = counters
-        self.fired: list[float | None] | None = None  # only once a later step fires
-        self.notes: dict[Any, Any] | None = None  # reasons, signal times, stoppedBy
-        self.origin = origin  # (campaign id, idempotency key) or None
+        self.notes: dict[Any, Any] | None = None if origin is None else {"origin": origin}
 
     def step_status(self, i: int) -> int:
         return (self.steps >> (4 * i)) & 15
@@ -93,9 +99,21 @@ class Send:
     def has_signal(self, i: int, kind: int) -> bool:
         return bool(self.sig & (1 << (4 * i + kind)))
 
+    def get(self, key: Any) -> Any:
+        return self.notes.get(key) if self.notes is not None else None
+
+    @property
+    def finished(self) -> float | None:
+        return self.get("finished")  # type: ignore[no-any-return]
+
+    @property
+    def origin(self) -> Any:
+        return self.get("origin")
+
     def fired_at(self, i: int) -> float | None:
-        if self.fired is not None:
-            return self.fired[i]
+        fired = self.get("fired")
+        if fired is not None:
+            return fired[i]  # type: ignore[no-any-return]
         if i == 0 or not self.tpl.sequence:
             return self.created if self.step_status(i) not in (PENDING, SKIPPED) else None
         return None
@@ -113,19 +131,21 @@ def _count(send: Send, i: int, column: int) -> None:
 
 def _finish(send: Send, status: int, now: float, effects: list[Any]) -> None:
     send.status = status
-    send.finished = now
+    send.note("finished", now)
     for c in send.counters:
         c.sends[status] += 1
     effects.append((FINISH,))
 
 
 def _mark_fired(send: Send, i: int, now: float) -> None:
-    if i == 0 and send.fired is None:
+    fired = send.get("fired")
+    if i == 0 and fired is None:
         return
-    if send.fired is None:
-        send.fired = [None] * len(send.tpl.steps)
-        send.fired[0] = send.created if send.step_status(0) not in (PENDING, SKIPPED) else None
-    send.fired[i] = now
+    if fired is None:
+        fired = [None] * len(send.tpl.steps)
+        fired[0] = send.created if send.step_status(0) not in (PENDING, SKIPPED) else None
+        send.note("fired", fired)
+    fired[i] = now
 
 
 def _fire(send: Send, i: int, now: float, effects: list[Any]) -> bool:
@@ -147,19 +167,19 @@ def _fire(send: Send, i: int, now: float, effects: list[Any]) -> bool:
         effects.append((DELIVER, i))
         return True
     send._set(i, SKIPPED)
-    send.note(i, reason)
+    send.note(REASON_KEY + i, reason)
     _count(send, i, C_SKIPPED)
     return False
 
 
 def _settle(send: Send, now: float, effects: list[Any]) -> None:
     """Finish once the last step has fired and every fired step has its answer."""
-    sig = send.sig
+    answers = send.answers
     for i in range(len(send.tpl.steps)):
         st = (send.steps >> (4 * i)) & 15
-        if st in (WAITING, FIRED, STEP_FAILED) and not sig & (1 << (_RESULT_BIT + i)):
+        if st in (WAITING, FIRED, STEP_FAILED) and not answers & (1 << i):
             return
-    _finish(send, COMPLETED if sig & _DELIVERED_ANY else FAILED_SEND, now, effects)
+    _finish(send, COMPLETED if answers & _DELIVERED_ANY else FAILED_SEND, now, effects)
 
 
 def _advance(send: Send, now: float, effects: list[Any]) -> None:
@@ -205,7 +225,7 @@ def window_ended(send: Send, now: float) -> list[Any]:
 def _escalate_now(send: Send, i: int, status: int, reason: str, now: float, effects: list[Any]) -> None:
     """Rule 5: a step that cannot be delivered does not wait its window."""
     send._set(i, status)
-    send.note(i, reason)
+    send.note(REASON_KEY + i, reason)
     if send.deadline is not None:
         effects.append((UNSCHEDULE, send.deadline))
         send.deadline = None
@@ -219,12 +239,12 @@ def _escalate_now(send: Send, i: int, status: int, reason: str, now: float, effe
 def delivery_result(send: Send, i: int, ok: bool, reason: str | None, now: float) -> list[Any]:
     """The channel's answer for step i: accepted (requested) or refused (failed)."""
     effects: list[Any] = []
-    bit = 1 << (_RESULT_BIT + i)
-    if send.sig & bit:
+    bit = 1 << i
+    if send.answers & bit:
         return effects
-    send.sig |= bit
+    send.answers |= bit
     if ok:
-        send.sig |= _DELIVERED_ANY
+        send.answers |= _DELIVERED_ANY
     else:
         _count(send, i, C_FAILED)
     if send.status != ACTIVE:
@@ -234,7 +254,7 @@ def delivery_result(send: Send, i: int, ok: bool, reason: str | None, now: float
             _escalate_now(send, i, STEP_FAILED, reason or "provider_failed", now, effects)
             return effects
         send._set(i, STEP_FAILED)
-        send.note(i, reason or "provider_failed")
+        send.note(REASON_KEY + i, reason or "provider_failed")
     if send.deadline is None and send.current == len(send.tpl.steps) - 1:
         _settle(send, now, effects)
     return effects
@@ -246,43 +266,49 @@ class SignalOutcome:
 
 def signal(send: Send, i: int, kind: int, at: float, now: float) -> tuple[int, list[Any]]:
     """An engagement (or failed) signal on step i; returns (outcome, effects)."""
-    effects: list[Any] = []
     steps = send.tpl.steps
     if i < 0 or i >= len(steps):
-        return SignalOutcome.UNKNOWN_MESSAGE, effects
-    st = send.step_status(i)
-    if st in (PENDING, SKIPPED):
-        return SignalOutcome.UNKNOWN_MESSAGE, effects
-    bit = 1 << (4 * i + kind)
+        return SignalOutcome.UNKNOWN_MESSAGE, _NO_EFFECTS
+    st = (send.steps >> (4 * i)) & 15
+    if st == PENDING or st == SKIPPED:
+        return SignalOutcome.UNKNOWN_MESSAGE, _NO_EFFECTS
+    key = 4 * i + kind
+    bit = 1 << key
     if send.sig & bit:
-        return SignalOutcome.DUPLICATE, effects
+        return SignalOutcome.DUPLICATE, _NO_EFFECTS
     send.sig |= bit
-    send.note((i, kind), at)
-    _count(send, i, kind + 1)
+    notes = send.notes
+    if notes is None:
+        notes = send.notes = {}
+    notes[key] = at
+    column = kind + 1
+    for c in send.counters:
+        c.steps[i][column] += 1
     if send.status != ACTIVE or not send.tpl.sequence:
-        return SignalOutcome.ACCEPTED, effects
+        return SignalOutcome.ACCEPTED, _NO_EFFECTS
     if kind == FAILED:
+        effects: list[Any] = []
         if i == send.current and st in (WAITING, FIRED):
             _escalate_now(send, i, STEP_FAILED, "failed_signal", now, effects)
         return SignalOutcome.ACCEPTED, effects
     rank = steps[i].stop_rank
     if rank < 0 or kind < rank:
-        return SignalOutcome.ACCEPTED, effects
+        return SignalOutcome.ACCEPTED, _NO_EFFECTS
     cur = send.current
-    cur_status = send.step_status(cur)
     if i == cur and st == WAITING:
         pass
-    elif i < cur and cur_status == WAITING:
+    elif i < cur and send.step_status(cur) == WAITING:
         # Rule 3: engagement on an earlier step stops what waits now. Once
         # the terminal step has fired there is nothing left to stop.
         send._set(cur, STEP_CANCELLED)
     else:
-        return SignalOutcome.ACCEPTED, effects
+        return SignalOutcome.ACCEPTED, _NO_EFFECTS
+    effects = []
     if send.deadline is not None:
         effects.append((UNSCHEDULE, send.deadline))
         send.deadline = None
     send._set(i, STEP_STOPPED)
-    send.note("stoppedBy", (i, kind))
+    notes["stoppedBy"] = key
     _count(send, i, C_STOPPED)
     _finish(send, STOPPED, now, effects)
     return SignalOutcome.ACCEPTED, effects

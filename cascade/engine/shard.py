@@ -129,19 +129,21 @@ class ShardState:
             rcpt = send.recipient
             if rcpt.inbox is None:
                 rcpt.inbox = []
-            rcpt.inbox.append((send, i))
+            rcpt.inbox.append(send)  # one in-app step per template: the send names the message
             if self.inbox_listener is not None:
                 self.inbox_listener(format_message_id(send.key, i + 1))
             self._local.append((send, i, _INBOX_OK))
             return
         provider = self.providers[step.channel]
         rview = send.recipient.view()
+        content = step.content
         message = OutgoingMessage(
             format_message_id(send.key, i + 1), format_send_id(send.key), send.tpl.id, send.tpl.version,
-            i + 1, step.channel, rview, step.content.render(decode_data(send) if step.content.dynamic else None, rview))
+            i + 1, step.channel, rview, content.source,
+            (lambda: content.render(decode_data(send), rview)) if content.dynamic else None)
         if provider.synchronous:
             outcome = provider.deliver_now(message)
-            self.stats.delivered(step.channel, provider.name, outcome.ok)
+            self.stats.deliveries[step.channel][outcome.ok] += 1
             self._local.append((send, i, outcome))
         else:
             self._jobs.append((step.channel, message, (send.key, i)))
@@ -179,7 +181,7 @@ class ShardState:
         rcpt = self.recipient(rid)
         if update is not None:
             update.merge_into(rcpt)
-        send = Send(key, tpl_v, rcpt, data, now, tuple(self.book.counters_for(g, tpl_v) for g in groups), origin)
+        send = Send(key, tpl_v, rcpt, data, now, self.book.counters_of(groups, tpl_v), origin)
         self.sends[key] = send
         self.active += 1
         self._run(send, start(send, now), now)

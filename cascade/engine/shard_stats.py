@@ -6,7 +6,7 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from .channels import SIGNALS
+from .channels import CHANNELS, SIGNALS
 
 __all__ = ["LATENESS_BUCKETS", "ShardStats"]
 
@@ -19,7 +19,8 @@ class ShardStats:
         self.signals = [[0] * len(_OUTCOMES) for _ in SIGNALS]  # [kind][outcome]
         self.lateness_counts = [0] * (len(LATENESS_BUCKETS) + 1)
         self.lateness_sum = 0.0
-        self.deliveries: dict[tuple[str, str, str], int] = {}
+        # synchronous providers' answers: deliveries[channel][ok] (async ones: the dispatcher's stats)
+        self.deliveries: dict[str, list[int]] = {c: [0, 0] for c in CHANNELS}
 
     def signal(self, kind: int, outcome: int) -> None:
         self.signals[kind][outcome] += 1
@@ -29,10 +30,6 @@ class ShardStats:
         self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS, lateness)] += 1
         self.lateness_sum += lateness
 
-    def delivered(self, channel: str, provider: str, ok: bool) -> None:
-        key = (channel, provider, "ok" if ok else "failed")
-        self.deliveries[key] = self.deliveries.get(key, 0) + 1
-
     def snapshot(self, **gauges: int) -> dict[str, Any]:
         return {
             **gauges,
@@ -40,5 +37,6 @@ class ShardStats:
                         for o, n in enumerate(row) if n},
             "lateness_counts": list(self.lateness_counts),
             "lateness_sum": self.lateness_sum,
-            "deliveries": dict(self.deliveries),
+            "deliveries": {(c, "ok" if ok else "failed"): n for c, row in self.deliveries.items()
+                           for ok, n in enumerate(row) if n},
         }

@@ -10,7 +10,6 @@ event loop are batched per shard and flushed once per loop iteration; a pykka
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import threading
@@ -23,9 +22,10 @@ import pykka
 from .channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
 from .counters import merge_totals
+from .gc_governor import GcGovernor
 from .errors import Conflict, InvalidInput, NotFound, Overloaded
 from .idempotency import IdempotencyKeys
-from .ids import SLOTS, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
+from .ids import SLOTS, format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
 from .providers.base import DeliveryOutcome, Provider
 from .providers.log import LogProvider
 from .recipients import RECIPIENT_ID, RecipientUpdate
@@ -52,7 +52,7 @@ class EngineConfig:
     idempotency_ttl_s: float = 86400.0
     max_pending_per_shard: int = 100_000  # commands queued towards one shard
     tick_interval_s: float = 0.05
-    gc_freeze_every: int = 100_000  # sends started between two gc.freeze() calls; 0: never
+    gc_freeze_interval_s: float = 0.5  # see gc_governor.py; 0 turns it off
 
 
 class Engine:
@@ -76,11 +76,12 @@ class Engine:
         self._advance_lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        self._since_freeze = 0
+        self.gc = GcGovernor(self.config.gc_freeze_interval_s)
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> Engine:
         self._refs = [ShardActor.start(state) for state in self.states]
+        self.gc.start()
         if not isinstance(self.clock, ManualClock):
             self._ticker = threading.Thread(target=self._tick_loop, name="cascade-ticker", daemon=True)
             self._ticker.start()
@@ -88,6 +89,7 @@ class Engine:
 
     def stop(self) -> None:
         self._stop.set()
+        self.gc.stop()
         if self._ticker is not None:
             self._ticker.join()
         for ref in self._refs:
@@ -214,40 +216,29 @@ class Engine:
             raise
         if claim is not None:
             claim.send_key = key
-        self._note_started(1)
         return reply, True
 
-    def send_many(self, template: str, recipients: list[str], data: dict[str, Any] | None = None) -> Reply:
+    def send_many(self, template: str, recipients: list[str], data: dict[str, Any] | None = None) -> tuple[Reply, list[str]]:
         """Start one send per recipient in one batch per shard, without views
-        (bulk loads and benchmarks); the reply resolves once all have started."""
+        (bulk loads and benchmarks). Returns a reply that resolves once all
+        have started, and the send ids in the order of `recipients`."""
         tpl = self.templates.get(template)
         data_bytes = msgpack.packb(data) if data else None
         groups = (f"t:{template}",)
         batches: list[list[Command]] = [[] for _ in self.states]
+        keys = []
         for rid in recipients:
             slot = slot_of(rid)
-            batches[self.shard_of_slot(slot)].append(
-                ("start", (new_send_key(slot), tpl, rid, None, data_bytes, groups, None, False), None))
+            key = new_send_key(slot)
+            keys.append(key)
+            batches[self.shard_of_slot(slot)].append(("start", (key, tpl, rid, None, data_bytes, groups, None, False), None))
         parent = Reply.here()
         gather = Gather(len(self.states), lambda _: len(recipients), parent)
         for i, batch in enumerate(batches):
             batch.append(("tick", None, gather.part(i)))
             self._admit(i, len(batch))
             self._tell(i, batch)
-        self._note_started(len(recipients))
-        return parent
-
-    def _note_started(self, n: int) -> None:
-        # A full collection walks every tracked object: over a million send
-        # actors that is a pause of half a second. Freezing moves what exists
-        # out of the collector's sight; sends hold no cycles, so refcounting
-        # still frees them.
-        every = self.config.gc_freeze_every
-        if every:
-            self._since_freeze += n
-            if self._since_freeze >= every:
-                self._since_freeze = 0
-                gc.freeze()
+        return parent, [format_send_id(k) for k in keys]
 
     def _route_send_id(self, send_id: str) -> int:
         key = parse_send_id(send_id)

@@ -9,7 +9,7 @@ import msgpack
 from .channels import CHANNEL_SIGNALS, ENGAGEMENT, SIGNALS
 from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
 from .ids import format_message_id, format_send_id
-from .sequence import SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
+from .sequence import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
 from .templates import TemplateVersion
 from .timefmt import iso
 
@@ -21,9 +21,9 @@ def decode_data(send: Send) -> dict[str, Any] | None:
 
 
 def _signal_at(send: Send, i: int, kind: int) -> float | None:
-    if not send.has_signal(i, kind) or send.notes is None:
+    if not send.has_signal(i, kind):
         return None
-    at: float | None = send.notes.get((i, kind))
+    at: float | None = send.get(4 * i + kind)
     return at
 
 
@@ -38,7 +38,7 @@ def send_view(send: Send) -> dict[str, Any]:
             deadline = fired + step.wait_s
         else:
             deadline = None
-        reason = send.notes.get(i) if send.notes and st in (SKIPPED, STEP_FAILED) else None
+        reason = send.get(REASON_KEY + i) if st in (SKIPPED, STEP_FAILED) else None
         steps.append({
             "step": i + 1,
             "channel": step.channel,
@@ -52,7 +52,7 @@ def send_view(send: Send) -> dict[str, Any]:
             "signals": {name: iso(_signal_at(send, i, k)) for k, name in enumerate(SIGNALS)
                         if name in CHANNEL_SIGNALS[step.channel]},
         })
-    stopped_by = send.notes.get("stoppedBy") if send.notes else None
+    stopped_by = send.get("stoppedBy")
     view: dict[str, Any] = {
         "id": format_send_id(send.key),
         "template": send.tpl.id,
@@ -61,7 +61,7 @@ def send_view(send: Send) -> dict[str, Any]:
         "status": SEND_STATUS[send.status],
         "createdAt": iso(send.created),
         "finishedAt": iso(send.finished),
-        "stoppedBy": {"step": stopped_by[0] + 1, "signal": ENGAGEMENT[stopped_by[1]]} if stopped_by else None,
+        "stoppedBy": {"step": stopped_by // 4 + 1, "signal": ENGAGEMENT[stopped_by % 4]} if stopped_by is not None else None,
         "steps": steps,
     }
     if send.origin is not None and send.origin[0] is not None:

@@ -10,21 +10,41 @@ the provider's own business and are over by the time it answers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 __all__ = ["DeliveryOutcome", "OutgoingMessage", "Provider"]
 
 
-@dataclass(frozen=True, slots=True)
 class OutgoingMessage:
-    message_id: str
-    send_id: str
-    template: str
-    template_version: int
-    step: int  # from 1
-    channel: str
-    recipient: dict[str, Any]
-    content: Any
+    """One fired step on its way to a provider. Content may be rendered
+    lazily (`render` given instead of `content`): the work happens the first
+    time a provider reads it, on the provider's side of the hand-off."""
+
+    __slots__ = ("message_id", "send_id", "template", "template_version", "step", "channel",
+                 "recipient", "_content", "_render")
+
+    def __init__(self, message_id: str, send_id: str, template: str, template_version: int, step: int,
+                 channel: str, recipient: dict[str, Any], content: Any = None,
+                 render: Callable[[], Any] | None = None) -> None:
+        self.message_id = message_id
+        self.send_id = send_id
+        self.template = template
+        self.template_version = template_version
+        self.step = step  # from 1
+        self.channel = channel
+        self.recipient = recipient
+        self._content = content
+        self._render = render
+
+    @property
+    def content(self) -> Any:
+        if self._render is not None:
+            self._content = self._render()
+            self._render = None
+        return self._content
+
+    def __repr__(self) -> str:
+        return f"OutgoingMessage({self.message_id!r}, channel={self.channel!r})"
 
     def payload(self) -> dict[str, Any]:
         """The JSON body of API.md § Delivery."""
