@@ -68,7 +68,7 @@ def run_engine(n: int, shards: int, chunk: int) -> dict:
     clock = ManualClock(1_764_000_000.0)
     sink = {ch: MemoryProvider(ch, record=False) for ch in ("push", "email", "sms")}
     engine = Engine(clock, sink, EngineConfig(shards=shards, max_pending_per_shard=10_000_000)).start()
-    engine.put_template("bench", TEMPLATE)
+    engine.put_template("bench", TEMPLATE).wait()
     rids = [f"user-{i}" for i in range(RECIPIENTS)]
     for rid in rids:
         engine.put_recipient(rid, {"email": f"{rid}@example.com", "pushTokens": ["tok"]})

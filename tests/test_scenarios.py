@@ -20,7 +20,7 @@ class Harness:
         self.providers = {ch: MemoryProvider(ch, sink=self.delivered) for ch in ("push", "email", "sms")}
         self.engine = Engine(ManualClock(0.0), self.providers, EngineConfig(shards=3),
                              inbox_listener=self.delivered.append).start()
-        self.engine.put_template("t", DATA["templates"][template])
+        self.engine.put_template("t", DATA["templates"][template]).wait()
         for rid, body in DATA["recipients"].items():
             self.engine.put_recipient(rid, body).wait()
         self.names: dict[str, str] = {}  # send id -> scenario name

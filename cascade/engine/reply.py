@@ -35,6 +35,14 @@ class Reply:
         except RuntimeError:
             return cls()
 
+    @classmethod
+    def resolved(cls, value: Any) -> Reply:
+        """An answer known at once, in the calling context's flavour."""
+        reply = cls.here()
+        reply.set(value)
+        reply._apply()
+        return reply
+
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         return self._loop

@@ -159,14 +159,20 @@ class Engine:
         return parent
 
     # -- templates (front-door state, shared read-only by shards) ------------------
-    def put_template(self, template_id: str, body: Any) -> tuple[TemplateVersion, bool]:
-        return self.templates.put(template_id, body, self.clock.now())
+    def put_template(self, template_id: str, body: Any) -> Reply:
+        """Validate (raising TemplateInvalid at once) and store a new version;
+        the reply is (TemplateVersion, created) once the write is durable."""
+        return Reply.resolved(self.templates.put(template_id, body, self.clock.now()))
 
     def get_template(self, template_id: str) -> TemplateVersion:
         return self.templates.get(template_id)
 
-    def delete_template(self, template_id: str) -> TemplateVersion:
-        return self.templates.delete(template_id)
+    def list_templates(self) -> list[TemplateVersion]:
+        return self.templates.all()
+
+    def delete_template(self, template_id: str) -> Reply:
+        """The reply is the deleted TemplateVersion; active sends finish on it."""
+        return Reply.resolved(self.templates.delete(template_id))
 
     # -- recipients ---------------------------------------------------------------
     def _recipient_shard(self, rid: str) -> int:

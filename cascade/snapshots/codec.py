@@ -23,6 +23,7 @@ from typing import IO, Any
 import msgpack
 
 __all__ = [
+    "CHUNK_BYTES",
     "FORMAT",
     "FRAME_HEADER",
     "MAX_FRAME_BYTES",
