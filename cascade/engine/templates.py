@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from .channels import CHANNEL_ADDRESS, CHANNEL_SIGNALS, CHANNELS, ENGAGEMENT, WAIT_MINUTES
 from .errors import Detail, NotFound, TemplateInvalid
 from .render import CompiledContent
+from .timefmt import iso
 
 __all__ = ["Step", "TemplateRegistry", "TemplateVersion", "validate_template", "TEMPLATE_ID"]
 
@@ -59,8 +60,8 @@ class TemplateVersion:
             "id": self.id,
             "version": self.version,
             **self.body,
-            "createdAt": self.created_at,
-            "updatedAt": self.updated_at,
+            "createdAt": iso(self.created_at),
+            "updatedAt": iso(self.updated_at),
         }
 
 
