@@ -33,17 +33,18 @@ class Recipient:
         self._view: dict[str, Any] | None = None
         self.inbox: list[Any] | None = None  # sends with an in-app message, oldest first; see inbox.py
 
-    def address(self, field: str | None) -> Any:
-        if field is None:
-            return True
-        if field == "email":
-            return self.email
-        if field == "phone":
-            return self.phone
-        return self.push_tokens
-
-    def opted_out(self, channel: str) -> bool:
-        return self.preferences.get(channel) is False
+    def unreachable(self, channel: str) -> str | None:
+        """Why `channel` cannot reach this recipient ("no_address",
+        "opted_out"), or None when it can."""
+        if self.preferences.get(channel) is False:
+            return "opted_out"
+        if channel == "inapp":
+            return None
+        if channel == "push":
+            return None if self.push_tokens else "no_address"
+        if channel == "email":
+            return None if self.email else "no_address"
+        return None if self.phone else "no_address"
 
     def view(self) -> dict[str, Any]:
         """The API view; shared between calls until the recipient changes, so

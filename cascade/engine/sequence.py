@@ -50,6 +50,7 @@ S_STARTED = 0
 # was delivered"; kept apart from `sig` so both stay small cached ints.
 _DELIVERED_ANY = 1 << 4
 REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
+FIRED_KEY = 24  # notes key of the time step i (> 0, in a sequence) fired
 _NO_EFFECTS: list[Any] = []  # shared; never appended to
 
 
@@ -67,7 +68,7 @@ class Counters:
 class Send:
     """One send actor. Rarely used facts live in `notes`, created on first
     use, so an active send that nothing happened to stays small: fired
-    times of later steps ("fired"), signal times (key 4*step+kind, like the
+    times of later steps (key 24+step), signal times (key 4*step+kind, like the
     bits of `sig`), skip/failure reasons (key 16+step), "stoppedBy" (as
     4*step+kind), "finished", "origin". Int keys spare a tuple a signal."""
 
@@ -111,12 +112,11 @@ class Send:
         return self.get("origin")
 
     def fired_at(self, i: int) -> float | None:
-        fired = self.get("fired")
-        if fired is not None:
-            return fired[i]  # type: ignore[no-any-return]
+        if self.step_status(i) in (PENDING, SKIPPED):
+            return None
         if i == 0 or not self.tpl.sequence:
-            return self.created if self.step_status(i) not in (PENDING, SKIPPED) else None
-        return None
+            return self.created
+        return self.get(FIRED_KEY + i)  # type: ignore[no-any-return]
 
     def note(self, key: Any, value: Any) -> None:
         if self.notes is None:
@@ -138,35 +138,31 @@ def _finish(send: Send, status: int, now: float, effects: list[Any]) -> None:
 
 
 def _mark_fired(send: Send, i: int, now: float) -> None:
-    fired = send.get("fired")
-    if i == 0 and fired is None:
-        return
-    if fired is None:
-        fired = [None] * len(send.tpl.steps)
-        fired[0] = send.created if send.step_status(0) not in (PENDING, SKIPPED) else None
-        send.note("fired", fired)
-    fired[i] = now
+    """Record when a later step fired (step 1 fires at `created`)."""
+    notes = send.notes
+    if notes is None:
+        notes = send.notes = {}
+    notes[FIRED_KEY + i] = now
 
 
 def _fire(send: Send, i: int, now: float, effects: list[Any]) -> bool:
     """Fire step i; False if it was skipped (no address, opted out)."""
     step = send.tpl.steps[i]
-    rcpt = send.recipient
-    if not rcpt.address(step.address_field):
-        reason = "no_address"
-    elif rcpt.opted_out(step.channel):
-        reason = "opted_out"
-    else:
-        waits = send.tpl.sequence and step.stop_rank >= 0
-        send._set(i, WAITING if waits else FIRED)
-        _mark_fired(send, i, now)
-        _count(send, i, REQUESTED)
+    shift = 4 * i
+    reason = send.recipient.unreachable(step.channel)
+    if reason is None:
+        waits = step.stop_rank >= 0 and send.tpl.sequence
+        send.steps = (send.steps & ~(15 << shift)) | ((WAITING if waits else FIRED) << shift)
+        if i:
+            _mark_fired(send, i, now)
+        for c in send.counters:
+            c.steps[i][REQUESTED] += 1
         if waits:
-            send.deadline = now + step.wait_s
-            effects.append((SCHEDULE, send.deadline))
+            deadline = send.deadline = now + step.wait_s
+            effects.append((SCHEDULE, deadline))
         effects.append((DELIVER, i))
         return True
-    send._set(i, SKIPPED)
+    send.steps = (send.steps & ~(15 << shift)) | (SKIPPED << shift)
     send.note(REASON_KEY + i, reason)
     _count(send, i, C_SKIPPED)
     return False

@@ -14,6 +14,7 @@ the supervisor can restart a crashed actor over the same state.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left
 from collections import deque
 from typing import Any, Callable, Mapping
 
@@ -28,10 +29,10 @@ from .providers.base import DeliveryOutcome, OutgoingMessage, Provider
 from .recipients import Recipient
 from .reply import Reply, resolve_batch
 from .sequence import (
-    DELIVER, FINISH, SCHEDULE, UNSCHEDULE, Send, SignalOutcome,
+    DELIVER, SCHEDULE, UNSCHEDULE, Send, SignalOutcome,
     cancel, delivery_result, signal, start, window_ended,
 )
-from .shard_stats import ShardStats
+from .shard_stats import LATENESS_BUCKETS, ShardStats
 from .templates import TemplateVersion
 from .timers import TimerWheel
 from .views import decode_data, send_view
@@ -40,6 +41,12 @@ __all__ = ["Command", "ShardActor", "ShardState", "SubmitJobs"]
 
 _log = logging.getLogger("cascade.shard")
 _INBOX_OK = DeliveryOutcome(True)
+_SEND_ID_LEN = len(format_send_id(0))
+
+
+def _render(arg: tuple[Send, Any]) -> Any:
+    send, content = arg
+    return content.render(decode_data(send), send.recipient.view())
 
 # (operation, payload, reply or None)
 Command = tuple[str, Any, Any]
@@ -104,24 +111,26 @@ class ShardState:
 
     # -- effects --------------------------------------------------------
     def _run(self, send: Send, effects: list[Any], now: float) -> None:
-        self._apply(send, effects, now)
+        """Carry out a transition's effects, then the answers of the channels
+        that answered at once (in-app, synchronous providers): queued rather
+        than nested, so every transition sees the effects before it done."""
         local = self._local
-        while local:
-            s, i, outcome = local.popleft()
-            self._apply(s, delivery_result(s, i, outcome.ok, outcome.reason, now), now)
-
-    def _apply(self, send: Send, effects: list[Any], now: float) -> None:
-        for effect in effects:
-            tag = effect[0]
-            if tag == DELIVER:
-                self._deliver(send, effect[1])
-            elif tag == SCHEDULE:
-                self.wheel.schedule(send, effect[1])
-            elif tag == UNSCHEDULE:
-                self.wheel.cancel(send, effect[1])
-            elif tag == FINISH:
-                self.active -= 1
-                self.retained.append((now + self.retain_s, send))
+        while True:
+            for effect in effects:
+                tag = effect[0]
+                if tag == DELIVER:
+                    self._deliver(send, effect[1])
+                elif tag == SCHEDULE:
+                    self.wheel.schedule(send, effect[1])
+                elif tag == UNSCHEDULE:
+                    self.wheel.cancel(send, effect[1])
+                else:  # FINISH
+                    self.active -= 1
+                    self.retained.append((now + self.retain_s, send))
+            if not local:
+                return
+            send, i, outcome = local.popleft()
+            effects = delivery_result(send, i, outcome.ok, outcome.reason, now)
 
     def _deliver(self, send: Send, i: int) -> None:
         step = send.tpl.steps[i]
@@ -135,12 +144,11 @@ class ShardState:
             self._local.append((send, i, _INBOX_OK))
             return
         provider = self.providers[step.channel]
-        rview = send.recipient.view()
+        message_id = format_message_id(send.key, i + 1)
         content = step.content
         message = OutgoingMessage(
-            format_message_id(send.key, i + 1), format_send_id(send.key), send.tpl.id, send.tpl.version,
-            i + 1, step.channel, rview, content.source,
-            (lambda: content.render(decode_data(send), rview)) if content.dynamic else None)
+            message_id, message_id[:_SEND_ID_LEN], send.tpl.id, send.tpl.version, i + 1, step.channel,
+            send.recipient.view(), content.source, _render if content.dynamic else None, (send, content))
         if provider.synchronous:
             outcome = provider.deliver_now(message)
             self.stats.deliveries[step.channel][outcome.ok] += 1
@@ -150,9 +158,16 @@ class ShardState:
 
     # -- timers and retention -----------------------------------------------
     def _fire_due(self, now: float) -> None:
-        for deadline, send in self.wheel.pop_due(now):
-            self.stats.timer_fired(now - deadline)
-            self._run(send, window_ended(send, now), now)
+        due = self.wheel.pop_due(now)
+        if due:
+            counts = self.stats.lateness_counts
+            late = 0.0
+            for send in due:
+                lateness = now - send.deadline  # type: ignore[operator]
+                late += lateness
+                counts[bisect_left(LATENESS_BUCKETS, lateness)] += 1
+                self._run(send, window_ended(send, now), now)
+            self.stats.lateness_sum += late
         retained = self.retained
         while retained and retained[0][0] <= now:
             _, send = retained.popleft()

@@ -3,7 +3,6 @@ thread only, read (racily, which is fine for monitoring) at scrape time."""
 
 from __future__ import annotations
 
-import bisect
 from typing import Any
 
 from .channels import CHANNELS, SIGNALS
@@ -24,11 +23,6 @@ class ShardStats:
 
     def signal(self, kind: int, outcome: int) -> None:
         self.signals[kind][outcome] += 1
-
-    def timer_fired(self, lateness: float) -> None:
-        lateness = max(0.0, lateness)
-        self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS, lateness)] += 1
-        self.lateness_sum += lateness
 
     def snapshot(self, **gauges: int) -> dict[str, Any]:
         return {

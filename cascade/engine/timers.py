@@ -59,9 +59,9 @@ class TimerWheel(Generic[T]):
             return None
         return min(self._buckets[slot].values())
 
-    def pop_due(self, now: float) -> list[tuple[float, T]]:
-        """Remove and return (deadline, item) for every deadline <= now, in deadline order."""
-        due: list[tuple[float, T]] = []
+    def pop_due(self, now: float) -> list[T]:
+        """Remove and return every item whose deadline is <= now, in deadline order."""
+        due: list[T] = []
         horizon = math.floor(now)
         while True:
             slot = self._first_slot()
@@ -69,22 +69,18 @@ class TimerWheel(Generic[T]):
                 break
             bucket = self._buckets[slot]
             if slot < horizon:
-                entries = sorted(bucket.items(), key=_by_deadline)
+                items = sorted(bucket, key=bucket.__getitem__)
                 del self._buckets[slot]
             else:
-                entries = sorted(((i, d) for i, d in bucket.items() if d <= now), key=_by_deadline)
-                for item, _ in entries:
+                items = sorted((i for i, d in bucket.items() if d <= now), key=bucket.__getitem__)
+                for item in items:
                     del bucket[item]
                 if bucket:
-                    self._count -= len(entries)
-                    due.extend((d, i) for i, d in entries)
+                    self._count -= len(items)
+                    due += items
                     break
                 del self._buckets[slot]
             heapq.heappop(self._order)
-            self._count -= len(entries)
-            due.extend((d, i) for i, d in entries)
+            self._count -= len(items)
+            due += items
         return due
-
-
-def _by_deadline(entry: tuple[object, float]) -> float:
-    return entry[1]

@@ -21,11 +21,11 @@ class OutgoingMessage:
     time a provider reads it, on the provider's side of the hand-off."""
 
     __slots__ = ("message_id", "send_id", "template", "template_version", "step", "channel",
-                 "recipient", "_content", "_render")
+                 "recipient", "_content", "_render", "_render_arg")
 
     def __init__(self, message_id: str, send_id: str, template: str, template_version: int, step: int,
                  channel: str, recipient: dict[str, Any], content: Any = None,
-                 render: Callable[[], Any] | None = None) -> None:
+                 render: Callable[[Any], Any] | None = None, render_arg: Any = None) -> None:
         self.message_id = message_id
         self.send_id = send_id
         self.template = template
@@ -35,12 +35,13 @@ class OutgoingMessage:
         self.recipient = recipient
         self._content = content
         self._render = render
+        self._render_arg = render_arg
 
     @property
     def content(self) -> Any:
         if self._render is not None:
-            self._content = self._render()
-            self._render = None
+            self._content = self._render(self._render_arg)
+            self._render = self._render_arg = None
         return self._content
 
     def __repr__(self) -> str:
