@@ -53,6 +53,9 @@ def format_message_id(key: int, step: int) -> str:
 def parse_send_id(text: str) -> int | None:
     if len(text) != len(_PREFIX) + _HEX_DIGITS or not text.startswith(_PREFIX):
         return None
+    digits = text[len(_PREFIX):]
+    if not (digits.isascii() and digits.isalnum()):  # int() would take " +_" and non-ASCII digits
+        return None
     try:
         return int(text[len(_PREFIX) :], 16)
     except ValueError:

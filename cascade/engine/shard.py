@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import pykka
 
-from .channels import CHANNEL_SIGNALS, SIGNALS
+from .channels import SIGNALS
 from .counters import CounterBook
 from .errors import AlreadyFinished, CascadeError, NotFound
 from .ids import format_message_id, format_send_id
@@ -42,6 +42,8 @@ __all__ = ["Command", "ShardActor", "ShardState", "SubmitJobs"]
 _log = logging.getLogger("cascade.shard")
 _INBOX_OK = DeliveryOutcome(True)
 _SEND_ID_LEN = len(format_send_id(0))
+_ACCEPTED, _DUPLICATE = SignalOutcome.ACCEPTED, SignalOutcome.DUPLICATE
+_UNKNOWN, _UNSUPPORTED = SignalOutcome.UNKNOWN_MESSAGE, SignalOutcome.UNSUPPORTED
 
 
 def _render(arg: tuple[Send, Any]) -> Any:
@@ -222,27 +224,29 @@ class ShardState:
     def _signals(self, items: list[tuple[int, int, int | None, str | None, int, float | None]], now: float) -> list[tuple[int, int, str]]:
         """Apply signals; answer (index, outcome, message) for each that was not plainly accepted."""
         problems = []
+        sends = self.sends
+        counts = self.stats.signals
         for index, key, i, channel, kind, at in items:
-            send = self.sends.get(key)
+            send = sends.get(key)
             if send is None:
-                problems.append((index, SignalOutcome.UNKNOWN_MESSAGE, f"send {format_send_id(key)} is unknown"))
+                problems.append((index, _UNKNOWN, f"send {format_send_id(key)} is unknown"))
                 continue
+            steps = send.tpl.steps
             if i is None:
-                i = next((s.number - 1 for s in send.tpl.steps if s.channel == channel), -1)
+                i = next((s.number - 1 for s in steps if s.channel == channel), -1)
                 if i < 0:
-                    problems.append((index, SignalOutcome.UNKNOWN_MESSAGE,
-                                     f"send {format_send_id(key)} has no {channel} step"))
+                    problems.append((index, _UNKNOWN, f"send {format_send_id(key)} has no {channel} step"))
                     continue
-            if 0 <= i < len(send.tpl.steps) and SIGNALS[kind] not in CHANNEL_SIGNALS[send.tpl.steps[i].channel]:
-                problems.append((index, SignalOutcome.UNSUPPORTED,
-                                 f"{send.tpl.steps[i].channel} emits no {SIGNALS[kind]} signal"))
+            if 0 <= i < len(steps) and not (steps[i].signal_mask >> kind) & 1:
+                counts[kind][_UNSUPPORTED] += 1
+                problems.append((index, _UNSUPPORTED, f"{steps[i].channel} emits no {SIGNALS[kind]} signal"))
                 continue
             outcome, effects = signal(send, i, kind, now if at is None else at, now)
-            self.stats.signal(kind, outcome)
-            if outcome == SignalOutcome.ACCEPTED:
+            counts[kind][outcome] += 1
+            if outcome == _ACCEPTED:
                 if effects:
                     self._run(send, effects, now)
-            elif outcome == SignalOutcome.DUPLICATE:
+            elif outcome == _DUPLICATE:
                 problems.append((index, outcome, ""))
             else:
                 problems.append((index, outcome, f"message {format_message_id(key, i + 1)} was never sent"))

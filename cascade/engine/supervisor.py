@@ -267,6 +267,7 @@ class Engine:
         """Apply engagement events; the reply is {accepted, duplicates, errors}."""
         errors: list[dict[str, Any]] = []
         batches: list[list[Any]] = [[] for _ in self.states]
+        n_shards = len(self.states)
         for index, (message_id, send_id, channel, kind_name, at) in enumerate(events):
             kind = _KIND.get(kind_name)
             if kind is None:
@@ -274,6 +275,16 @@ class Engine:
                                "message": f"type {kind_name!r} is not one of {', '.join(SIGNALS)}"})
                 continue
             if message_id is not None:
+                # Fast path for the canonical "snd_<15 hex>.<digit>" shape.
+                if len(message_id) == 21 and message_id[19] == "." and message_id.startswith("snd_") \
+                        and "1" <= message_id[20] <= "9" and message_id.isascii() and message_id[4:19].isalnum():
+                    try:
+                        key = int(message_id[4:19], 16)
+                    except ValueError:
+                        pass
+                    else:
+                        batches[(key >> 46) * n_shards >> 14].append((index, key, ord(message_id[20]) - 49, None, kind, at))
+                        continue
                 parsed = parse_message_id(message_id)
                 if parsed is None:
                     errors.append({"index": index, "code": "unknown_message",

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .channels import CHANNEL_ADDRESS, CHANNEL_SIGNALS, CHANNELS, ENGAGEMENT, WAIT_MINUTES
+from .channels import CHANNEL_ADDRESS, CHANNEL_SIGNALS, CHANNELS, ENGAGEMENT, SIGNALS, WAIT_MINUTES
 from .errors import Detail, NotFound, TemplateInvalid
 from .render import CompiledContent
 from .timefmt import iso
@@ -34,6 +34,7 @@ class Step:
     wait_s: float
     content: CompiledContent
     address_field: str | None
+    signal_mask: int  # bit k set: the channel can emit SIGNALS[k]
 
     @property
     def stop_condition(self) -> str | None:
@@ -153,6 +154,7 @@ def _build(template_id: str, version: int, body: dict[str, Any], created: float,
             wait_s=float(raw.get("waitMinutes", 0)) * 60.0,
             content=CompiledContent(raw.get("content", {})),
             address_field=CHANNEL_ADDRESS[raw["channel"]],
+            signal_mask=sum(1 << k for k, name in enumerate(SIGNALS) if name in CHANNEL_SIGNALS[raw["channel"]]),
         ))
     normal = {
         "name": body.get("name", template_id),

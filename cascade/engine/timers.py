@@ -28,7 +28,7 @@ class TimerWheel(Generic[T]):
         return self._count
 
     def schedule(self, item: T, deadline: float) -> None:
-        slot = math.floor(deadline)
+        slot = int(deadline)  # deadlines are epoch seconds, > 0: int() is floor(), and faster
         bucket = self._buckets.get(slot)
         if bucket is None:
             bucket = self._buckets[slot] = {}
@@ -38,7 +38,7 @@ class TimerWheel(Generic[T]):
         bucket[item] = deadline
 
     def cancel(self, item: T, deadline: float) -> bool:
-        slot = math.floor(deadline)
+        slot = int(deadline)
         bucket = self._buckets.get(slot)
         if bucket is None or bucket.pop(item, None) is None:
             return False
