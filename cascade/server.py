@@ -1,0 +1,219 @@
+"""`cascade serve`: assemble the parts from `Settings` and run them.
+
+Owns the process lifecycle. Start: clock, providers, the delivery dispatcher
+on the server's own event loop, the engine, `/metrics` on a fresh registry,
+the aiohttp app, then the listening socket; readiness is signalled last.
+Stop (SIGTERM/SIGINT): stop accepting, let in-flight requests finish
+(bounded by `server.shutdown_timeout_s`), drain the dispatcher (same bound),
+stop the engine (shards finish what is queued), exit 0. A second signal
+during the drain exits at once (code 130).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from .config import Settings
+from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvider, RealClock, ScaledClock
+from .engine.clock import Clock
+from .engine.delivery import DeliveryDispatcher, Job, OnResults
+from .engine.providers.base import Provider
+from .engine.providers.webhook import WebhookProvider
+from .http.metrics import HttpMetrics
+from .logs import request_id_var
+
+__all__ = ["Server", "build_clock", "build_providers", "run_server"]
+
+_log = logging.getLogger("cascade.server")
+
+
+def build_clock(settings: Settings) -> Clock:
+    mode = settings.clock.mode
+    if mode == "manual":
+        return ManualClock(start=time.time())  # starts at the real time (API.md § Operations)
+    if mode == "scaled":
+        return ScaledClock(settings.clock.rate)
+    return RealClock()
+
+
+def build_providers(settings: Settings) -> tuple[dict[str, Provider], dict[str, int]]:
+    """The provider of each non-inapp channel, and the in-flight bound of each."""
+    providers: dict[str, Provider] = {}
+    limits: dict[str, int] = {}
+    for channel in ("push", "email", "sms"):
+        ch = settings.channel(channel)
+        if ch.provider == "webhook":
+            assert ch.url is not None  # config checked it
+            providers[channel] = WebhookProvider(name=channel, url=ch.url, secret=ch.secret, timeout_s=ch.timeout_s,
+                                                 max_attempts=ch.max_attempts, max_in_flight=ch.max_in_flight)
+        elif ch.provider == "memory":
+            providers[channel] = MemoryProvider("memory", record=False)
+        else:
+            providers[channel] = LogProvider()
+        limits[channel] = ch.max_in_flight
+    return providers, limits
+
+
+def config_summary(settings: Settings) -> dict[str, Any]:
+    """What the start line says: everything but secrets."""
+    channels = {}
+    for channel in ("push", "email", "sms"):
+        ch = settings.channel(channel)
+        channels[channel] = f"webhook {ch.url}" if ch.provider == "webhook" else ch.provider
+    clock = settings.clock.mode + (f" x{settings.clock.rate:g}" if settings.clock.mode == "scaled" else "")
+    keys = settings.auth.api_keys
+    return {
+        "host": settings.server.host, "port": settings.server.port, "clock": clock,
+        "shards": settings.engine.shards, "channels": channels,
+        "auth": f"on ({len(keys)} keys)" if keys else "off",
+        "inbox_tokens": "on" if settings.auth.inbox_secret else "off",
+        "data_dir": settings.storage.data_dir,
+    }
+
+
+class _AccessLogger(AbstractAccessLogger):
+    """Request lines, when CASCADE_ACCESS_LOG=1 (off by default: one line a
+    request costs more than the request at thousands a second)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        rid = response.headers.get("X-Request-Id") or request.headers.get("X-Request-Id") or request_id_var.get()
+        extra: dict[str, Any] = {"event": "request", "method": request.method, "path": request.path,
+                                 "status": response.status, "duration_ms": round(time * 1000, 3),
+                                 "remote": request.remote}
+        if rid:
+            extra["request_id"] = rid
+        self.logger.info("%s %s %d", request.method, request.path, response.status, extra=extra)
+
+
+class Server:
+    """One running cascade server; `await start()`, then `await stop()`.
+    Tests use it in-process: `async with Server(settings) as server: server.url`."""
+
+    def __init__(self, settings: Settings, *, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.clock = build_clock(settings)
+        self.providers, self._limits = build_providers(settings)
+        self.ready = asyncio.Event()
+        self.dispatcher: DeliveryDispatcher | None = None
+        self.engine: Engine | None = None
+        self.metrics: HttpMetrics | None = None
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = self.settings.server.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _submit_jobs(self, jobs: list[Job], on_results: OnResults) -> None:
+        assert self.dispatcher is not None
+        try:
+            self.dispatcher.submit(jobs, on_results)
+        except RuntimeError:  # stopping: the dispatcher has closed its doors
+            _log.warning("delivery has stopped; %d messages were not posted", len(jobs),
+                         extra={"event": "delivery_dropped", "messages": len(jobs)})
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        _log.info("starting cascade", extra={"event": "start", **config_summary(s)})
+        if not s.auth.api_keys:
+            _log.warning("auth is OFF: no API keys configured, so only loopback (%s) is served; "
+                         "configure [auth] api_keys to listen elsewhere", s.server.host,
+                         extra={"event": "auth_off"})
+        async_providers = {ch: p for ch, p in self.providers.items() if not p.synchronous}
+        self.dispatcher = DeliveryDispatcher(async_providers, {ch: self._limits[ch] for ch in async_providers},
+                                             loop=loop)
+        self.engine = Engine(self.clock, self.providers, EngineConfig(
+            shards=s.engine.shards, retain_finished_s=s.storage.retain_finished_s,
+            max_pending_per_shard=s.engine.max_pending_per_shard, tick_interval_s=s.engine.tick_interval_s,
+            gc_freeze_interval_s=s.engine.gc_freeze_interval_s), submit_jobs=self._submit_jobs).start()
+        try:
+            self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher)
+            ProcessCollector(registry=self.registry)
+            self.app = _build_app(self.engine, s, ready=self.ready, metrics=self.metrics, server=self)
+            access = os.environ.get("CASCADE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
+            self._runner = web.AppRunner(
+                self.app, shutdown_timeout=s.server.shutdown_timeout_s, handle_signals=False,
+                access_log=logging.getLogger("cascade.access") if access else None,
+                access_log_class=_AccessLogger)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, s.server.host, s.server.port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await self._teardown(quick=True)
+            raise
+        self.port = self._runner.addresses[0][1]
+        # Recovery (journal + snapshots) goes here once durability lands.
+        self.ready.set()
+        _log.info("ready on %s", self.url, extra={"event": "ready", "url": self.url})
+
+    async def stop(self, reason: str = "stop requested") -> None:
+        _log.info("stopping: %s", reason, extra={"event": "stopping", "reason": reason})
+        started = time.monotonic()
+        await self._teardown(quick=False)
+        _log.info("stopped cleanly in %.2f s", time.monotonic() - started,
+                  extra={"event": "stopped", "clean": True})
+
+    async def _teardown(self, quick: bool) -> None:
+        self.ready.clear()
+        timeout = 0.0 if quick else self.settings.server.shutdown_timeout_s
+        if self._runner is not None:
+            await self._runner.cleanup()  # stop accepting, finish in-flight requests, close connections
+            self._runner = None
+        if self.dispatcher is not None:
+            await self.dispatcher.aclose(timeout)
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+
+
+def _build_app(engine: Engine, settings: Settings, *, ready: asyncio.Event, metrics: HttpMetrics,
+               server: Server) -> web.Application:
+    from .http.app import build_app  # noqa: PLC0415 - the front door, written alongside
+
+    return build_app(engine, settings, ready=ready, metrics=metrics, admin=server)
+
+
+async def run_server(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down cleanly."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if received:
+            _log.error("second %s during shutdown: exiting at once", sig.name, extra={"event": "forced_exit"})
+            logging.shutdown()
+            os._exit(130)
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    server = Server(settings)
+    try:
+        await server.start()
+        await stop.wait()
+        await server.stop(f"received {received[0]}")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,179 @@
+"""Settings: defaults, the TOML file, CASCADE_* environment, flags, and the
+errors a user sees (naming the key); plus `cascade serve`'s refusal to start."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cascade.cli import main
+from cascade.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """`cascade serve` takes over the root logger; give it back to pytest."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cascade.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_no_file_no_env_runs_on_embedded_defaults() -> None:
+    s = load_settings(environ={})
+    assert (s.server.host, s.server.port) == ("127.0.0.1", 8080)
+    assert s.server.max_body_bytes == 8 * 1024 * 1024
+    assert s.server.max_csv_bytes == 512 * 1024 * 1024
+    assert s.storage.data_dir == "./cascade-data"
+    assert s.storage.journal_fsync == "batch"
+    assert s.storage.retain_finished_s == 7 * 86400
+    assert s.auth.api_keys == {} and s.auth.inbox_secret is None
+    assert (s.clock.mode, s.clock.rate) == ("real", 60.0)
+    assert s.channels == {}
+    assert s.channel("push").provider == "log"
+
+
+def test_the_api_md_example_file_is_read_whole(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[server]
+host = "127.0.0.1"
+port = 9091
+max_body_bytes = 1024
+
+[storage]
+data_dir = "/var/lib/cascade"
+journal_fsync = "always"
+
+[auth]
+api_keys = { "k-admin" = "admin", "k-provider" = "events" }
+inbox_secret = "change-me"
+
+[clock]
+mode = "scaled"
+rate = 120.0
+
+[channels.push]
+provider = "webhook"
+url = "http://127.0.0.1:9000/push"
+secret = "whsec"
+timeout_s = 5
+max_attempts = 3
+max_in_flight = 256
+""")
+    s = load_settings(path, environ={})
+    assert s.server.port == 9091 and s.server.max_body_bytes == 1024
+    assert s.storage.data_dir == "/var/lib/cascade" and s.storage.journal_fsync == "always"
+    assert s.auth.api_keys == {"k-admin": "admin", "k-provider": "events"}
+    assert s.auth.inbox_secret == "change-me"
+    assert (s.clock.mode, s.clock.rate) == ("scaled", 120.0)
+    push = s.channel("push")
+    assert (push.provider, push.url, push.secret, push.max_attempts) == ("webhook", "http://127.0.0.1:9000/push",
+                                                                          "whsec", 3)
+    assert s.channel("email").provider == "log"
+
+
+def test_environment_overrides_the_file_including_api_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = 9091\n[auth]\napi_keys = { "old" = "admin" }\n')
+    s = load_settings(path, environ={
+        "CASCADE_SERVER_PORT": "9092", "CASCADE_CLOCK_MODE": "manual",
+        "CASCADE_AUTH_API_KEYS": "k1=admin, k2=events", "CASCADE_STORAGE_DATA_DIR": "/tmp/x",
+        "UNRELATED": "1", "CASCADE_LOG_LEVEL": "DEBUG"})
+    assert s.server.port == 9092
+    assert s.clock.mode == "manual"
+    assert s.auth.api_keys == {"k1": "admin", "k2": "events"}  # replaced, not merged
+    assert s.storage.data_dir == "/tmp/x"
+
+
+def test_flags_win_over_environment_and_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[server]\nport = 9091\n[clock]\nmode = "real"\n')
+    s = load_settings(path, flags={"server.port": 9093, "clock.mode": "manual", "server.host": None},
+                      environ={"CASCADE_SERVER_PORT": "9092", "CASCADE_SERVER_HOST": "localhost"})
+    assert s.server.port == 9093
+    assert s.clock.mode == "manual"
+    assert s.server.host == "localhost"  # a None flag is "not given"
+
+
+@pytest.mark.parametrize(("text", "env", "names"), [
+    ('[server]\nport = 70000\n', {}, "server.port"),
+    ('[server]\nport = "http"\n', {}, "port"),
+    ('[clock]\nmode = "fast"\n', {}, "mode"),
+    ('[clock]\nrate = -1.0\n', {}, "clock.rate"),
+    ('[server]\nhots = "x"\n', {}, "hots"),
+    ('[channels.push]\nprovider = "webhook"\n', {}, "channels.push.url"),
+    ('[channels.fax]\nprovider = "log"\n', {}, "fax"),
+    ('[auth]\napi_keys = { "k" = "root" }\n', {}, "api_keys"),
+    ('', {"CASCADE_SERVER_PORT": "eighty"}, "port"),
+    ('[engine]\nshards = 0\n', {}, "engine.shards"),
+])
+def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ=env)
+    assert names in str(info.value)
+
+
+def test_unreadable_or_broken_files_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_settings(tmp_path / "missing.toml", environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[server\n"), environ={})
+
+
+def test_a_non_loopback_address_without_api_keys_is_refused() -> None:
+    with pytest.raises(ConfigError, match="server.host '0.0.0.0' is not a loopback address"):
+        load_settings(flags={"server.host": "0.0.0.0"}, environ={})
+    for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
+        assert load_settings(flags={"server.host": host}, environ={}).server.host == host
+    keyed = load_settings(flags={"server.host": "0.0.0.0"}, environ={"CASCADE_AUTH_API_KEYS": "k=admin"})
+    assert keyed.server.host == "0.0.0.0"
+
+
+def test_cascade_serve_refuses_a_bad_configuration_with_exit_code_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        restore_logging: None) -> None:
+    monkeypatch.delenv("CASCADE_AUTH_API_KEYS", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "8099"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "server.host" in err[0] and "api_keys" in err[0] and '"level": "error"' in err[0]
+    assert main(["serve", "--config", str(write(tmp_path, "[clock]\nrate = 0.0\n"))]) == 2
+    assert "clock.rate" in capsys.readouterr().err
+
+
+def test_cli_version_help_and_unknown_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert "cascade 0.1.0" in capsys.readouterr().out
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in ("--config", "--host", "--port", "--data-dir", "--clock", "--clock-rate", "CASCADE_"):
+        assert flag in out
+    assert main(["serve", "--clock", "sundial"]) == 2
+    assert main([]) == 2
+
+
+def test_snapshot_subcommand_is_delegated(tmp_path: Path) -> None:
+    broken = tmp_path / "snapshot-00000000000000000001-shard00.msgpack"
+    broken.write_bytes(b"not a snapshot")
+    assert main(["snapshot", "verify", str(broken)]) == 1
+    assert main(["snapshot"]) == 2
+
+
+def test_the_module_runs_as_a_script() -> None:
+    out = subprocess.run([sys.executable, "-m", "cascade.cli", "--version"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "cascade 0.1.0"
