@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,6 +39,9 @@ __all__ = ["HTTP_BUCKETS", "HttpMetrics", "SnapshotStats"]
 
 _log = logging.getLogger("cascade.metrics")
 
+# What `generate_latest` writes (prometheus_client >= 0.22 calls 1.0.0 "latest"
+# but falls back to this for plain text itself).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 INGEST_RESULTS = ("accepted", "duplicate", "unknown_message", "unsupported_signal")
 FINISH_OUTCOMES = SEND_COLUMNS[1:]  # stopped, completed, cancelled, failed
@@ -132,7 +135,7 @@ class HttpMetrics:
     async def handler(self, request: web.Request) -> web.Response:
         """GET /metrics in the Prometheus text format."""
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     # -- the scrape side (a worker thread) -------------------------------------
     def read_engine(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
