@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # ships no type information
 
 __all__ = [
     "CHUNK_BYTES",
@@ -87,7 +87,10 @@ def _packer() -> msgpack.Packer:
 
 
 def encode_record(obj: Any) -> bytes:
-    return encode_records((obj,))
+    payload: bytes = _packer().pack(obj)
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ValueError(f"a record exceeds the {MAX_FRAME_BYTES}-byte frame limit")
+    return _HEAD.pack(len(payload), _crc32(payload)) + payload
 
 
 def encode_records(records: Iterable[Any]) -> bytes:
@@ -95,7 +98,7 @@ def encode_records(records: Iterable[Any]) -> bytes:
     pack, head, crc = _packer().pack, _HEAD.pack, _crc32
 
     def frame(obj: Any) -> bytes:
-        payload = pack(obj)
+        payload: bytes = pack(obj)
         return head(len(payload), crc(payload)) + payload
 
     frames = [frame(obj) for obj in records]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .codec import (
-    CHUNK_BYTES, CorruptSnapshot, FrameReader, SnapshotEncoder, StopReason, check_header, check_trailer, make_header,
+    CHUNK_BYTES, MAX_FRAME_BYTES, CorruptSnapshot, FrameReader, SnapshotEncoder, StopReason, check_header, check_trailer, make_header,
 )
 
 __all__ = [
@@ -77,6 +77,7 @@ def write_snapshot(
     full = make_header(shard, position, extra.pop("counts", {}), extra.pop("created_at", time.time()), **extra)
     encoder = SnapshotEncoder(full)
     directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
     tmp, final = snapshot_path(directory, position, shard, ".tmp"), snapshot_path(directory, position, shard)
     try:
         with open(tmp, "wb") as f:
@@ -117,7 +118,7 @@ def read_snapshot(path: str | os.PathLike[str], *, decode: bool = True) -> tuple
     path = os.fspath(path)
     with open(path, "rb") as f:
         head = f.read(8)
-        if len(head) == 8:
+        if len(head) == 8 and 0 < int.from_bytes(head[:4], "little") <= MAX_FRAME_BYTES:  # never a 4 GiB read
             head += f.read(int.from_bytes(head[:4], "little"))
     reader = FrameReader(head)
     records = list(reader)

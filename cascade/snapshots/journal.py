@@ -18,6 +18,8 @@ import bisect
 import collections
 import contextlib
 import fcntl
+import functools
+import itertools
 import logging
 import os
 import re
@@ -27,7 +29,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from .codec import FRAME_HEADER, MAX_FRAME_BYTES, FrameReader, StopReason, encode_records
 
@@ -38,6 +40,7 @@ __all__ = [
 
 log = logging.getLogger("cascade.journal")
 Callback = Callable[[], None]
+Opener = Callable[[], contextlib.AbstractContextManager[Any]]
 FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _SEGMENT = re.compile(r"^journal-(\d{20})\.log$")
 
@@ -56,6 +59,8 @@ class JournalClosed(JournalError):
 
 @dataclass(frozen=True)
 class JournalIssue:
+    """Damage found on open (and cut off) or during replay (where replay stopped)."""
+
     segment: str
     offset: int  # where the valid data ends
     reason: str  # a StopReason value, or "short-segment"
@@ -67,6 +72,8 @@ class JournalIssue:
 
 @dataclass
 class RecoveryReport:
+    """What opening the journal found: the position it continues from and any issues (replay adds its own)."""
+
     position: int = 0
     segments: int = 0
     issues: list[JournalIssue] = field(default_factory=list)
@@ -78,6 +85,8 @@ class RecoveryReport:
 
 @dataclass(frozen=True)
 class JournalStats:
+    """Plain figures for a Prometheus collector to publish at scrape time."""
+
     position: int
     durable_position: int
     appends: int
@@ -95,6 +104,16 @@ class JournalStats:
 
 
 class Journal(Protocol):
+    """What the engine relies on; FileJournal and MemoryJournal both pass one behaviour suite.
+
+    append: queue records (thread-safe), return the position after them; never
+    waits for an fsync (only for back-pressure); `on_durable` fires once they
+    are durable. replay: (position, record) after `after`, for everything
+    appended before the call. rotate: new segment at the current position,
+    returned. drop_before: delete segments whose records all lie at or before
+    `position`. close: write, sync, stop; later appends raise JournalClosed.
+    """
+
     recovery_report: RecoveryReport
 
     def append(self, records: Sequence[Any], on_durable: Callback | None = None) -> int: ...
@@ -121,7 +140,7 @@ def _frame_ok(pread: Callable[[int, int], bytes], offset: int) -> bool:
         return False
     length, check = FRAME_HEADER.unpack(head)
     payload = pread(offset + 8, length) if 0 < length <= MAX_FRAME_BYTES else b""
-    return len(payload) == length > 0 and zlib.crc32(payload) == check
+    return len(payload) == length > 0 and bool(zlib.crc32(payload) == check)
 
 
 def _examine_tail(label: str, reader: FrameReader, size: int, pread: Callable[[int, int], bytes]) -> JournalIssue | None:
@@ -172,15 +191,17 @@ class _Segments:
     """Segment bookkeeping and replay shared by both journals; subclasses say how to read one."""
 
     recovery_report: RecoveryReport
-    _lock: threading.Lock | threading.Condition
+    _lock: threading.Lock
     _starts: list[int]
 
-    def _open_segment(self, start: int, active: bool) -> tuple[contextlib.AbstractContextManager[Any], int | None]:
+    def _open_segment(self, start: int, active: bool) -> tuple[Opener, int | None]:
+        """How to open segment `start` for reading later, and how many bytes of it to read."""
         raise NotImplementedError
 
     def replay(self, after: int = 0) -> Iterator[tuple[int, Any]]:
-        """(position, record) for every record after `after`, in order."""
+        """(position, record) for every record appended before the call and after `after`, in order."""
         with self._lock:
+            self._wait_written()
             starts = list(self._starts)
             plan = [(s, self._open_segment(s, i == len(starts) - 1)) for i, s in enumerate(starts)]
         if starts and after < starts[0]:
@@ -191,21 +212,26 @@ class _Segments:
         for (start, (opener, limit)), end in zip(plan, ends):
             if end is not None and end <= after:
                 continue
-            with opener as source:
-                reader, position = FrameReader(source, limit=limit), start
-                for record in reader:
-                    position += 1
-                    if position > after:
-                        yield position, record
+            with opener() as source:
+                reader = FrameReader(source, limit=limit)
+                numbered = enumerate(reader, start + 1)
+                if after > start:  # records at or before `after` are read (to find frames) but not yielded
+                    for _ in itertools.islice(numbered, after - start):
+                        pass
+                yield from numbered
+            position = start + reader.records
             short = end is not None and position != end and reader.stop is StopReason.END
             if reader.stop is not StopReason.END or short:
-                reason = "short-segment" if short else str(reader.stop.value if reader.stop else "")
+                reason = "short-segment" if short else reader.stop.value if reader.stop else "?"
                 detail = f"{reader.detail or 'segment ends early'}; records {position + 1}..{end or '?'} not replayed"
                 log.error("journal %s: REPLAY STOPPED at record %d: %s", segment_name(start), position, detail)
                 self.recovery_report.issues.append(
                     JournalIssue(segment_name(start), reader.end, reason, "replay stopped", detail, midstream=True)
                 )
                 return
+
+    def _wait_written(self) -> None:
+        """Called with the lock held: return once every record appended so far is in storage."""
 
     def _take_droppable(self, position: int) -> list[int]:
         """Remove from the bookkeeping the segments whose records all lie at or before `position`."""
@@ -274,8 +300,9 @@ class MemoryJournal(_Segments):
         with self._lock:
             return self._counters.freeze(self._position, self._position, 0, len(self._starts))
 
-    def _open_segment(self, start: int, active: bool) -> tuple[contextlib.AbstractContextManager[Any], int | None]:
-        return contextlib.nullcontext(bytes(self.storage[start])), None  # a copy: appends may resize the original
+    def _open_segment(self, start: int, active: bool) -> tuple[Opener, int | None]:
+        data = bytes(self.storage[start])  # a copy: appends may resize the original under the reader
+        return (lambda: contextlib.nullcontext(data)), None
 
 
 class FileJournal(_Segments):
@@ -323,8 +350,9 @@ class FileJournal(_Segments):
             raise
         self._size = os.fstat(self._fd).st_size
         self._dirty = False
-        self._lock = threading.Condition()
-        self._space = threading.Condition(self._lock)  # appenders waiting for back-pressure to ease
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the writer waiting for a non-empty queue
+        self._space = threading.Condition(self._lock)  # appenders waiting for back-pressure to ease; replay
         self._queue: list[tuple[bytes | None, int, Any]] = []
         self._pending = 0
         self._closing = self._closed = False
@@ -350,7 +378,7 @@ class FileJournal(_Segments):
             c = self._counters
             c.appends, c.records, c.bytes = c.appends + 1, c.records + len(records), c.bytes + len(data)
             if len(self._queue) == 1:  # the writer only sleeps on an empty queue
-                self._lock.notify()
+                self._work.notify()
             return self._position
 
     def position(self) -> int:
@@ -364,7 +392,7 @@ class FileJournal(_Segments):
             start = self._position
             self._queue.append((None, start, done))
             if len(self._queue) == 1:
-                self._lock.notify()
+                self._work.notify()
         done.wait()
         with self._lock:
             self._check_open(closing_ok=True)
@@ -383,7 +411,7 @@ class FileJournal(_Segments):
             if self._closing:
                 return
             self._closing = True
-            self._lock.notify_all()
+            self._work.notify_all()
         self._writer.join()
         try:
             if self.failure is None and self._dirty:
@@ -443,9 +471,13 @@ class FileJournal(_Segments):
                 self.recovery_report.issues.append(issue)
         return reader.records
 
-    def _open_segment(self, start: int, active: bool) -> tuple[contextlib.AbstractContextManager[Any], int | None]:
-        # The active segment is read only up to what the writer has finished writing.
-        return _LazyFile(self._path(start)), (self._size if active else None)
+    def _wait_written(self) -> None:
+        while self._durable < self._position and self.failure is None:
+            self._space.wait()
+
+    def _open_segment(self, start: int, active: bool) -> tuple[Opener, int | None]:
+        # Opened when replay gets there, not now; the active one only up to what the writer has finished.
+        return functools.partial(open, self._path(start), "rb"), (self._size if active else None)
 
     # -- writer thread ---------------------------------------------------------
 
@@ -455,7 +487,7 @@ class FileJournal(_Segments):
             while True:
                 with self._lock:
                     while not self._queue and not self._closing:
-                        self._lock.wait()
+                        self._work.wait()
                     batch, self._queue = self._queue, []
                 if not batch:
                     return
@@ -501,11 +533,13 @@ class FileJournal(_Segments):
             _fire([e[2] for e in group])
 
     def _write(self, data: bytes) -> None:
+        if not data:  # an empty append: nothing to write, and nothing new to sync
+            return
         view = memoryview(data)
         while view:
             view = view[os.write(self._fd, view) :]
         self._size += len(data)
-        self._dirty = self._dirty or bool(data)
+        self._dirty = True
         self._counters.writes += 1
 
     def _sync(self) -> None:
@@ -525,18 +559,3 @@ class FileJournal(_Segments):
             self._starts.append(start)
             self._fd, self._size = fd, 0
 
-
-class _LazyFile(contextlib.AbstractContextManager[IO[bytes]]):
-    """Opens at `with`, not when replay() is called, so an unstarted replay holds no file."""
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-        self._file: IO[bytes] | None = None
-
-    def __enter__(self) -> IO[bytes]:
-        self._file = open(self._path, "rb")
-        return self._file
-
-    def __exit__(self, *exc: object) -> None:
-        if self._file is not None:
-            self._file.close()
