@@ -227,5 +227,5 @@ class EngineVersusModel(RuleBasedStateMachine):
 
 
 EngineVersusModel.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    max_examples=200, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 test_engine_matches_the_reference_model = EngineVersusModel.TestCase
