@@ -62,7 +62,7 @@ class JsonFormatter(logging.Formatter):
             # Already a JSON object: splice our fields in front (no re-parse).
             head = json.dumps({"ts": _timestamp(record.created), "level": record.levelname.lower(),
                                "logger": record.name}, ensure_ascii=False)
-            return head[:-1] + ("," + msg[1:] if len(msg) > 2 else "}")
+            return head[:-1] + (", " + msg[1:] if len(msg) > 2 else "}")
         out = _fields(record)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

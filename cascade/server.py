@@ -28,6 +28,7 @@ from .engine.clock import Clock
 from .engine.delivery import DeliveryDispatcher, Job, OnResults
 from .engine.providers.base import Provider
 from .engine.providers.webhook import WebhookProvider
+from .http.app import build_app
 from .http.metrics import HttpMetrics
 from .logs import request_id_var
 
@@ -149,7 +150,9 @@ class Server:
         try:
             self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher)
             ProcessCollector(registry=self.registry)
-            self.app = _build_app(self.engine, s, ready=self.ready, metrics=self.metrics, server=self)
+            # Snapshot hooks (admin=) arrive with durability; until then the
+            # snapshot endpoints answer 503 snapshots_disabled.
+            self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics, admin=None)
             access = os.environ.get("CASCADE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
             self._runner = web.AppRunner(
                 self.app, shutdown_timeout=s.server.shutdown_timeout_s, handle_signals=False,
@@ -184,13 +187,6 @@ class Server:
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await asyncio.get_running_loop().run_in_executor(None, engine.stop)
-
-
-def _build_app(engine: Engine, settings: Settings, *, ready: asyncio.Event, metrics: HttpMetrics,
-               server: Server) -> web.Application:
-    from .http.app import build_app  # noqa: PLC0415 - the front door, written alongside
-
-    return build_app(engine, settings, ready=ready, metrics=metrics, admin=server)
 
 
 async def run_server(settings: Settings) -> None:
