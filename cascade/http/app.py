@@ -1,0 +1,132 @@
+"""The aiohttp application: routes, the front middleware, app state.
+
+Owns `build_app` and the per-request plumbing every route shares, kept in
+ONE middleware because each aiohttp middleware layer costs a few
+microseconds on a path that must carry thousands of requests a second:
+
+- a request id (the client's `X-Request-Id` if it is a sane token, else a
+  fresh one) on every response;
+- back-pressure: beyond `server.max_inflight_requests` requests in flight,
+  503 with `Retry-After` (operational endpoints are exempt);
+- auth (auth.py) for the routes that need it;
+- the single exception -> error body mapping (errors.py);
+- one DEBUG log line per request: id, method, route, status, ms.
+
+The optional metrics middleware is installed outside it, so it sees the
+final status of every request. The app does not start or stop the engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import time
+from typing import Any, Awaitable, Callable, Protocol
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import AbstractRoute
+
+from ..config import Settings
+from ..engine import Engine
+from . import routes_admin, routes_events, routes_inbox, routes_ops, routes_recipients, routes_sends, routes_templates
+from .auth import Authorizer
+from .errors import error_response, response_for_exception
+from .openapi import Route, document
+from .routes_admin import AdminHooks
+
+__all__ = ["AdminHooks", "ENGINE_KEY", "HttpMetrics", "ROUTES_KEY", "SETTINGS_KEY", "build_app"]
+
+_log = logging.getLogger("cascade.http")
+
+ENGINE_KEY = web.AppKey("engine", Engine)
+SETTINGS_KEY = web.AppKey("settings", Settings)
+ROUTES_KEY = web.AppKey("routes", list)  # the operation table, for metrics labels and docs
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_SANE_ID = re.compile(r"[A-Za-z0-9._:+=-]{1,128}")
+
+
+class HttpMetrics(Protocol):
+    """What `http/metrics.py` provides: a middleware observing request
+    durations and the `GET /metrics` handler."""
+
+    middleware: Any
+    handler: Handler
+
+
+class _Front:
+    """State of the front middleware: in-flight count, route table, ids."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.limit = settings.server.max_inflight_requests
+        self.inflight = 0
+        self.routes: dict[AbstractRoute, Route] = {}
+        auth = Authorizer(settings.auth)
+        self.auth = auth if auth.enabled else None
+        self._prefix = os.urandom(4).hex()
+        self._ids = itertools.count(1)
+
+    def new_id(self) -> str:
+        return f"{self._prefix}-{next(self._ids)}"
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = request.headers.get("X-Request-Id")
+        if rid is None or _SANE_ID.fullmatch(rid) is None:
+            rid = self.new_id()
+        debug = _log.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if debug else 0.0
+        route = self.routes.get(request.match_info.route)
+        public = route is not None and route.need is None
+        response: web.StreamResponse
+        if not public and self.inflight >= self.limit:
+            response = error_response(503, "overloaded", f"{self.inflight} requests are in flight; retry shortly",
+                                      (), {"Retry-After": "1"})
+        else:
+            if not public:
+                self.inflight += 1
+            try:
+                if self.auth is not None and route is not None and route.need is not None:
+                    self.auth.check(request, route.need, route.recipient_token)
+                response = await handler(request)
+            except Exception as exc:  # noqa: BLE001 - the one place errors become responses
+                response = response_for_exception(exc, request, rid)
+            finally:
+                if not public:
+                    self.inflight -= 1
+        if not response.prepared:
+            response.headers["X-Request-Id"] = rid
+        if debug:
+            self._log(request, rid, route, response.status, started)
+        return response
+
+    @staticmethod
+    def _log(request: web.Request, rid: str, route: Route | None, status: int, started: float) -> None:
+        ms = (time.perf_counter() - started) * 1000.0
+        path = route.path if route is not None else "unmatched"
+        _log.debug("request id=%s method=%s route=%s status=%d ms=%.2f", rid, request.method, path, status, ms,
+                   extra={"request_id": rid, "method": request.method, "route": path, "status": status, "ms": ms})
+
+
+def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
+              metrics: HttpMetrics | None = None, admin: AdminHooks | None = None) -> web.Application:
+    """The whole API of API.md (campaigns aside) over `engine`."""
+    front = _Front(settings)
+    middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
+    app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
+    table: list[Route] = []
+    table += routes_ops.routes(ready, metrics.handler if metrics is not None else None, lambda: document(table))
+    table += routes_templates.routes(engine, settings)
+    table += routes_recipients.routes(engine, settings)
+    table += routes_inbox.routes(engine, settings)
+    table += routes_sends.routes(engine, settings)
+    table += routes_events.routes(engine, settings)
+    table += routes_admin.routes(engine, settings, admin)
+    for route in table:
+        front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
+    app[ENGINE_KEY] = engine
+    app[SETTINGS_KEY] = settings
+    app[ROUTES_KEY] = table
+    return app

@@ -1,0 +1,58 @@
+"""The built-in in-app inbox: list (newest first, with a cursor) and mark
+viewed/clicked. Open to API keys and to the recipient's own
+`X-Recipient-Token` (see auth.py). Listing a message marks it delivered: the
+engine does that as it builds the page.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+from ..config import Settings
+from ..engine import Engine
+from .auth import READ, WRITE
+from .errors import ApiError
+from .errors import json_response
+from .openapi import InboxPage, Route
+
+__all__ = ["MAX_LIMIT", "routes"]
+
+MAX_LIMIT = 200
+_DIGITS = re.compile(r"[0-9]{1,6}")
+
+
+def _limit(text: str | None) -> int:
+    if text is None:
+        return 50
+    n = int(text) if _DIGITS.fullmatch(text) else 0
+    if not 1 <= n <= MAX_LIMIT:
+        raise ApiError(422, "invalid", f"limit {text!r} must be an integer from 1 to {MAX_LIMIT}",
+                       [("limit", f"an integer from 1 to {MAX_LIMIT}")])
+    return n
+
+
+def routes(engine: Engine, settings: Settings) -> list[Route]:
+    async def list_inbox(request: web.Request) -> web.Response:
+        query = request.query
+        page = await engine.inbox(request.match_info["id"], _limit(query.get("limit")), query.get("before") or None)
+        return json_response(page)
+
+    def marker(kind: str) -> Route:
+        async def handler(request: web.Request) -> web.Response:
+            await engine.inbox_signal(request.match_info["id"], request.match_info["messageId"], kind)
+            return web.Response(status=204)
+
+        return Route("POST", f"/v1/recipients/{{id}}/inbox/{{messageId}}/{kind}", handler, WRITE,
+                     f"Mark an inbox message {kind}", ok=204, errors=(404,), recipient_token=True)
+
+    return [
+        Route("GET", "/v1/recipients/{id}/inbox", list_inbox, READ,
+              "A recipient's in-app messages, newest first; listing marks them delivered",
+              response=InboxPage, errors=(422,), recipient_token=True,
+              query=(("limit", "page size", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}),
+                     ("before", "the `next` cursor of the previous page", {"type": "string"}))),
+        marker("viewed"),
+        marker("clicked"),
+    ]

@@ -1,0 +1,201 @@
+"""Request bodies: one msgspec definition each, used to decode and validate
+requests and (through `openapi.py`) to document them.
+
+Owns the Structs, their cached decoders, and `read_body`/`decode`, which turn
+bytes into a Struct or an `ApiError`: 415 for a content type the endpoint
+does not take, 413 over the size limit, 400 for bytes that are not JSON or
+not the top-level shape, 422 for a value of the wrong type, naming its JSON
+path. Domain rules (allowed channels, wait windows, id formats) are the
+engine's: types here stay loose (plain `str`/`int`) so the engine's messages,
+which name the allowed values, reach the client.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from typing import Annotated, Any, Iterable, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from .errors import ApiError
+
+__all__ = [
+    "ClockAdvance", "EventBatch", "EventBody", "MAX_EVENTS", "RecipientBody", "RecipientInline",
+    "SendBody", "StepBody", "TemplateBody", "TemplateConfig", "decode", "decoder_for",
+    "check_json", "json_problem", "not_json", "parse_any", "read_body", "validation_error",
+]
+
+MAX_EVENTS = 10_000
+MAX_ADVANCE_S = 10 * 366 * 86400.0  # past this, times leave what RFC 3339 years can print
+MAX_DEPTH = 32  # data/content nesting: generous for templates, far from any recursion limit
+_INT_RANGE = (-(2**63), 2**64 - 1)  # what the msgpack journal can store
+
+Detail = tuple[str, str]
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class StepBody(_Body):
+    channel: str
+    stopCondition: str | None = None
+    waitMinutes: int | None = None
+    content: dict[str, Any] = {}
+
+
+class TemplateConfig(_Body):
+    sequenceEnabled: bool = False
+
+
+class TemplateBody(_Body, kw_only=True):
+    name: str | None = None
+    channels: list[StepBody]
+    config: TemplateConfig | None = None
+
+
+class RecipientBody(_Body):
+    email: str | None = None
+    phone: str | None = None
+    pushTokens: list[str] | None = None
+    preferences: dict[str, bool] | None = None
+
+
+class RecipientInline(RecipientBody, kw_only=True):
+    id: str
+
+
+class SendBody(_Body):
+    template: str
+    recipient: str | RecipientInline
+    data: dict[str, Any] | None = None
+    idempotencyKey: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+
+
+class EventBody(_Body, kw_only=True):
+    messageId: str | None = None
+    sendId: str | None = None
+    channel: str | None = None
+    type: str
+    at: Annotated[_dt.datetime, msgspec.Meta(tz=True)] | None = None
+
+
+class EventBatch(_Body):
+    events: Annotated[list[EventBody], msgspec.Meta(max_length=MAX_EVENTS)]
+
+
+class ClockAdvance(_Body):
+    advanceSeconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_ADVANCE_S)]
+
+
+T = TypeVar("T")
+_any: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def decoder_for(tp: type[T]) -> msgspec.json.Decoder[T]:
+    dec = _decoders.get(tp)
+    if dec is None:
+        dec = _decoders[tp] = msgspec.json.Decoder(tp)
+    return dec
+
+
+_JSON_TYPES = frozenset({"application/json"})
+
+
+async def read_body(request: web.Request, max_bytes: int, types: frozenset[str] = _JSON_TYPES) -> bytes:
+    """The raw body, once its content type and declared size are acceptable."""
+    if request.content_type not in types:
+        raise ApiError(415, "unsupported_media_type",
+                       f"Content-Type {request.headers.get('Content-Type', '(none)')!r} is not accepted here; "
+                       f"send {' or '.join(sorted(types))}")
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise ApiError(413, "payload_too_large", f"the body is {length} bytes; the limit is {max_bytes}")
+    return await request.read()  # client_max_size bounds a body without Content-Length
+
+
+_MISSING = re.compile(r"Object missing required field `([^`]*)`")
+_UNKNOWN = re.compile(r"Object contains unknown field `([^`]*)`")
+
+
+def _split(exc: msgspec.ValidationError) -> tuple[str, str]:
+    text = str(exc)
+    message, sep, rest = text.rpartition(" - at `")
+    if not sep:
+        return text, "$"
+    return message, rest[:-1]
+
+
+def validation_error(exc: msgspec.ValidationError, prefix: str = "$") -> ApiError:
+    """A msgspec type error as 400 (wrong top-level shape) or 422 (naming the path)."""
+    message, path = _split(exc)
+    path = prefix + path[1:]
+    for pattern in (_MISSING, _UNKNOWN):
+        m = pattern.match(message)
+        if m:
+            path = f"{path}.{m.group(1)}"
+            break
+    else:
+        if path == prefix:
+            return ApiError(400, "bad_request", f"the body does not have the expected shape: {message}",
+                            [(path, message)])
+    return ApiError(422, "invalid", f"invalid value at {path}: {message}", [(path, message)])
+
+
+def not_json(body: bytes, exc: Exception) -> ApiError:
+    return ApiError(400, "bad_request", f"the body is not valid JSON: {exc}" if body else "the body is empty")
+
+
+def parse_any(body: bytes) -> Any:
+    """Plain JSON, or ApiError 400 (422 for a number out of range)."""
+    try:
+        return _any.decode(body)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+    except Exception as exc:  # DecodeError, UnicodeDecodeError, RecursionError: all "not JSON"
+        raise not_json(body, exc) from None
+
+
+def decode(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        # msgspec validates while it parses: make sure malformed JSON that
+        # failed validation first is still reported as malformed (400).
+        parse_any(body)
+        raise validation_error(exc) from None
+    except Exception as exc:
+        raise not_json(body, exc) from None
+
+
+def json_problem(value: Any, path: str, depth: int = 0) -> Detail | None:
+    """The first part of a free-form JSON value (send data, template content)
+    that the engine could not store: too deep, or an integer out of range."""
+    if isinstance(value, dict):
+        if depth >= MAX_DEPTH:
+            return (path, f"nested deeper than {MAX_DEPTH} levels")
+        for k, v in value.items():
+            if isinstance(v, (dict, list, int)):
+                found = json_problem(v, f"{path}.{k}", depth + 1)
+                if found:
+                    return found
+    elif isinstance(value, list):
+        if depth >= MAX_DEPTH:
+            return (path, f"nested deeper than {MAX_DEPTH} levels")
+        for i, v in enumerate(value):
+            if isinstance(v, (dict, list, int)):
+                found = json_problem(v, f"{path}[{i}]", depth + 1)
+                if found:
+                    return found
+    elif isinstance(value, int) and not _INT_RANGE[0] <= value <= _INT_RANGE[1]:
+        return (path, f"integer {value} is out of range ({_INT_RANGE[0]} to {_INT_RANGE[1]})")
+    return None
+
+
+def check_json(items: Iterable[tuple[Any, str]]) -> None:
+    problems = [p for value, path in items if (p := json_problem(value, path)) is not None]
+    if problems:
+        raise ApiError(422, "invalid", f"invalid value at {problems[0][0]}: {problems[0][1]}", problems)
