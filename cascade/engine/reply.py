@@ -1,16 +1,17 @@
 """The bridge from shard threads back to callers, threads or asyncio.
 
-A `Reply` is resolved once by a shard. A blocking caller waits on it; an
-asyncio caller awaits it, and the shard resolves the asyncio future with
-`loop.call_soon_threadsafe` — one call per shard batch for all the replies
-of one loop (`resolve_batch`), never a blocking pykka `get()` on the loop.
+A `Reply` is filled in by a shard while it processes a batch (`set`), and
+its waiter is woken only when the batch is done and durable
+(`resolve_batch`): a blocking caller through a threading event, an asyncio
+caller through `loop.call_soon_threadsafe` — one call per batch for all the
+replies of one loop, never a blocking pykka `get()` on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Generator
+from typing import Any, Callable, Generator, Iterable
 
 __all__ = ["Gather", "Reply", "resolve_batch"]
 
@@ -40,26 +41,30 @@ class Reply:
         """An answer known at once, in the calling context's flavour."""
         reply = cls.here()
         reply.set(value)
-        reply._apply()
+        if reply._loop is None:
+            reply._wake()
+        else:
+            reply._apply()
         return reply
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
         return self._loop
 
-    # Called on the shard thread (or the loop thread for `_apply`).
     def set(self, value: Any) -> None:
         self._value = value
-        if self._event is not None:
-            self._event.set()
 
     def set_error(self, error: BaseException) -> None:
         self._error = error
         self._value = None
+
+    def _wake(self) -> None:
+        """Blocking waiters: called on whatever thread finished the work."""
         if self._event is not None:
             self._event.set()
 
     def _apply(self) -> None:
+        """asyncio waiters: called on the loop's own thread."""
         fut = self._future
         if fut is None or fut.done():
             return
@@ -88,11 +93,13 @@ def _apply_all(replies: list[Reply]) -> None:
         r._apply()
 
 
-def resolve_batch(replies: list[Reply]) -> None:
-    """Wake every waiter of a batch: one thread hop per event loop."""
+def resolve_batch(replies: Iterable[Any]) -> None:
+    """Wake every waiter of a finished batch: one thread hop per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[Reply]] = {}
     for r in replies:
-        if r._loop is not None:
+        if r._loop is None:
+            r._wake()
+        else:
             by_loop.setdefault(r._loop, []).append(r)
     for loop, group in by_loop.items():
         try:
@@ -102,10 +109,10 @@ def resolve_batch(replies: list[Reply]) -> None:
 
 
 class Gather:
-    """Fan-in of one request split across shards: `parts()` go to the shards,
-    and `parent` is resolved with `combine(results)` when the last arrives."""
+    """Fan-in of one request split across shards: `part(i)` goes to shard i,
+    and `parent` is resolved with `combine(results)` once every part is."""
 
-    def __init__(self, n: int, combine: Any, parent: Reply) -> None:
+    def __init__(self, n: int, combine: Callable[[list[Any]], Any], parent: Reply) -> None:
         self._results: list[Any] = [None] * n
         self._left = n
         self._lock = threading.Lock()
@@ -137,24 +144,26 @@ class Gather:
                 parent.set(self._combine(self._results))
             except Exception as exc:  # noqa: BLE001 - hand it to the waiter
                 parent.set_error(exc)
-        loop = parent.loop
-        if loop is not None:
-            try:
-                loop.call_soon_threadsafe(parent._apply)
-            except RuntimeError:
-                pass
+        resolve_batch([parent])
 
 
 class _Part:
-    __slots__ = ("_gather", "_i", "_loop")
+    """A Reply stand-in for one shard's share of a gathered request."""
+
+    __slots__ = ("_gather", "_i", "_loop", "_value", "_error")
 
     def __init__(self, gather: Gather, i: int) -> None:
         self._gather = gather
         self._i = i
-        self._loop = None  # resolve_batch skips parts: the gather wakes its parent
+        self._loop = None
+        self._value: Any = None
+        self._error: BaseException | None = None
 
     def set(self, value: Any) -> None:
-        self._gather._done(self._i, value, None)
+        self._value = value
 
     def set_error(self, error: BaseException) -> None:
-        self._gather._done(self._i, None, error)
+        self._error = error
+
+    def _wake(self) -> None:
+        self._gather._done(self._i, self._value, self._error)
