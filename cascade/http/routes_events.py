@@ -88,6 +88,8 @@ def _from_json(raw: bytes) -> list[Item]:
         return list(_batch.decode(raw).events)
     except msgspec.ValidationError:
         pass
+    except Exception as exc:
+        raise not_json(raw, exc) from None
     value = parse_any(raw)  # the slow path: find out which items are bad
     if not isinstance(value, dict):
         raise ApiError(400, "bad_request", _SHAPE, [("$", f"got {type(value).__name__}")])
