@@ -103,11 +103,14 @@ class HttpMetrics:
         # (route, method, status) -> [count per HTTP_BUCKETS bucket..., over the top, sum]
         self._durations: dict[tuple[str, str, str], list[Any]] = {}
         self._provider_labels = {ch: _provider_kind(p) for ch, p in engine.providers.items()}
+        # Plain attributes (not methods) so they satisfy http.app's HttpMetrics protocol.
+        self.middleware: Any = self._middleware
+        self.handler: Handler = self._handler
         registry.register(_EngineCollector(self))
 
     # -- the request side ----------------------------------------------------
     @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Observe `cascade_http_request_duration_seconds`; install it first
         (outermost) so it sees the status the client gets."""
         start = time.perf_counter()
@@ -132,7 +135,7 @@ class HttpMetrics:
         row[bisect_left(HTTP_BUCKETS, seconds)] += 1
         row[-1] += seconds
 
-    async def handler(self, request: web.Request) -> web.Response:
+    async def _handler(self, request: web.Request) -> web.Response:
         """GET /metrics in the Prometheus text format."""
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
