@@ -172,21 +172,35 @@ class Server:
     async def stop(self, reason: str = "stop requested") -> None:
         _log.info("stopping: %s", reason, extra={"event": "stopping", "reason": reason})
         started = time.monotonic()
-        await self._teardown(quick=False)
-        _log.info("stopped cleanly in %.2f s", time.monotonic() - started,
-                  extra={"event": "stopped", "clean": True})
+        clean = await self._teardown(quick=False)
+        _log.log(logging.INFO if clean else logging.WARNING, "stopped %s in %.2f s",
+                 "cleanly" if clean else "after abandoning deliveries", time.monotonic() - started,
+                 extra={"event": "stopped", "clean": clean})
 
-    async def _teardown(self, quick: bool) -> None:
+    async def _teardown(self, quick: bool) -> bool:
+        """Stop everything; False if deliveries had to be abandoned."""
+        clean = True
         self.ready.clear()
-        timeout = 0.0 if quick else self.settings.server.shutdown_timeout_s
+        timeout = 1.0 if quick else self.settings.server.shutdown_timeout_s
         if self._runner is not None:
             await self._runner.cleanup()  # stop accepting, finish in-flight requests, close connections
             self._runner = None
         if self.dispatcher is not None:
-            await self.dispatcher.aclose(timeout)
+            pending = self.dispatcher.pending()
+            if pending:
+                _log.info("waiting up to %g s for %d deliveries in flight", timeout, pending,
+                          extra={"event": "draining", "deliveries": pending})
+            try:
+                await asyncio.wait_for(self.dispatcher.wait_idle(), timeout)
+            except asyncio.TimeoutError:
+                clean = False
+            # Closing drains what came in meanwhile (timers still fire); when the
+            # drain already timed out, a zero timeout abandons the rest at once.
+            await self.dispatcher.aclose(timeout if clean else 0.0)
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+        return clean
 
 
 async def run_server(settings: Settings) -> None:
