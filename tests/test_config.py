@@ -177,3 +177,45 @@ def test_the_module_runs_as_a_script() -> None:
     out = subprocess.run([sys.executable, "-m", "cascade.cli", "--version"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "cascade 0.1.0"
+
+
+def test_logging_is_one_json_object_a_line_with_level_from_the_environment(restore_logging: None) -> None:
+    import io
+    import json
+
+    from cascade.logs import request_id_var, setup_logging
+
+    out = io.StringIO()
+    setup_logging({"CASCADE_LOG_LEVEL": "warning"}, stream=out)
+    logging.getLogger("cascade.server").info("hidden")
+    token = request_id_var.set("req-7")
+    try:
+        logging.getLogger("cascade.http").warning("slow %s", "request", extra={"ms": 12.5})
+    finally:
+        request_id_var.reset(token)
+    [line] = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "warning" and record["logger"] == "cascade.http"
+    assert record["msg"] == "slow request" and record["ms"] == 12.5 and record["request_id"] == "req-7"
+    assert record["ts"].endswith("Z") and len(record["ts"]) == 24
+
+
+def test_delivery_log_lines_stay_flat_json_and_logfmt_is_available(restore_logging: None) -> None:
+    import io
+    import json
+
+    from cascade.engine import LogProvider, OutgoingMessage
+    from cascade.logs import setup_logging
+
+    out = io.StringIO()
+    setup_logging({}, stream=out)  # INFO by default: deliveries are visible
+    message = OutgoingMessage("snd_1.2", "snd_1", "t", 1, 2, "push", {"id": "u-42"}, {"title": "Hi \"you\""})
+    assert LogProvider().deliver_now(message).ok
+    record = json.loads(out.getvalue())
+    assert record["logger"] == "cascade.delivery" and record["level"] == "info"
+    assert record["messageId"] == "snd_1.2" and record["content"] == {"title": 'Hi "you"'}
+
+    out = io.StringIO()
+    setup_logging({"CASCADE_LOG_FORMAT": "logfmt"}, stream=out)
+    logging.getLogger("cascade.server").info("ready on %s", "http://x", extra={"event": "ready"})
+    assert out.getvalue().strip().endswith('level=info logger=cascade.server msg="ready on http://x" event=ready')
