@@ -39,17 +39,20 @@ Item = EventBody | str
 
 
 def _event(e: EventBody) -> Event | str:
+    """The engine's event tuple, or why the item is invalid. Called once per
+    event on the ingestion hot path: keep it flat."""
     if e.messageId is None and (e.sendId is None or e.channel is None):
         return _NO_MESSAGE
-    at = None
-    if e.at is not None:
-        try:
-            at = e.at.timestamp()
-        except (OverflowError, ValueError):
-            at = -1.0
-        if not 0.0 <= at <= _MAX_AT:
-            return f"at {e.at.isoformat()} is outside 1970-01-01 to 9999-12-31"
-    return (e.messageId, e.sendId, e.channel, e.type, at)
+    at = e.at
+    if at is None:
+        return (e.messageId, e.sendId, e.channel, e.type, None)
+    try:
+        ts = at.timestamp()
+    except (OverflowError, ValueError):
+        ts = -1.0
+    if not 0.0 <= ts <= _MAX_AT:
+        return f"at {at.isoformat()} is outside 1970-01-01 to 9999-12-31"
+    return (e.messageId, e.sendId, e.channel, e.type, ts)
 
 
 def _item(value: Any) -> Item:

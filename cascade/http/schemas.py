@@ -35,8 +35,10 @@ _INT_RANGE = (-(2**63), 2**64 - 1)  # what the msgpack journal can store
 Detail = tuple[str, str]
 
 
-class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
+class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
+    """Decoded from JSON, a body cannot be part of a reference cycle, so it
+    is not tracked by the garbage collector (a 1,000-event batch is 1,000
+    fewer objects for the collector to walk)."""
 
 
 class StepBody(_Body):
