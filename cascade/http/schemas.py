@@ -41,54 +41,77 @@ class _Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False):
     fewer objects for the collector to walk)."""
 
 
+def _doc(description: str, **extra: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=description, **extra)
+
+
 class StepBody(_Body):
-    channel: str
-    stopCondition: str | None = None
-    waitMinutes: int | None = None
-    content: dict[str, Any] = {}
+    """One channel step of a template."""
+
+    channel: Annotated[str, _doc("inapp, push, email or sms; one step per channel")]
+    stopCondition: Annotated[str, _doc("delivered, viewed or clicked (one the channel can emit); "
+                                       "every step of a sequence but the last")] | None = None
+    waitMinutes: Annotated[int, _doc("5, 10, 30, 60, 240 or 1440; every step of a sequence but the last")] | None = None
+    content: Annotated[dict[str, Any], _doc("free-form; {{dot.path}} placeholders in strings are filled from "
+                                            "the send's data and recipient")] = {}
 
 
 class TemplateConfig(_Body):
-    sequenceEnabled: bool = False
+    sequenceEnabled: Annotated[bool, _doc("steps fire one after another (else all at once)")] = False
 
 
 class TemplateBody(_Body, kw_only=True):
-    name: str | None = None
+    """A template: 1 to 4 channel steps (a sequence needs at least two)."""
+
+    name: Annotated[str, _doc("defaults to the template id")] | None = None
     channels: list[StepBody]
     config: TemplateConfig | None = None
 
 
 class RecipientBody(_Body):
+    """A recipient's addresses and per-channel preferences; PUT replaces them all."""
+
     email: str | None = None
-    phone: str | None = None
+    phone: Annotated[str, _doc("digits, optional leading +")] | None = None
     pushTokens: list[str] | None = None
-    preferences: dict[str, bool] | None = None
+    preferences: Annotated[dict[str, bool], _doc("channel: false opts out of that channel")] | None = None
 
 
 class RecipientInline(RecipientBody, kw_only=True):
-    id: str
+    """A recipient given inside a send: upserted (only the fields it names) before the send starts."""
+
+    id: Annotated[str, _doc("1-128 characters without spaces or '/'")]
 
 
 class SendBody(_Body):
+    """Start one template for one recipient."""
+
     template: str
-    recipient: str | RecipientInline
-    data: dict[str, Any] | None = None
-    idempotencyKey: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
+    recipient: Annotated[str | RecipientInline, _doc("a recipient id, or a recipient object to upsert")]
+    data: Annotated[dict[str, Any], _doc("fills the content's {{placeholders}}")] | None = None
+    idempotencyKey: Annotated[str, msgspec.Meta(min_length=1, max_length=256, description=(
+        "kept 24 h: the same key with the same body answers the same send, with another body 409"))] | None = None
 
 
 class EventBody(_Body, kw_only=True):
-    messageId: str | None = None
+    """One engagement signal, naming its message by messageId or by sendId + channel."""
+
+    messageId: Annotated[str, _doc("<sendId>.<step>")] | None = None
     sendId: str | None = None
     channel: str | None = None
-    type: str
-    at: Annotated[_dt.datetime, msgspec.Meta(tz=True)] | None = None
+    type: Annotated[str, _doc("delivered, viewed, clicked or failed")]
+    at: Annotated[_dt.datetime, msgspec.Meta(tz=True, description="RFC 3339; default: arrival")] | None = None
 
 
 class EventBatch(_Body):
+    """Up to 10,000 events; a bad item is reported and never fails the rest."""
+
     events: Annotated[list[EventBody], msgspec.Meta(max_length=MAX_EVENTS)]
 
 
 class ClockAdvance(_Body):
+    """Manual clock only: move time forward, firing due timers in deadline order."""
+
     advanceSeconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_ADVANCE_S)]
 
 
