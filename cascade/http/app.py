@@ -36,7 +36,7 @@ from .errors import error_response, response_for_exception
 from .openapi import Route, document
 from .routes_admin import AdminHooks
 
-__all__ = ["AdminHooks", "ENGINE_KEY", "HttpMetrics", "ROUTES_KEY", "SETTINGS_KEY", "build_app"]
+__all__ = ["AdminHooks", "ENGINE_KEY", "MetricsHooks", "ROUTES_KEY", "SETTINGS_KEY", "build_app"]
 
 _log = logging.getLogger("cascade.http")
 
@@ -48,9 +48,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SANE_ID = re.compile(r"[A-Za-z0-9._:+=-]{1,128}")
 
 
-class HttpMetrics(Protocol):
-    """What `http/metrics.py` provides: a middleware observing request
-    durations and the `GET /metrics` handler."""
+class MetricsHooks(Protocol):
+    """What `http/metrics.HttpMetrics` provides: a middleware observing
+    request durations and the `GET /metrics` handler. (A protocol, so this
+    module does not import prometheus machinery.)"""
 
     middleware: Any
     handler: Handler
@@ -111,7 +112,7 @@ class _Front:
 
 
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
-              metrics: HttpMetrics | None = None, admin: AdminHooks | None = None) -> web.Application:
+              metrics: MetricsHooks | None = None, admin: AdminHooks | None = None) -> web.Application:
     """The whole API of API.md (campaigns aside) over `engine`."""
     front = _Front(settings)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]

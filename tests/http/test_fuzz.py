@@ -110,3 +110,12 @@ async def test_arbitrary_ids_in_paths_never_cause_5xx(fuzzed: TestClient, error_
     url = path.replace("{m}", quote(segment, safe="")).replace("{x}", quote(segment, safe=""))
     kwargs: dict[str, Any] = {"json": {"email": "a@b.c"}} if method == "PUT" else {}
     await check(await fuzzed.request(method, url, **kwargs), error_of)
+
+
+async def test_invalid_utf8_and_control_bytes_in_paths_never_cause_5xx(fuzzed: TestClient, error_of: Any) -> None:
+    for raw in ["%ED%A0%80", "%FF", "%C0%AF", "%00", "a%2Fb", "%F4%90%80%80", "%20"]:
+        for url in [f"/v1/recipients/{raw}/inbox", f"/v1/recipients/{raw}", f"/v1/templates/{raw}", f"/v1/sends/{raw}",
+                    f"/v1/recipients/u/inbox/{raw}/viewed", f"/v1/templates/{raw}/metrics"]:
+            for method in ("GET", "PUT", "POST", "DELETE"):
+                resp = await fuzzed.request(method, url, json={"email": "a@b.c"}, headers={"X-Request-Id": raw})
+                await check(resp, error_of)
