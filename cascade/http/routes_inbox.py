@@ -13,8 +13,7 @@ from aiohttp import web
 from ..config import Settings
 from ..engine import Engine
 from .auth import READ, WRITE
-from .errors import ApiError
-from .errors import json_response
+from .errors import ApiError, json_response
 from .openapi import InboxPage, Route
 
 __all__ = ["MAX_LIMIT", "routes"]
