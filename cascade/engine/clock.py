@@ -46,6 +46,11 @@ class ManualClock:
                 raise ValueError("time can't go backwards")
             self._now = float(when)
 
+    def restore(self, when: float) -> None:
+        """Resume at a persisted time (recovery only; may go backwards)."""
+        with self._lock:
+            self._now = float(when)
+
     def advance(self, seconds: float) -> float:
         if seconds < 0:
             raise ValueError("time can't go backwards")
@@ -68,3 +73,8 @@ class ScaledClock:
 
     def now(self) -> float:
         return self._origin + (time.monotonic() - self._origin_real) * self.rate
+
+    def restore(self, when: float) -> None:
+        """Resume at a persisted time (recovery only)."""
+        self._origin_real = time.monotonic()
+        self._origin = float(when)

@@ -44,7 +44,7 @@ class CounterBook:
             if g is None:
                 g = self._groups[group] = _Group()
             rows = tuple(g.rows.setdefault((s.number, s.channel), [0] * len(STEP_COLUMNS)) for s in tpl.steps)
-            view = self._views[view_key] = Counters(g.sends, rows)
+            view = self._views[view_key] = Counters(group, g.sends, rows)
         return view
 
     def counters_of(self, groups: tuple[str, ...], tpl: TemplateVersion) -> tuple[Counters, ...]:
@@ -64,11 +64,15 @@ class CounterBook:
         return [[n, g.sends, [[k[0], k[1], v] for k, v in g.rows.items()]] for n, g in self._groups.items()]
 
     def load_record(self, rec: list[Any]) -> None:
+        """Add counts from a snapshot (added, so shards can be merged)."""
         for name, sends, rows in rec:
             g = self._groups.setdefault(name, _Group())
-            g.sends[:] = sends
+            for i, v in enumerate(sends):
+                g.sends[i] += v
             for step, channel, values in rows:
-                g.rows.setdefault((step, channel), [0] * len(STEP_COLUMNS))[:] = values
+                row = g.rows.setdefault((step, channel), [0] * len(STEP_COLUMNS))
+                for i, v in enumerate(values):
+                    row[i] += v
 
 
 def merge_totals(parts: list[dict[str, GroupTotals]]) -> dict[str, GroupTotals]:

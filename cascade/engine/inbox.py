@@ -18,7 +18,7 @@ from .recipients import Recipient
 from .sequence import Send
 from .views import inbox_message_view
 
-__all__ = ["list_inbox", "remove_from_inbox", "MAX_LIMIT"]
+__all__ = ["MAX_LIMIT", "page_of", "page_view", "remove_from_inbox"]
 
 MAX_LIMIT = 200
 
@@ -27,8 +27,8 @@ def _step(send: Send) -> int:
     return next(s.number - 1 for s in send.tpl.steps if s.channel == "inapp")
 
 
-def list_inbox(rcpt: Recipient | None, limit: int, before: str | None) -> tuple[dict[str, Any], list[tuple[Send, int]]]:
-    """The page view and the entries on it (so the caller can mark them delivered)."""
+def page_of(rcpt: Recipient | None, limit: int, before: str | None) -> tuple[list[tuple[Send, int]], bool]:
+    """The entries of one page, newest first, and whether older ones remain."""
     entries = rcpt.inbox if rcpt is not None and rcpt.inbox else []
     end = len(entries)
     if before is not None:
@@ -38,14 +38,18 @@ def list_inbox(rcpt: Recipient | None, limit: int, before: str | None) -> tuple[
             raise InvalidInput(f"cursor {before!r} is not a message of this inbox",
                                [("before", "use the `next` value of the previous page")])
     start = max(0, end - limit)
-    page = [(send, _step(send)) for send in entries[start:end][::-1]]
-    unseen = sum(1 for send in entries if not send.has_signal(_step(send), 1))
-    view = {
+    return [(send, _step(send)) for send in entries[start:end][::-1]], start > 0
+
+
+def page_view(rcpt: Recipient | None, page: list[tuple[Send, int]], more: bool) -> dict[str, Any]:
+    entries = rcpt.inbox if rcpt is not None and rcpt.inbox else []
+    # Unseen: the recipient has neither viewed nor clicked it.
+    unseen = sum(1 for send in entries if not (send.has_signal(_step(send), 1) or send.has_signal(_step(send), 2)))
+    return {
         "messages": [inbox_message_view(send, i) for send, i in page],
-        "next": format_message_id(page[-1][0].key, page[-1][1] + 1) if page and start > 0 else None,
+        "next": format_message_id(page[-1][0].key, page[-1][1] + 1) if page and more else None,
         "unseen": unseen,
     }
-    return view, page
 
 
 def remove_from_inbox(send: Send) -> None:

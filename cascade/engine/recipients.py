@@ -21,7 +21,7 @@ _FIELDS = ("email", "phone", "pushTokens", "preferences")
 
 
 class Recipient:
-    __slots__ = ("id", "email", "phone", "push_tokens", "preferences", "inbox", "_view")
+    __slots__ = ("id", "email", "phone", "push_tokens", "preferences", "inbox", "_view", "mark")
 
     def __init__(self, rid: str, email: str | None = None, phone: str | None = None,
                  push_tokens: tuple[str, ...] = (), preferences: dict[str, bool] | None = None) -> None:
@@ -31,6 +31,7 @@ class Recipient:
         self.push_tokens = push_tokens
         self.preferences = preferences or {}
         self._view: dict[str, Any] | None = None
+        self.mark = 0  # which snapshot has written this recipient (the shard's business)
         self.inbox: list[Any] | None = None  # sends with an in-app message, oldest first; see inbox.py
 
     def unreachable(self, channel: str) -> str | None:
@@ -118,6 +119,13 @@ class RecipientUpdate:
         if errs:
             raise InvalidInput(f"recipient is invalid: {errs[0][1]}", errs)
         self.fields = {k: v for k, v in body.items() if k != "id"}
+
+    @classmethod
+    def trusted(cls, fields: dict[str, Any]) -> RecipientUpdate:
+        """Fields validated before (journal replay)."""
+        update = cls.__new__(cls)
+        update.fields = dict(fields)
+        return update
 
     def merge_into(self, rcpt: Recipient, replace: bool = False) -> None:
         """PUT replaces every field; a send's inline recipient only sets those it names."""

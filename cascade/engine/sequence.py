@@ -21,7 +21,7 @@ from .recipients import Recipient
 from .templates import TemplateVersion
 
 __all__ = [
-    "REASON_KEY", "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",
+    "REASON_KEY", "SNAPSHOT_MARK", "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",
     "PENDING", "WAITING", "FIRED", "STEP_STOPPED", "SKIPPED", "STEP_FAILED", "STEP_CANCELLED", "STEP_STATUS",
     "DELIVER", "SCHEDULE", "UNSCHEDULE", "FINISH",
     "Counters", "Send", "SignalOutcome",
@@ -47,8 +47,10 @@ S_STARTED = 0
 
 # Bits of Send.sig: 4 signal bits per step (kind k of step i at bit 4i+k).
 # Bits of Send.answers: one "channel answered" bit per step, then "some step
-# was delivered"; kept apart from `sig` so both stay small cached ints.
+# was delivered"; kept apart from `sig` so both stay small cached ints. Bit 5
+# belongs to the shard (which snapshot has written this send), not to the rules.
 _DELIVERED_ANY = 1 << 4
+SNAPSHOT_MARK = 1 << 5
 REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
 FIRED_KEY = 24  # notes key of the time step i (> 0, in a sequence) fired
 _NO_EFFECTS: list[Any] = []  # shared; never appended to
@@ -58,9 +60,10 @@ class Counters:
     """Per-step counters of one group (a template, or a campaign) for one
     template version's steps, plus the group's send outcome counters."""
 
-    __slots__ = ("sends", "steps")
+    __slots__ = ("group", "sends", "steps")
 
-    def __init__(self, sends: list[int], steps: tuple[list[int], ...]) -> None:
+    def __init__(self, group: str, sends: list[int], steps: tuple[list[int], ...]) -> None:
+        self.group = group
         self.sends = sends  # started, stopped, completed, cancelled, failed
         self.steps = steps
 

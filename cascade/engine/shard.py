@@ -6,7 +6,10 @@ send never sees two messages at once. For each command it runs the pure
 state machine (`sequence.py`) and carries out the effects: in-app delivery
 into the inbox, synchronous providers inline, asynchronous ones handed to
 the delivery dispatcher in one submission per batch, timers on its wheel.
-Replies are resolved after the batch, one thread hop per waiting event loop.
+Every state change is also a journal record (see `state_records.py`);
+replies are resolved, and asynchronous deliveries handed over, only once the
+batch's records are durable. Recovery feeds the same records back through
+the same handlers (`replay`), with deliveries to providers suppressed.
 `ShardState` is plain data plus behaviour; the actor is a thin wrapper, so
 the supervisor can restart a crashed actor over the same state.
 """
@@ -24,16 +27,18 @@ from .channels import SIGNALS
 from .counters import CounterBook
 from .errors import AlreadyFinished, CascadeError, NotFound
 from .ids import format_message_id, format_send_id
-from .inbox import list_inbox, remove_from_inbox
+from .inbox import page_of, page_view, remove_from_inbox
 from .providers.base import DeliveryOutcome, OutgoingMessage, Provider
-from .recipients import Recipient
+from .recipients import Recipient, RecipientUpdate
 from .reply import Reply, resolve_batch
 from .sequence import (
-    DELIVER, SCHEDULE, UNSCHEDULE, Send, SignalOutcome,
+    ACTIVE, DELIVER, FIRED, SCHEDULE, STEP_FAILED, UNSCHEDULE, WAITING, Send, SignalOutcome,
     cancel, delivery_result, signal, start, window_ended,
 )
+from .shard_snapshot import ShardSnapshot
 from .shard_stats import LATENESS_BUCKETS, ShardStats
-from .templates import TemplateVersion
+from .state_records import restore_recipient, restore_send
+from .templates import TemplateRegistry, TemplateVersion
 from .timers import TimerWheel
 from .views import decode_data, send_view
 
@@ -59,8 +64,17 @@ SubmitJobs = Callable[[list[tuple[str, OutgoingMessage, Any]], Callable[[list[tu
 class ShardState:
     def __init__(self, index: int, clock: Any, providers: Mapping[str, Provider], retain_s: float,
                  submit_jobs: SubmitJobs | None, on_async_results: Callable[[list[tuple[Any, DeliveryOutcome]]], None],
-                 inbox_listener: Callable[[str], None] | None = None) -> None:
+                 inbox_listener: Callable[[str], None] | None = None, journal: Any = None,
+                 templates: TemplateRegistry | None = None) -> None:
         self.index = index
+        self.journal = journal
+        self.templates = templates
+        self.replaying = False
+        self.send_mark = 0  # the snapshot mark of the latest snapshot (see shard_snapshot.py)
+        self.rcpt_mark = 0
+        self._snap: ShardSnapshot | None = None
+        self._records: list[Any] | None = None
+        self._inbox_order: dict[str, list[int]] = {}  # recovery: inboxes as the snapshot had them
         self.clock = clock
         self.providers = providers
         self.retain_s = retain_s
@@ -83,11 +97,14 @@ class ShardState:
             "put_recipient": self._put_recipient, "get_recipient": self._get_recipient,
             "inbox": self._inbox, "inbox_signal": self._inbox_signal,
             "totals": self._totals, "stats": self._stats, "tick": self._tick,
+            "snapshot_begin": self._snapshot_begin, "snapshot_slice": self._snapshot_slice,
+            "redrive": self._redrive,
         }
 
     # -- the batch loop -------------------------------------------------
     def process(self, commands: list[Command]) -> None:
         now = self.clock.now()
+        records = self._records = [] if self.journal is not None else None
         self._fire_due(now)
         replies: list[Reply] = []
         for op, payload, reply in commands:
@@ -106,10 +123,31 @@ class ShardState:
             if reply is not None:
                 replies.append(reply)
         self.processed += len(commands)
-        if self._jobs and self.submit_jobs is not None:
-            jobs, self._jobs = self._jobs, []
-            self.submit_jobs(jobs, self.on_async_results)
+        jobs, self._jobs = self._jobs, []
+        self._records = None
+        if records:
+            try:
+                self.journal.append(records, lambda: self._release(replies, jobs))
+            except Exception as exc:
+                _log.critical("shard %d could not journal %d records: %s", self.index, len(records), exc)
+                for reply in replies:
+                    reply.set_error(exc)
+                self._release(replies, jobs)
+        else:
+            self._release(replies, jobs)
+
+    def _release(self, replies: list[Reply], jobs: list[tuple[str, OutgoingMessage, Any]]) -> None:
+        """Once the batch is durable: hand over deliveries, answer callers."""
+        if jobs and self.submit_jobs is not None:
+            try:
+                self.submit_jobs(jobs, self.on_async_results)
+            except Exception:  # stopping: these are re-driven after the next start
+                _log.exception("shard %d could not hand over %d deliveries", self.index, len(jobs))
         resolve_batch(replies)
+
+    def _record(self, record: tuple[Any, ...]) -> None:
+        if self._records is not None:
+            self._records.append(record)
 
     # -- effects --------------------------------------------------------
     def _run(self, send: Send, effects: list[Any], now: float) -> None:
@@ -132,12 +170,16 @@ class ShardState:
             if not local:
                 return
             send, i, outcome = local.popleft()
+            if outcome is not _INBOX_OK and self._records is not None:
+                self._records.append(("D", self.index, send.key, i, outcome.ok, outcome.reason, now))
             effects = delivery_result(send, i, outcome.ok, outcome.reason, now)
 
     def _deliver(self, send: Send, i: int) -> None:
         step = send.tpl.steps[i]
         if step.channel == "inapp":
             rcpt = send.recipient
+            if self._snap is not None:
+                self._snap.touch_recipient(rcpt)  # its inbox is part of it
             if rcpt.inbox is None:
                 rcpt.inbox = []
             rcpt.inbox.append(send)  # one in-app step per template: the send names the message
@@ -145,6 +187,8 @@ class ShardState:
                 self.inbox_listener(format_message_id(send.key, i + 1))
             self._local.append((send, i, _INBOX_OK))
             return
+        if self.replaying:
+            return  # it was handed over before the crash; its answer is in the journal
         provider = self.providers[step.channel]
         message_id = format_message_id(send.key, i + 1)
         content = step.content
@@ -162,18 +206,25 @@ class ShardState:
     def _fire_due(self, now: float) -> None:
         due = self.wheel.pop_due(now)
         if due:
+            self._record(("F", self.index, now))
             counts = self.stats.lateness_counts
             late = 0.0
+            snap = self._snap
             for send in due:
                 lateness = now - send.deadline  # type: ignore[operator]
                 late += lateness
                 counts[bisect_left(LATENESS_BUCKETS, lateness)] += 1
+                if snap is not None:
+                    snap.touch_send(send)
                 self._run(send, window_ended(send, now), now)
             self.stats.lateness_sum += late
         retained = self.retained
         while retained and retained[0][0] <= now:
             _, send = retained.popleft()
             if self.sends.get(send.key) is send:
+                if self._snap is not None:
+                    self._snap.touch_send(send)
+                    self._snap.touch_recipient(send.recipient)
                 del self.sends[send.key]
                 remove_from_inbox(send)
 
@@ -193,12 +244,17 @@ class ShardState:
         return r
 
     def _start(self, payload: tuple[Any, ...], now: float) -> Any:
-        key, tpl, rid, update, data, groups, origin, want_view = payload
+        key, tpl, rid, update, data, groups, origin, want_view, idem = payload
         tpl_v: TemplateVersion = tpl
+        self._record(("S", self.index, key, tpl_v.id, tpl_v.version, rid, update.fields if update else None,
+                      data, groups, origin, now, idem))
         rcpt = self.recipient(rid)
         if update is not None:
+            if self._snap is not None:
+                self._snap.touch_recipient(rcpt)
             update.merge_into(rcpt)
         send = Send(key, tpl_v, rcpt, data, now, self.book.counters_of(groups, tpl_v), origin)
+        send.answers = self.send_mark  # born after any snapshot in progress began
         self.sends[key] = send
         self.active += 1
         self._run(send, start(send, now), now)
@@ -215,9 +271,12 @@ class ShardState:
 
     def _cancel(self, key: int, now: float) -> dict[str, Any]:
         send = self._find(key)
+        if self._snap is not None:
+            self._snap.touch_send(send)
         effects = cancel(send, now)
         if effects is None:
             raise AlreadyFinished(f"send {format_send_id(key)} has already finished ({send_view(send)['status']})")
+        self._record(("X", self.index, key, now))
         self._run(send, effects, now)
         return send_view(send)
 
@@ -229,21 +288,27 @@ class ShardState:
         for index, key, i, channel, kind, at in items:
             send = sends.get(key)
             if send is None:
+                counts[kind][_UNKNOWN] += 1
                 problems.append((index, _UNKNOWN, f"send {format_send_id(key)} is unknown"))
                 continue
             steps = send.tpl.steps
             if i is None:
                 i = next((s.number - 1 for s in steps if s.channel == channel), -1)
                 if i < 0:
+                    counts[kind][_UNKNOWN] += 1
                     problems.append((index, _UNKNOWN, f"send {format_send_id(key)} has no {channel} step"))
                     continue
             if 0 <= i < len(steps) and not (steps[i].signal_mask >> kind) & 1:
                 counts[kind][_UNSUPPORTED] += 1
                 problems.append((index, _UNSUPPORTED, f"{steps[i].channel} emits no {SIGNALS[kind]} signal"))
                 continue
-            outcome, effects = signal(send, i, kind, now if at is None else at, now)
+            if self._snap is not None:
+                self._snap.touch_send(send)
+            at = now if at is None else at
+            outcome, effects = signal(send, i, kind, at, now)
             counts[kind][outcome] += 1
             if outcome == _ACCEPTED:
+                self._record(("G", self.index, key, i, kind, at, now))
                 if effects:
                     self._run(send, effects, now)
             elif outcome == _DUPLICATE:
@@ -256,11 +321,17 @@ class ShardState:
         for (key, i), outcome in results:
             send = self.sends.get(key)
             if send is not None:
+                if self._snap is not None:
+                    self._snap.touch_send(send)
+                self._record(("D", self.index, key, i, outcome.ok, outcome.reason, now))
                 self._run(send, delivery_result(send, i, outcome.ok, outcome.reason, now), now)
 
     def _put_recipient(self, payload: tuple[str, Any, bool], now: float) -> dict[str, Any]:
         rid, update, replace = payload
+        self._record(("R", self.index, rid, update.fields, replace))
         rcpt = self.recipient(rid)
+        if self._snap is not None:
+            self._snap.touch_recipient(rcpt)
         update.merge_into(rcpt, replace=replace)
         return rcpt.view()
 
@@ -272,14 +343,20 @@ class ShardState:
 
     def _inbox(self, payload: tuple[str, int, str | None], now: float) -> dict[str, Any]:
         rid, limit, before = payload
-        page, listed = list_inbox(self.recipients.get(rid), limit, before)
+        rcpt = self.recipients.get(rid)
+        listed, more = page_of(rcpt, limit, before)
         for send, i in listed:  # listing a message marks it delivered
+            if send.has_signal(i, 0):
+                continue
+            if self._snap is not None:
+                self._snap.touch_send(send)
             outcome, effects = signal(send, i, 0, now, now)
             if outcome == SignalOutcome.ACCEPTED:
+                self._record(("G", self.index, send.key, i, 0, now, now))
                 self.stats.signal(0, outcome)
                 if effects:
                     self._run(send, effects, now)
-        return page
+        return page_view(rcpt, listed, more)
 
     def _inbox_signal(self, payload: tuple[str, int, int, int], now: float) -> None:
         rid, key, i, kind = payload
@@ -287,8 +364,12 @@ class ShardState:
         if (send is None or send.recipient.id != rid or not 0 <= i < len(send.tpl.steps)
                 or send.tpl.steps[i].channel != "inapp" or send.step_status(i) == 0):
             raise NotFound(f"message {format_message_id(key, i + 1)} is not in the inbox of {rid!r}")
+        if self._snap is not None:
+            self._snap.touch_send(send)
         outcome, effects = signal(send, i, kind, now, now)
         self.stats.signal(kind, outcome)
+        if outcome == SignalOutcome.ACCEPTED:
+            self._record(("G", self.index, key, i, kind, now, now))
         if effects:
             self._run(send, effects, now)
 
@@ -300,8 +381,114 @@ class ShardState:
                                    recipients=len(self.recipients))
 
 
+    # -- snapshots ----------------------------------------------------------
+    def _snapshot_begin(self, payload: tuple[str, int, int, Any], now: float) -> ShardSnapshot:
+        if self._snap is not None:
+            raise CascadeError("a snapshot of this shard is already being written")
+        directory, set_position, file_shard, write = payload
+        self._snap = ShardSnapshot(self, directory, set_position, file_shard, write)
+        return self._snap
+
+    def _snapshot_slice(self, _: Any, now: float) -> bool:
+        if self._snap is None:
+            return True
+        if self._snap.slice(self):
+            self._snap = None
+            return True
+        return False
+
+    # -- recovery -------------------------------------------------------------
+    def restore(self, record: Any) -> None:
+        """Load one snapshot record (before the actor starts)."""
+        kind = record[0]
+        if kind == "s":
+            send = restore_send(record, self.templates, self.recipient(record[4]), self.book)  # type: ignore[arg-type]
+            send.answers |= self.send_mark
+            self.sends[send.key] = send
+        elif kind == "r":
+            rcpt, inbox = restore_recipient(record)
+            existing = self.recipients.get(rcpt.id)
+            if existing is None:
+                self.recipients[rcpt.id] = rcpt
+            else:  # created first by a send record routed here: fill it in place
+                existing.email, existing.phone = rcpt.email, rcpt.phone
+                existing.push_tokens, existing.preferences = rcpt.push_tokens, rcpt.preferences
+            self._inbox_order[rcpt.id] = inbox
+        elif kind == "counters":
+            self.book.load_record(record[1])
+
+    def rebuild(self) -> None:
+        """Derive timers, retention, inboxes and counts from restored sends."""
+        finished = []
+        self.active = 0
+        for send in self.sends.values():
+            if send.status == ACTIVE:
+                self.active += 1
+                if send.deadline is not None:
+                    self.wheel.schedule(send, send.deadline)
+            else:
+                finished.append((send.finished + self.retain_s, send.key, send))  # type: ignore[operator]
+        finished.sort(key=lambda f: (f[0], f[1]))
+        self.retained = deque((expires, send) for expires, _, send in finished)
+        for rid, keys in self._inbox_order.items():
+            entries = [self.sends[k] for k in keys if k in self.sends]
+            self.recipients[rid].inbox = entries or None
+        self._inbox_order = {}
+
+    def replay(self, record: Any) -> None:
+        """Apply one journal record through the live handlers."""
+        op = record[0]
+        if op == "F":
+            self._fire_due(record[2])
+        elif op == "S":
+            _, _, key, tpl_id, version, rid, fields, data, groups, origin, now, idem = record
+            tpl = self.templates.version(tpl_id, version)  # type: ignore[union-attr]
+            if tpl is not None and key not in self.sends:
+                update = RecipientUpdate.trusted(fields) if fields is not None else None
+                self._start((key, tpl, rid, update, data, tuple(groups), origin, False, idem), now)
+        elif op == "G":
+            _, _, key, i, kind, at, now = record
+            send = self.sends.get(key)
+            if send is not None:
+                outcome, effects = signal(send, i, kind, at, now)
+                if outcome == _ACCEPTED and effects:
+                    self._run(send, effects, now)
+        elif op == "D":
+            _, _, key, i, ok, reason, now = record
+            send = self.sends.get(key)
+            if send is not None:
+                self._run(send, delivery_result(send, i, ok, reason, now), now)
+        elif op == "X":
+            _, _, key, now = record
+            send = self.sends.get(key)
+            effects = cancel(send, now) if send is not None else None
+            if effects:
+                self._run(send, effects, now)  # type: ignore[arg-type]
+        elif op == "R":
+            _, _, rid, fields, replace = record
+            RecipientUpdate.trusted(fields).merge_into(self.recipient(rid), replace=replace)
+
+    def _redrive(self, _: Any, now: float) -> int:
+        """After recovery: hand over again every message whose answer never
+        came (at least once: providers see the same Idempotency-Key)."""
+        n = 0
+        for send in list(self.sends.values()):
+            if send.status != ACTIVE:
+                continue
+            for i, step in enumerate(send.tpl.steps):
+                if (step.channel != "inapp" and send.step_status(i) in (WAITING, FIRED, STEP_FAILED)
+                        and not send.answers & (1 << i)):
+                    self._deliver(send, i)
+                    n += 1
+            if self._local:
+                self._run(send, [], now)
+        return n
+
+
 class ShardActor(pykka.ThreadingActor):
     """The thread a `ShardState` runs on; a message is a batch of commands."""
+
+    use_daemon_thread = True  # a process that dies must not hang on its shards
 
     def __init__(self, state: ShardState) -> None:
         super().__init__()
@@ -310,4 +497,3 @@ class ShardActor(pykka.ThreadingActor):
     def on_receive(self, message: Any) -> Any:
         self.state.process(message)
         return None
-

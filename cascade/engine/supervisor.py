@@ -29,9 +29,10 @@ from .ids import SLOTS, format_send_id, new_send_key, parse_message_id, parse_se
 from .providers.base import DeliveryOutcome, Provider
 from .providers.log import LogProvider
 from .recipients import RECIPIENT_ID, RecipientUpdate
-from .reply import Gather, Reply
+from .reply import Gather, Reply, resolve_batch
 from .sequence import SignalOutcome
 from .shard import Command, ShardActor, ShardState, SubmitJobs
+from .state_records import template_record
 from .templates import TemplateRegistry, TemplateVersion
 from .views import metrics_view
 
@@ -55,10 +56,22 @@ class EngineConfig:
     gc_freeze_interval_s: float = 0.5  # see gc_governor.py; 0 turns it off
 
 
+def pack_data(data: dict[str, Any] | None) -> bytes | None:
+    """A send's data as msgpack, or a clear error for what msgpack cannot hold."""
+    if not data:
+        return None
+    try:
+        packed: bytes = msgpack.packb(data)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidInput(f"data cannot be stored: {exc}",
+                           [("$.data", "use JSON values: integers within 64 bits, nesting under 512 levels")]) from None
+    return packed
+
+
 class Engine:
     def __init__(self, clock: Clock, providers: Mapping[str, Provider] | None = None,
                  config: EngineConfig | None = None, submit_jobs: SubmitJobs | None = None,
-                 inbox_listener: Callable[[str], None] | None = None) -> None:
+                 inbox_listener: Callable[[str], None] | None = None, journal: Any = None) -> None:
         self.clock = clock
         self.config = config or EngineConfig()
         log_provider = LogProvider()
@@ -66,15 +79,17 @@ class Engine:
         self.providers.update(providers or {})
         self.templates = TemplateRegistry()
         self.idempotency = IdempotencyKeys(self.config.idempotency_ttl_s)
+        self.journal = journal
         n = self.config.shards
-        self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s,
-                                  submit_jobs, self.delivery_results, inbox_listener) for i in range(n)]
+        self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s, submit_jobs,
+                                  self.delivery_results, inbox_listener, journal, self.templates) for i in range(n)]
         self._refs: list[pykka.ActorRef[Any]] = []
         self._submitted = [0] * n
         self._count_lock = threading.Lock()
         self._outboxes: dict[asyncio.AbstractEventLoop, list[list[Command]]] = {}
         self._advance_lock = threading.Lock()
         self._stop = threading.Event()
+        self._stopped = False
         self._ticker: threading.Thread | None = None
         self.gc = GcGovernor(self.config.gc_freeze_interval_s)
 
@@ -88,6 +103,7 @@ class Engine:
         return self
 
     def stop(self) -> None:
+        self._stopped = True  # refuse new work; no shard is restarted from here on
         self._stop.set()
         self.gc.stop()
         if self._ticker is not None:
@@ -115,13 +131,20 @@ class Engine:
         try:
             self._refs[i].tell(commands)
         except pykka.ActorDeadError:
+            if self._stopped:
+                return  # late answers after stop: recovery re-drives what they were for
             self._restart(i)
             self._refs[i].tell(commands)
 
+    def _check_room(self, i: int) -> None:
+        if self._stopped:
+            raise Overloaded("the engine is stopping", retry_after_s=5)
+        if self._submitted[i] - self.states[i].processed >= self.config.max_pending_per_shard:
+            raise Overloaded(f"shard {i} has {self.config.max_pending_per_shard} commands queued; retry shortly")
+
     def _admit(self, i: int, n: int = 1) -> None:
         with self._count_lock:
-            if self._submitted[i] - self.states[i].processed >= self.config.max_pending_per_shard:
-                raise Overloaded(f"shard {i} has {self.config.max_pending_per_shard} commands queued; retry shortly")
+            self._check_room(i)
             self._submitted[i] += n
 
     def _submit(self, i: int, command: Command) -> None:
@@ -159,10 +182,20 @@ class Engine:
         return parent
 
     # -- templates (front-door state, shared read-only by shards) ------------------
+    def _durable(self, record: tuple[Any, ...], value: Any) -> Reply:
+        """A front-door write: answered once its journal record is durable."""
+        if self.journal is None:
+            return Reply.resolved(value)
+        reply = Reply.here()
+        reply.set(value)
+        self.journal.append([record], lambda: resolve_batch([reply]))
+        return reply
+
     def put_template(self, template_id: str, body: Any) -> Reply:
         """Validate (raising TemplateInvalid at once) and store a new version;
         the reply is (TemplateVersion, created) once the write is durable."""
-        return Reply.resolved(self.templates.put(template_id, body, self.clock.now()))
+        tv, created = self.templates.put(template_id, body, self.clock.now())
+        return self._durable(template_record(tv), (tv, created))
 
     def get_template(self, template_id: str) -> TemplateVersion:
         return self.templates.get(template_id)
@@ -172,7 +205,8 @@ class Engine:
 
     def delete_template(self, template_id: str) -> Reply:
         """The reply is the deleted TemplateVersion; active sends finish on it."""
-        return Reply.resolved(self.templates.delete(template_id))
+        tv = self.templates.delete(template_id)
+        return self._durable(("TD", template_id), tv)
 
     # -- recipients ---------------------------------------------------------------
     def _recipient_shard(self, rid: str) -> int:
@@ -200,11 +234,12 @@ class Engine:
                 raise InvalidInput(f"recipient id {rid!r} is invalid",
                                    [("$.recipient", "a recipient id is 1-128 characters without spaces or '/'")])
         assert isinstance(rid, str)
-        data_bytes = msgpack.packb(data) if data else None
-        claim = None
+        data_bytes = pack_data(data)
+        claim = idem = None
         if idempotency_key is not None:
             digest = hashlib.sha256(msgpack.packb([template, recipient, data or {}, campaign])).digest()
             claim, fresh = self.idempotency.claim(idempotency_key, digest, self.clock.now())
+            idem = (idempotency_key, digest, claim.expires)
             if not fresh:
                 if claim.send_key is None:
                     raise Conflict(f"a request with idempotencyKey {idempotency_key!r} is still in progress")
@@ -215,7 +250,7 @@ class Engine:
         origin = (campaign, idempotency_key) if campaign is not None or idempotency_key is not None else None
         reply = Reply.here()
         try:
-            self._submit(i, ("start", (key, tpl, rid, update, data_bytes, groups, origin, True), reply))
+            self._submit(i, ("start", (key, tpl, rid, update, data_bytes, groups, origin, True, idem), reply))
         except Exception:
             if claim is not None:
                 self.idempotency.release(claim)
@@ -229,7 +264,7 @@ class Engine:
         (bulk loads and benchmarks). Returns a reply that resolves once all
         have started, and the send ids in the order of `recipients`."""
         tpl = self.templates.get(template)
-        data_bytes = msgpack.packb(data) if data else None
+        data_bytes = pack_data(data)
         groups = (f"t:{template}",)
         batches: list[list[Command]] = [[] for _ in self.states]
         keys = []
@@ -237,7 +272,8 @@ class Engine:
             slot = slot_of(rid)
             key = new_send_key(slot)
             keys.append(key)
-            batches[self.shard_of_slot(slot)].append(("start", (key, tpl, rid, None, data_bytes, groups, None, False), None))
+            batches[self.shard_of_slot(slot)].append(
+                ("start", (key, tpl, rid, None, data_bytes, groups, None, False, None), None))
         parent = Reply.here()
         gather = Gather(len(self.states), lambda _: len(recipients), parent)
         for i, batch in enumerate(batches):
@@ -314,6 +350,8 @@ class Engine:
             errs.sort(key=lambda e: e["index"])
             return {"accepted": total - duplicates - len(errs), "duplicates": duplicates, "errors": errs}
 
+        for i in busy:  # all or nothing: a half-applied batch would never answer
+            self._check_room(i)
         parent = Reply.here()
         gather = Gather(len(busy), combine, parent)
         for n, i in enumerate(busy):
@@ -359,6 +397,55 @@ class Engine:
     def stats(self) -> Reply:
         return self._ask_all("stats", None, list)
 
+    # -- durability: what the snapshot coordinator and recovery call ---------------
+    def front_records(self) -> list[tuple[Any, ...]]:
+        """The front door's state: every template version, deletions,
+        idempotency keys and the clock."""
+        versions = sorted(self.templates.all_versions(), key=lambda tv: (tv.id, tv.version))
+        records: list[tuple[Any, ...]] = [template_record(tv) for tv in versions]
+        current = {tv.id for tv in self.templates.all()}
+        records += [("TD", tid) for tid in sorted({tv.id for tv in versions} - current)]
+        now = self.clock.now()
+        records += [("I", c.key, c.digest, c.send_key, c.expires) for c in self.idempotency.live(now)]
+        records.append(("C", now))
+        return records
+
+    def apply_front(self, record: Any) -> None:
+        op = record[0]
+        if op == "T":
+            _, tid, version, body, created, updated = record
+            self.templates.restore(tid, version, dict(body), created, updated)
+        elif op == "TD":
+            try:
+                self.templates.delete(record[1])
+            except NotFound:
+                pass
+        elif op == "I":
+            _, key, digest, send_key, expires = record
+            self.idempotency.restore(key, digest, send_key, expires)
+        # "C" (the clock) is recovery's business: it resumes at the latest time seen.
+
+    def shard_of_record(self, record: Any) -> int:
+        """Where a shard record belongs now: by send key, or recipient id."""
+        if record[0] in ("R", "r"):
+            return self._recipient_shard(record[2] if record[0] == "R" else record[1])
+        key = record[2] if record[0] in ("S", "G", "D", "X") else record[1]
+        return self.shard_of_slot(slot_of_key(key))
+
+    def snapshot_shards(self, directory: str, set_position: int, write: Callable[..., Any]) -> list[Any]:
+        """Write every shard's snapshot in slices (blocking; call from a thread)."""
+        snaps = [self._ask(i, "snapshot_begin", (directory, set_position, i + 1, write)).wait(None)
+                 for i in range(len(self.states))]
+        pending = set(range(len(self.states)))
+        while pending:
+            replies = {i: self._ask(i, "snapshot_slice", None) for i in pending}
+            pending = {i for i, r in replies.items() if not r.wait(None)}
+        return snaps
+
+    def redrive(self) -> Reply:
+        """After recovery: hand over again what no provider answered."""
+        return self._ask_all("redrive", None, sum)
+
     # -- manual time ----------------------------------------------------------------
     def advance(self, seconds: float) -> float:
         """Move a manual clock forward, firing every timer that falls due in
@@ -381,6 +468,10 @@ class Engine:
                 clock.set(t)
             clock.set(target)
             self._fire_all(target)
+            if self.journal is not None:
+                done = threading.Event()
+                self.journal.append([("C", target)], done.set)
+                done.wait()
             return target
 
     def _fire_all(self, until: float) -> list[float | None]:

@@ -214,6 +214,10 @@ class TemplateRegistry:
             raise NotFound(f"template {template_id!r} does not exist")
         return tv
 
+    def all_versions(self) -> list[TemplateVersion]:
+        with self._lock:
+            return list(self._versions.values())
+
     def all(self) -> list[TemplateVersion]:
         return sorted(self._current.values(), key=lambda tv: tv.id)
 

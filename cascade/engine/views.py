@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 
-from .channels import CHANNEL_SIGNALS, ENGAGEMENT, SIGNALS
+from .channels import CHANNEL_SIGNALS, ENGAGEMENT
 from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
 from .ids import format_message_id, format_send_id
 from .sequence import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
@@ -49,8 +49,7 @@ def send_view(send: Send) -> dict[str, Any]:
             "firedAt": iso(fired),
             "deadline": iso(deadline),
             "reason": reason,
-            "signals": {name: iso(_signal_at(send, i, k)) for k, name in enumerate(SIGNALS)
-                        if name in CHANNEL_SIGNALS[step.channel]},
+            "signals": {name: iso(_signal_at(send, i, k)) for k, name in enumerate(ENGAGEMENT)},
         })
     stopped_by = send.get("stoppedBy")
     view: dict[str, Any] = {
