@@ -1,11 +1,13 @@
 """`cascade serve`: assemble the parts from `Settings` and run them.
 
 Owns the process lifecycle. Start: clock, providers, the delivery dispatcher
-on the server's own event loop, the engine, `/metrics` on a fresh registry,
-the aiohttp app, then the listening socket; readiness is signalled last.
-Stop (SIGTERM/SIGINT): stop accepting, let in-flight requests finish
-(bounded by `server.shutdown_timeout_s`), drain the dispatcher (same bound),
-stop the engine (shards finish what is queued), exit 0. A second signal
+on the server's own event loop, the journal, the engine, `/metrics` on a
+fresh registry, the aiohttp app and the listening socket; then recovery
+(snapshot + journal), the shards, re-delivery of unanswered messages, and
+readiness last. Stop (SIGTERM/SIGINT): stop accepting, let in-flight
+requests finish (bounded by `server.shutdown_timeout_s`), drain the
+dispatcher (same bound), write a final snapshot, stop the engine (shards
+finish what is queued), close the journal, exit 0. A second signal
 during the drain exits at once (code 130).
 """
 
@@ -31,6 +33,7 @@ from .engine.providers.webhook import WebhookProvider
 from .http.app import build_app
 from .http.metrics import HttpMetrics
 from .logs import request_id_var
+from .snapshots.durability import Durability
 
 __all__ = ["Server", "build_clock", "build_providers", "run_server"]
 
@@ -107,6 +110,7 @@ class Server:
         self.ready = asyncio.Event()
         self.dispatcher: DeliveryDispatcher | None = None
         self.engine: Engine | None = None
+        self.durability: Durability | None = None
         self.metrics: HttpMetrics | None = None
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
@@ -143,16 +147,18 @@ class Server:
         async_providers = {ch: p for ch, p in self.providers.items() if not p.synchronous}
         self.dispatcher = DeliveryDispatcher(async_providers, {ch: self._limits[ch] for ch in async_providers},
                                              loop=loop)
+        self.durability = Durability(s.storage.data_dir, s.storage.journal_fsync, s.storage.snapshots_kept,
+                                     s.storage.snapshot_interval_s)
         self.engine = Engine(self.clock, self.providers, EngineConfig(
             shards=s.engine.shards, retain_finished_s=s.storage.retain_finished_s,
             max_pending_per_shard=s.engine.max_pending_per_shard, tick_interval_s=s.engine.tick_interval_s,
-            gc_freeze_interval_s=s.engine.gc_freeze_interval_s), submit_jobs=self._submit_jobs).start()
+            gc_freeze_interval_s=s.engine.gc_freeze_interval_s), submit_jobs=self._submit_jobs,
+            journal=self.durability.journal)
         try:
-            self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher)
+            self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher, self.durability.stats)
             ProcessCollector(registry=self.registry)
-            # Snapshot hooks (admin=) arrive with durability; until then the
-            # snapshot endpoints answer 503 snapshots_disabled.
-            self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics, admin=None)
+            self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics,
+                                 admin=self.durability)
             access = os.environ.get("CASCADE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
             self._runner = web.AppRunner(
                 self.app, shutdown_timeout=s.server.shutdown_timeout_s, handle_signals=False,
@@ -165,7 +171,20 @@ class Server:
             await self._teardown(quick=True)
             raise
         self.port = self._runner.addresses[0][1]
-        # Recovery (journal + snapshots) goes here once durability lands.
+        # Listening already, so /healthz answers and /readyz says 503 while the
+        # data comes back; the API answers 503 + Retry-After until then.
+        try:
+            await loop.run_in_executor(None, self.durability.recover, self.engine)
+            self.engine.start()
+            self.engine.gc.freeze_now()  # what recovery loaded is long-lived: out of the collector's sight
+            redriven = await self.engine.redrive()
+            if redriven:
+                _log.info("handing over again %d messages no provider had answered", redriven,
+                          extra={"event": "redrive", "messages": redriven})
+            self.durability.start()
+        except BaseException:
+            await self._teardown(quick=True)
+            raise
         self.ready.set()
         _log.info("ready on %s", self.url, extra={"event": "ready", "url": self.url})
 
@@ -197,9 +216,15 @@ class Server:
             # Closing drains what came in meanwhile (timers still fire); when the
             # drain already timed out, a zero timeout abandons the rest at once.
             await self.dispatcher.aclose(timeout if clean else 0.0)
+        loop = asyncio.get_running_loop()
+        if self.durability is not None and self.engine is not None and self.engine.started:
+            await loop.run_in_executor(None, self.durability.close, not quick)  # final snapshot
         if self.engine is not None:
             engine, self.engine = self.engine, None
-            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+            await loop.run_in_executor(None, engine.stop)
+        if self.durability is not None:
+            await loop.run_in_executor(None, self.durability.close_journal)
+            self.durability = None
         return clean
 
 

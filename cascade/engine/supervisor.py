@@ -123,6 +123,10 @@ class Engine:
         _log.error("shard %d had died; restarting it over its state", i)
         self._refs[i] = ShardActor.start(self.states[i])
 
+    @property
+    def started(self) -> bool:
+        return bool(self._refs) and not self._stopped
+
     # -- routing and batching -------------------------------------------------
     def shard_of_slot(self, slot: int) -> int:
         return slot * len(self.states) // SLOTS
@@ -136,9 +140,12 @@ class Engine:
             self._restart(i)
             self._refs[i].tell(commands)
 
+    def _check_open(self) -> None:
+        if not self._refs or self._stopped:
+            raise Overloaded("the engine is " + ("stopping" if self._stopped else "still recovering"), retry_after_s=1)
+
     def _check_room(self, i: int) -> None:
-        if self._stopped:
-            raise Overloaded("the engine is stopping", retry_after_s=5)
+        self._check_open()
         if self._submitted[i] - self.states[i].processed >= self.config.max_pending_per_shard:
             raise Overloaded(f"shard {i} has {self.config.max_pending_per_shard} commands queued; retry shortly")
 
@@ -194,6 +201,7 @@ class Engine:
     def put_template(self, template_id: str, body: Any) -> Reply:
         """Validate (raising TemplateInvalid at once) and store a new version;
         the reply is (TemplateVersion, created) once the write is durable."""
+        self._check_open()
         tv, created = self.templates.put(template_id, body, self.clock.now())
         return self._durable(template_record(tv), (tv, created))
 
@@ -205,6 +213,7 @@ class Engine:
 
     def delete_template(self, template_id: str) -> Reply:
         """The reply is the deleted TemplateVersion; active sends finish on it."""
+        self._check_open()
         tv = self.templates.delete(template_id)
         return self._durable(("TD", template_id), tv)
 

@@ -262,6 +262,18 @@ class HttpMetrics:
         yield GaugeMetricFamily("cascade_last_snapshot_timestamp_seconds",
                                 "Unix time the last snapshot was completed (0: none yet)",
                                 value=figures.get("last_timestamp_seconds", 0.0))
+        buckets = figures.get("fsync_buckets")
+        if buckets:
+            yield HistogramMetricFamily(
+                "cascade_journal_fsync_duration_seconds", "Time of one journal fdatasync (a group commit)",
+                buckets=[(str(le), n) for le, n in buckets[:-1]] + [("+Inf", buckets[-1][1])],
+                sum_value=figures.get("fsync_seconds_sum", 0.0))
+        yield CounterMetricFamily("cascade_journal_records", "Records appended to the journal since start",
+                                  value=figures.get("journal_records", 0))
+        yield GaugeMetricFamily("cascade_recovery_duration_seconds", "How long recovery took at start",
+                                value=figures.get("recovery_seconds", 0.0))
+        yield GaugeMetricFamily("cascade_recovery_records_replayed", "Journal records replayed at start",
+                                value=figures.get("recovery_replayed", 0))
 
     def _http_family(self) -> Metric:
         family = HistogramMetricFamily("cascade_http_request_duration_seconds",

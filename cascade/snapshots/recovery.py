@@ -107,6 +107,7 @@ def recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
                         latest = max(latest or 0.0, rec[1])
                     else:
                         engine.apply_front(rec)
+                    result.replayed += 1
                 continue
             writer = rec[1]
             if position <= positions.get(writer, 0):
