@@ -61,7 +61,9 @@ class CounterBook:
                 for n in names}
 
     def to_record(self) -> list[Any]:
-        return [[n, g.sends, [[k[0], k[1], v] for k, v in g.rows.items()]] for n, g in self._groups.items()]
+        """A copy (the counters move on while a snapshot is written)."""
+        return [[n, list(g.sends), [[k[0], k[1], list(v)] for k, v in g.rows.items()]]
+                for n, g in self._groups.items()]
 
     def load_record(self, rec: list[Any]) -> None:
         """Add counts from a snapshot (added, so shards can be merged)."""

@@ -14,6 +14,7 @@ start, and messages no provider answered are handed over again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,8 @@ class RecoveryResult:
 
 
 def _newest_loadable(directory: str, result: RecoveryResult) -> tuple[SnapshotSet, dict[str, Any]] | None:
+    if not os.path.isdir(directory):
+        return None
     for candidate in list_snapshots(directory):
         try:
             if 0 not in candidate.paths:
