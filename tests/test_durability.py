@@ -136,7 +136,8 @@ def test_a_snapshot_taken_while_traffic_continues_matches_the_state_at_its_posit
     # Drive the slices by hand, changing sends, recipients and inboxes between
     # them, so that copy-on-write has work to do.
     position = node.journal.position()
-    begun = [e._ask(i, "snapshot_begin", (str(node.root / "snapshots"), position, i + 1, _writer())).wait()
+    from cascade.snapshots.codec import pack
+    begun = [e._ask(i, "snapshot_begin", (str(node.root / "snapshots"), position, i + 1, _writer(), pack)).wait()
              for i in range(len(e.states))]
     e.signals([(f"{ids[6]}.1", None, None, "viewed", None), (f"{ids[7]}.2", None, None, "clicked", None)]).wait()
     e.cancel_send(ids[8]).wait()

@@ -37,7 +37,7 @@ from .sequence import (
 )
 from .shard_snapshot import ShardSnapshot
 from .shard_stats import LATENESS_BUCKETS, ShardStats
-from .state_records import restore_recipient, restore_send
+from .state_records import restore_recipient, restore_send, restore_shape
 from .templates import TemplateRegistry, TemplateVersion
 from .timers import TimerWheel
 from .views import decode_data, send_view
@@ -127,7 +127,7 @@ class ShardState:
         self._records = None
         if records:
             try:
-                self.journal.append(records, lambda: self._release(replies, jobs))
+                self.journal.append([("B", self.index, records)], lambda: self._release(replies, jobs))
             except Exception as exc:
                 _log.critical("shard %d could not journal %d records: %s", self.index, len(records), exc)
                 for reply in replies:
@@ -206,7 +206,8 @@ class ShardState:
     def _fire_due(self, now: float) -> None:
         due = self.wheel.pop_due(now)
         if due:
-            self._record(("F", self.index, now))
+            if self._records is not None:
+                self._records.append(("F", self.index, now))
             counts = self.stats.lateness_counts
             late = 0.0
             snap = self._snap
@@ -246,8 +247,9 @@ class ShardState:
     def _start(self, payload: tuple[Any, ...], now: float) -> Any:
         key, tpl, rid, update, data, groups, origin, want_view, idem = payload
         tpl_v: TemplateVersion = tpl
-        self._record(("S", self.index, key, tpl_v.id, tpl_v.version, rid, update.fields if update else None,
-                      data, groups, origin, now, idem))
+        if self._records is not None:
+            self._records.append(("S", self.index, key, tpl_v.id, tpl_v.version, rid,
+                                  update.fields if update else None, data, groups, origin, now, idem))
         rcpt = self.recipient(rid)
         if update is not None:
             if self._snap is not None:
@@ -308,7 +310,8 @@ class ShardState:
             outcome, effects = signal(send, i, kind, at, now)
             counts[kind][outcome] += 1
             if outcome == _ACCEPTED:
-                self._record(("G", self.index, key, i, kind, at, now))
+                if self._records is not None:
+                    self._records.append(("G", self.index, key, i, kind, at, now))
                 if effects:
                     self._run(send, effects, now)
             elif outcome == _DUPLICATE:
@@ -323,7 +326,8 @@ class ShardState:
             if send is not None:
                 if self._snap is not None:
                     self._snap.touch_send(send)
-                self._record(("D", self.index, key, i, outcome.ok, outcome.reason, now))
+                if self._records is not None:
+                    self._records.append(("D", self.index, key, i, outcome.ok, outcome.reason, now))
                 self._run(send, delivery_result(send, i, outcome.ok, outcome.reason, now), now)
 
     def _put_recipient(self, payload: tuple[str, Any, bool], now: float) -> dict[str, Any]:
@@ -382,11 +386,11 @@ class ShardState:
 
 
     # -- snapshots ----------------------------------------------------------
-    def _snapshot_begin(self, payload: tuple[str, int, int, Any], now: float) -> ShardSnapshot:
+    def _snapshot_begin(self, payload: tuple[str, int, int, Any, Any], now: float) -> ShardSnapshot:
         if self._snap is not None:
             raise CascadeError("a snapshot of this shard is already being written")
-        directory, set_position, file_shard, write = payload
-        self._snap = ShardSnapshot(self, directory, set_position, file_shard, write)
+        directory, set_position, file_shard, write, pack = payload
+        self._snap = ShardSnapshot(self, directory, set_position, file_shard, write, pack)
         return self._snap
 
     def _snapshot_slice(self, _: Any, now: float) -> bool:
@@ -398,24 +402,29 @@ class ShardState:
         return False
 
     # -- recovery -------------------------------------------------------------
-    def restore(self, record: Any) -> None:
-        """Load one snapshot record (before the actor starts)."""
-        kind = record[0]
-        if kind == "s":
-            send = restore_send(record, self.templates, self.recipient(record[4]), self.book)  # type: ignore[arg-type]
-            send.answers |= self.send_mark
-            self.sends[send.key] = send
-        elif kind == "r":
-            rcpt, inbox = restore_recipient(record)
-            existing = self.recipients.get(rcpt.id)
-            if existing is None:
-                self.recipients[rcpt.id] = rcpt
-            else:  # created first by a send record routed here: fill it in place
-                existing.email, existing.phone = rcpt.email, rcpt.phone
-                existing.push_tokens, existing.preferences = rcpt.push_tokens, rcpt.preferences
-            self._inbox_order[rcpt.id] = inbox
-        elif kind == "counters":
-            self.book.load_record(record[1])
+    def restore_sends(self, records: Any, shapes: dict[int, Any]) -> None:
+        """Load sends of a snapshot (before the actor starts)."""
+        sends, recipients = self.sends, self.recipients
+        for rec in records:
+            rcpt = recipients.get(rec[2]) or self.recipient(rec[2])
+            send = restore_send(rec, shapes, rcpt)
+            sends[send.key] = send
+
+    def restore_shape(self, rec: Any) -> Any:
+        return restore_shape(rec, self.templates, self.book)  # type: ignore[arg-type]
+
+    def restore_recipient(self, rec: Any) -> None:
+        rcpt, inbox = restore_recipient(rec)
+        existing = self.recipients.get(rcpt.id)
+        if existing is None:
+            self.recipients[rcpt.id] = rcpt
+        else:  # created first by one of its sends: fill it in place
+            existing.email, existing.phone = rcpt.email, rcpt.phone
+            existing.push_tokens, existing.preferences = rcpt.push_tokens, rcpt.preferences
+        self._inbox_order[rcpt.id] = inbox
+
+    def restore_counters(self, rec: Any) -> None:
+        self.book.load_record(rec)
 
     def rebuild(self) -> None:
         """Derive timers, retention, inboxes and counts from restored sends."""
@@ -430,43 +439,53 @@ class ShardState:
                 finished.append((send.finished + self.retain_s, send.key, send))  # type: ignore[operator]
         finished.sort(key=lambda f: (f[0], f[1]))
         self.retained = deque((expires, send) for expires, _, send in finished)
+        sends = self.sends
         for rid, keys in self._inbox_order.items():
-            entries = [self.sends[k] for k in keys if k in self.sends]
+            entries = [s for s in map(sends.get, keys) if s is not None]
             self.recipients[rid].inbox = entries or None
         self._inbox_order = {}
 
-    def replay(self, record: Any) -> None:
-        """Apply one journal record through the live handlers."""
-        op = record[0]
-        if op == "F":
-            self._fire_due(record[2])
-        elif op == "S":
-            _, _, key, tpl_id, version, rid, fields, data, groups, origin, now, idem = record
-            tpl = self.templates.version(tpl_id, version)  # type: ignore[union-attr]
-            if tpl is not None and key not in self.sends:
-                update = RecipientUpdate.trusted(fields) if fields is not None else None
-                self._start((key, tpl, rid, update, data, tuple(groups), origin, False, idem), now)
-        elif op == "G":
-            _, _, key, i, kind, at, now = record
-            send = self.sends.get(key)
-            if send is not None:
-                outcome, effects = signal(send, i, kind, at, now)
-                if outcome == _ACCEPTED and effects:
-                    self._run(send, effects, now)
-        elif op == "D":
-            _, _, key, i, ok, reason, now = record
-            send = self.sends.get(key)
-            if send is not None:
-                self._run(send, delivery_result(send, i, ok, reason, now), now)
-        elif op == "X":
-            _, _, key, now = record
-            send = self.sends.get(key)
-            effects = cancel(send, now) if send is not None else None
-            if effects:
-                self._run(send, effects, now)  # type: ignore[arg-type]
-        elif op == "R":
-            _, _, rid, fields, replace = record
-            RecipientUpdate.trusted(fields).merge_into(self.recipient(rid), replace=replace)
+    def replay(self, records: Any) -> None:
+        """Apply journal records through the same state machine as live."""
+        sends = self.sends
+        versions = self.templates._versions  # type: ignore[union-attr]
+        for record in records:
+            op = record[0]
+            if op == "S":
+                _, _, key, tpl_id, version, rid, fields, data, groups, origin, now, _ = record
+                tpl = versions.get((tpl_id, version))
+                if tpl is None or key in sends:
+                    continue
+                rcpt = self.recipient(rid)
+                if fields is not None:
+                    RecipientUpdate.trusted(fields).merge_into(rcpt)
+                send = Send(key, tpl, rcpt, data, now, self.book.counters_of(groups, tpl), origin)
+                sends[key] = send
+                self.active += 1
+                self._run(send, start(send, now), now)
+            elif op == "G":
+                _, _, key, i, kind, at, now = record
+                send = sends.get(key)
+                if send is not None:
+                    outcome, effects = signal(send, i, kind, at, now)
+                    if outcome == _ACCEPTED and effects:
+                        self._run(send, effects, now)
+            elif op == "F":
+                self._fire_due(record[2])
+            elif op == "D":
+                _, _, key, i, ok, reason, now = record
+                send = sends.get(key)
+                if send is not None:
+                    self._run(send, delivery_result(send, i, ok, reason, now), now)
+            elif op == "X":
+                _, _, key, now = record
+                send = sends.get(key)
+                effects = cancel(send, now) if send is not None else None
+                if effects:
+                    self._run(send, effects, now)  # type: ignore[arg-type]
+            elif op == "R":
+                _, _, rid, fields, replace = record
+                RecipientUpdate.trusted(fields).merge_into(self.recipient(rid), replace=replace)
 
     def _redrive(self, _: Any, now: float) -> int:
         """After recovery: hand over again every message whose answer never

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .sequence import SNAPSHOT_MARK, Send
-from .state_records import recipient_record, send_record
+from .state_records import recipient_record, send_record, shape_record
 
 if TYPE_CHECKING:
     from .recipients import Recipient
@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 
 __all__ = ["ShardSnapshot", "SLICE"]
 
-SLICE = 20_000  # objects a slice: ~20-30 ms of shard time
+SLICE = 5_000  # objects a slice: a few milliseconds of shard time
 _DONE = None
 
 
 class ShardSnapshot:
     def __init__(self, state: ShardState, directory: str, set_position: int, file_shard: int,
-                 write: Any) -> None:
+                 write: Any, pack: Any) -> None:
+        self._pack = pack  # packs on the shard's thread, while the objects are as they were
+        self._shapes: dict[int, int] = {}  # id(send.counters) -> shape index in this file
         self.position = state.journal.position() if state.journal is not None else 0
         self.send_mark = state.send_mark = state.send_mark ^ SNAPSHOT_MARK
         self.rcpt_mark = state.rcpt_mark = state.rcpt_mark ^ 1
@@ -49,7 +51,7 @@ class ShardSnapshot:
             "engine_shard": state.index, "created_at": time.time(),
             "counts": {"sends": len(self._keys), "recipients": len(self._rids)},
         }
-        self._queue.put([("counters", state.book.to_record())])
+        self._queue.put([pack(("counters", state.book.to_record()))])
         self._thread = threading.Thread(target=self._write, args=(write, directory, file_shard, header),
                                         name=f"cascade-snapshot-{state.index}", daemon=True)
         self._thread.start()
@@ -70,34 +72,54 @@ class ShardSnapshot:
             while not self._drained and self._queue.get() is not _DONE:  # keep the shard from blocking
                 pass
 
+    def _shape(self, send: Send, out: list[Any]) -> int:
+        shape = self._shapes.get(id(send.counters))
+        if shape is None:
+            shape = self._shapes[id(send.counters)] = len(self._shapes)
+            out.append(self._pack(shape_record(shape, send)))
+        return shape
+
     def touch_send(self, send: Send) -> None:
         if (send.answers & SNAPSHOT_MARK) != self.send_mark:
-            self._queue.put([send_record(send)])
+            batch: list[Any] = []
+            record = send_record(send, self._shape(send, batch))
+            batch.append(self._pack(("S*", [record])))
+            self._queue.put(batch)
             send.answers ^= SNAPSHOT_MARK
 
     def touch_recipient(self, rcpt: Recipient) -> None:
         if rcpt.mark != self.rcpt_mark:
-            self._queue.put([recipient_record(rcpt)])
+            self._queue.put([self._pack(("R*", [recipient_record(rcpt)]))])
             rcpt.mark = self.rcpt_mark
 
     def slice(self, state: ShardState) -> bool:
         """Write the next slice; True once everything is written."""
-        batch: list[Any] = []
-        while self._rcursor < len(self._rids) and len(batch) < SLICE:
-            rcpt = state.recipients.get(self._rids[self._rcursor])
+        rcpts: list[Any] = []
+        rids, recipients, mark = self._rids, state.recipients, self.rcpt_mark
+        while self._rcursor < len(rids) and len(rcpts) < SLICE:
+            rcpt = recipients.get(rids[self._rcursor])
             self._rcursor += 1
-            if rcpt is not None and rcpt.mark != self.rcpt_mark:
-                batch.append(recipient_record(rcpt))
-                rcpt.mark = self.rcpt_mark
-        while self._cursor < len(self._keys) and len(batch) < SLICE:
-            send = state.sends.get(self._keys[self._cursor])
+            if rcpt is not None and rcpt.mark != mark:
+                rcpts.append(recipient_record(rcpt))
+                rcpt.mark = mark
+        sends: list[Any] = []
+        batch: list[Any] = []
+        keys, by_key, send_mark, shapes = self._keys, state.sends, self.send_mark, self._shapes
+        room = SLICE - len(rcpts)
+        while self._cursor < len(keys) and len(sends) < room:
+            send = by_key.get(keys[self._cursor])
             self._cursor += 1
-            if send is not None and (send.answers & SNAPSHOT_MARK) != self.send_mark:
-                batch.append(send_record(send))
+            if send is not None and (send.answers & SNAPSHOT_MARK) != send_mark:
+                shape = shapes.get(id(send.counters))
+                sends.append(send_record(send, self._shape(send, batch) if shape is None else shape))
                 send.answers ^= SNAPSHOT_MARK
+        if rcpts:
+            batch.append(self._pack(("R*", rcpts)))
+        if sends:
+            batch.append(self._pack(("S*", sends)))
         if batch:
             self._queue.put(batch)
-        done = self._cursor >= len(self._keys) and self._rcursor >= len(self._rids)
+        done = self._cursor >= len(keys) and self._rcursor >= len(rids)
         if done:
             self._queue.put(_DONE)
         return done

@@ -14,9 +14,12 @@ is the shard that wrote it, so recovery knows which snapshot covers it):
     ("X", w, key, now)                           send cancelled
     ("F", w, now)                                timers fired at `now`
 
-Snapshot records of a shard: ("counters", ...), ("r", ...) per recipient,
-("s", ...) per send; of the front: "T", "TD", ("I", ...) idempotency keys,
-("C", now).
+A shard appends each batch's records as one ("B", w, [records]) journal
+record: one frame, one checksum a batch.
+
+Snapshot records of a shard: ("counters", ...), then ("R*", [recipient,
+...]) and ("S*", [send, ...]) in slices; of the front: "T", "TD", ("I", ...)
+idempotency keys, ("C", now).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from .recipients import Recipient
 from .sequence import SNAPSHOT_MARK, Send
 from .templates import TemplateRegistry, TemplateVersion
 
-__all__ = ["recipient_record", "restore_recipient", "restore_send", "send_record", "template_record"]
+__all__ = ["recipient_record", "restore_recipient", "restore_send", "restore_shape", "send_record", "shape_record",
+           "template_record"]
 
 
 def template_record(tv: TemplateVersion) -> tuple[Any, ...]:
@@ -36,30 +40,43 @@ def template_record(tv: TemplateVersion) -> tuple[Any, ...]:
 
 
 def recipient_record(r: Recipient) -> tuple[Any, ...]:
-    """The recipient and the order of its in-app inbox (as send keys)."""
+    """One recipient of an ("R*", [...]) snapshot record, with the order of
+    its in-app inbox (as send keys)."""
     inbox = [send.key for send in r.inbox] if r.inbox else []
-    return ("r", r.id, r.email, r.phone, list(r.push_tokens), r.preferences, inbox)
+    return (r.id, r.email, r.phone, list(r.push_tokens), r.preferences, inbox)
 
 
 def restore_recipient(rec: Any) -> tuple[Recipient, list[int]]:
-    _, rid, email, phone, tokens, prefs, inbox = rec
+    rid, email, phone, tokens, prefs, inbox = rec
     return Recipient(rid, email, phone, tuple(tokens), dict(prefs)), list(inbox)
 
 
-def send_record(send: Send) -> tuple[Any, ...]:
-    return ("s", send.key, send.tpl.id, send.tpl.version, send.recipient.id, send.data, send.created,
-            send.status, send.current, send.steps, send.sig, send.answers & ~SNAPSHOT_MARK, send.deadline,
-            dict(send.notes) if send.notes else None, [c.group for c in send.counters])
+def send_record(send: Send, shape: int) -> tuple[Any, ...]:
+    """One send of an ("S*", [...]) snapshot record. `shape` indexes the
+    file's ("shape", i, template, version, groups) records, which every send
+    of one template version and group set shares. Shares `notes`: pack the
+    record before the send can change."""
+    return (send.key, shape, send.recipient.id, send.data, send.created, send.status, send.current,
+            send.steps, send.sig, send.answers & ~SNAPSHOT_MARK, send.deadline, send.notes)
 
 
-def restore_send(rec: Any, templates: TemplateRegistry, recipient: Recipient, book: CounterBook) -> Send:
-    (_, key, tpl_id, version, _rid, data, created, status, current, steps, sig, answers, deadline,
-     notes, groups) = rec
-    tpl = templates.version(tpl_id, version)
-    if tpl is None:
-        raise ValueError(f"send {key:x} needs template {tpl_id!r} version {version}, which the snapshot lacks")
-    send = Send(key, tpl, recipient, data, created, book.counters_of(tuple(groups), tpl))
+def shape_record(index: int, send: Send) -> tuple[Any, ...]:
+    return ("shape", index, send.tpl.id, send.tpl.version, [c.group for c in send.counters])
+
+
+def restore_send(rec: Any, shapes: dict[int, tuple[TemplateVersion, Any]], recipient: Recipient) -> Send:
+    key, shape, _rid, data, created, status, current, steps, sig, answers, deadline, notes = rec
+    tpl, counters = shapes[shape]
+    send = Send(key, tpl, recipient, data, created, counters)
     send.status, send.current, send.steps, send.sig, send.answers = status, current, steps, sig, answers
     send.deadline = deadline
-    send.notes = dict(notes) if notes else None
+    send.notes = notes or None  # a fresh dict from the decoder
     return send
+
+
+def restore_shape(rec: Any, templates: TemplateRegistry, book: CounterBook) -> tuple[TemplateVersion, Any]:
+    _, _, tpl_id, version, groups = rec
+    tpl = templates.version(tpl_id, version)
+    if tpl is None:
+        raise ValueError(f"sends need template {tpl_id!r} version {version}, which the snapshot lacks")
+    return tpl, book.counters_of(tuple(groups), tpl)

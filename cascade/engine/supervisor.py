@@ -434,21 +434,28 @@ class Engine:
             self.idempotency.restore(key, digest, send_key, expires)
         # "C" (the clock) is recovery's business: it resumes at the latest time seen.
 
-    def shard_of_record(self, record: Any) -> int:
-        """Where a shard record belongs now: by send key, or recipient id."""
-        if record[0] in ("R", "r"):
-            return self._recipient_shard(record[2] if record[0] == "R" else record[1])
-        key = record[2] if record[0] in ("S", "G", "D", "X") else record[1]
+    def shard_of_key(self, key: int) -> int:
         return self.shard_of_slot(slot_of_key(key))
 
-    def snapshot_shards(self, directory: str, set_position: int, write: Callable[..., Any]) -> list[Any]:
-        """Write every shard's snapshot in slices (blocking; call from a thread)."""
-        snaps = [self._ask(i, "snapshot_begin", (directory, set_position, i + 1, write)).wait(None)
+    def shard_of_recipient(self, rid: str) -> int:
+        return self._recipient_shard(rid)
+
+    def shard_of_record(self, record: Any) -> int:
+        """Where a journal record of a shard belongs now: by send key, or recipient id."""
+        if record[0] == "R":
+            return self._recipient_shard(record[2])
+        return self.shard_of_slot(slot_of_key(record[2]))
+
+    def snapshot_shards(self, directory: str, set_position: int, write: Callable[..., Any],
+                        pack: Callable[[Any], Any]) -> list[Any]:
+        """Write every shard's snapshot in slices (blocking; call from a thread).
+        One shard slices at a time: shards share one interpreter lock, so
+        slicing them all at once would stall them all at once."""
+        snaps = [self._ask(i, "snapshot_begin", (directory, set_position, i + 1, write, pack)).wait(None)
                  for i in range(len(self.states))]
-        pending = set(range(len(self.states)))
+        pending = list(range(len(self.states)))
         while pending:
-            replies = {i: self._ask(i, "snapshot_slice", None) for i in pending}
-            pending = {i for i, r in replies.items() if not r.wait(None)}
+            pending = [i for i in pending if not self._ask(i, "snapshot_slice", None).wait(None)]
         return snaps
 
     def redrive(self) -> Reply:

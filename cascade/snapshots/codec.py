@@ -23,6 +23,8 @@ from typing import IO, Any
 import msgpack  # type: ignore[import-untyped]  # ships no type information
 
 __all__ = [
+    "Packed",
+    "pack",
     "CHUNK_BYTES",
     "FORMAT",
     "FRAME_HEADER",
@@ -93,12 +95,26 @@ def encode_record(obj: Any) -> bytes:
     return _HEAD.pack(len(payload), _crc32(payload)) + payload
 
 
+class Packed:
+    """A record already packed with msgpack (by whoever owned the data when
+    it was consistent); framed as is."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+def pack(obj: Any) -> Packed:
+    return Packed(_packer().pack(obj))
+
+
 def encode_records(records: Iterable[Any]) -> bytes:
     """Frames for all `records`, concatenated; one Packer, one join."""
     pack, head, crc = _packer().pack, _HEAD.pack, _crc32
 
     def frame(obj: Any) -> bytes:
-        payload: bytes = pack(obj)
+        payload: bytes = obj.payload if type(obj) is Packed else pack(obj)
         return head(len(payload), crc(payload)) + payload
 
     frames = [frame(obj) for obj in records]

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from .codec import pack
 from .files import list_snapshots, prune_snapshots, read_snapshot, write_snapshot
 
 __all__ = ["SnapshotCoordinator"]
@@ -61,7 +62,7 @@ class SnapshotCoordinator:
                 "journal_position": position, "shard_position": position, "kind": "front",
                 "shards": len(engine.states), "counts": {"templates": len(engine.templates.all())},
             }, engine.front_records())
-            snaps = engine.snapshot_shards(self.directory, position, write_snapshot)
+            snaps = engine.snapshot_shards(self.directory, position, write_snapshot, pack)
             infos = [front] + [s.result() for s in snaps]
             seconds = time.perf_counter() - began
             self._prune()

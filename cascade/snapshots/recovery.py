@@ -13,6 +13,7 @@ start, and messages no provider answered are handed over again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
@@ -63,8 +64,46 @@ def _newest_loadable(directory: str, result: RecoveryResult) -> tuple[SnapshotSe
     return None
 
 
+def _replay_routed(engine: Any, states: list[Any], records: Any, writer: int, same_layout: bool) -> None:
+    """Records of one writer shard, each to the shard that owns it now."""
+    if same_layout:  # a shard writes records of its own sends only
+        states[writer].replay(records)
+        return
+    for rec in records:
+        if rec[0] == "F":  # its timers now live on every shard: fire them all
+            for st in states:
+                st.replay((rec,))
+        else:
+            states[engine.shard_of_record(rec)].replay((rec,))
+
+
+def _latest_and_claims(engine: Any, records: Any, latest: float | None) -> float | None:
+    """The latest time the records have seen; idempotency keys of their sends."""
+    for rec in records:
+        op = rec[0]
+        at = _NOW_AT.get(op)
+        if at is not None and (latest is None or rec[at] > latest):
+            latest = rec[at]
+        if op == "S" and rec[11] is not None:
+            key, digest, expires = rec[11]
+            engine.idempotency.restore(key, digest, rec[2], expires)
+    return latest
+
+
 def recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
     """Load state into `engine` (whose shards must not be running yet)."""
+    # Everything recovery builds lives long: with the collector on, each of
+    # its passes would walk the millions of objects built so far (seconds).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _recover(engine, directory, journal)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
     began = time.perf_counter()
     result = RecoveryResult()
     states = engine.states
@@ -87,10 +126,27 @@ def recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
             header, records = read_snapshot(chosen.paths[k])
             writer = header["engine_shard"]
             positions[writer] = header["shard_position"]
+            by_key, by_rid = engine.shard_of_key, engine.shard_of_recipient
+            shapes: list[dict[int, Any]] = [{} for _ in states]  # per target shard: its own counters
             for rec in records:
-                target = writer % len(states) if rec[0] == "counters" else engine.shard_of_record(rec)
-                states[target].restore(rec)
-                result.snapshot_records += 1
+                tag = rec[0]
+                if tag == "S*":
+                    if same_layout:
+                        states[writer].restore_sends(rec[1], shapes[writer])
+                    else:
+                        for send in rec[1]:
+                            t = by_key(send[0])
+                            states[t].restore_sends((send,), shapes[t])
+                    result.snapshot_records += len(rec[1])
+                elif tag == "shape":
+                    for t, st in enumerate(states):
+                        shapes[t][rec[1]] = st.restore_shape(rec)
+                elif tag == "R*":
+                    for rcpt in rec[1]:
+                        states[by_rid(rcpt[0])].restore_recipient(rcpt)
+                    result.snapshot_records += len(rec[1])
+                elif tag == "counters":
+                    states[writer % len(states)].restore_counters(rec[1])
         for st in states:
             st.rebuild()
     after = min(positions.values()) if positions else 0
@@ -115,17 +171,10 @@ def recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
             writer = rec[1]
             if position <= positions.get(writer, 0):
                 continue
-            if op in _NOW_AT:
-                latest = max(latest or 0.0, rec[_NOW_AT[op]])
-            if op == "F":
-                for t in ([writer] if same_layout else range(len(states))):
-                    states[t].replay(rec)
-            else:
-                states[engine.shard_of_record(rec)].replay(rec)
-                if op == "S" and rec[11] is not None:
-                    key, digest, expires = rec[11]
-                    engine.idempotency.restore(key, digest, rec[2], expires)
-            result.replayed += 1
+            inner = rec[2] if op == "B" else (rec,)
+            _replay_routed(engine, states, inner, writer, same_layout)
+            latest = _latest_and_claims(engine, inner, latest)
+            result.replayed += len(inner)
     finally:
         for st in states:
             st.replaying = False

@@ -1,0 +1,161 @@
+"""Durability benchmark: journal, snapshots and recovery with 1,000,000
+active sends, in-process with a manual clock and a file journal
+(`journal_fsync = "batch"`) in a temporary directory.
+
+Prints a table and, last, one JSON line with `snapshot_s`,
+`snapshot_bytes_per_send`, `max_pause_ms` (the longest a shard kept a
+probe waiting while the snapshot was written), `recovery_s` (from the
+snapshot), `replay_records_per_s` (journal only) and `durable_events_per_s`
+(signals acknowledged after group commit).
+
+    ./run bench snapshot [--sends N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider  # noqa: E402
+from cascade.engine.reply import Reply  # noqa: E402
+from cascade.snapshots import FileJournal  # noqa: E402
+from cascade.snapshots.coordinator import SnapshotCoordinator  # noqa: E402
+from cascade.snapshots.recovery import recover  # noqa: E402
+
+TEMPLATE = {
+    "channels": [
+        {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 60, "content": {"body": "Hi {{name}}"}},
+        {"channel": "push", "stopCondition": "clicked", "waitMinutes": 240, "content": {"body": "Still there?"}},
+        {"channel": "email", "content": {"subject": "Last call"}},
+    ],
+    "config": {"sequenceEnabled": True},
+}
+CHUNK = 10_000
+
+
+def engine_on(root: Path, shards: int) -> tuple[Engine, FileJournal]:
+    journal = FileJournal(root / "journal", fsync="batch")
+    providers = {c: MemoryProvider(c, record=False) for c in ("push", "email", "sms")}
+    engine = Engine(ManualClock(1_800_000_000.0), providers,
+                    EngineConfig(shards=shards, max_pending_per_shard=10_000_000), journal=journal)
+    return engine, journal
+
+
+class Probe(threading.Thread):
+    """Asks every shard for nothing every 2 ms and records the longest wait."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(daemon=True)
+        self.engine = engine
+        self.worst = 0.0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(0.002):
+            began = time.perf_counter()
+            replies = []
+            for i in range(len(self.engine.states)):
+                reply = Reply()
+                self.engine._tell(i, [("tick", None, reply)])
+                replies.append(reply)
+            for r in replies:
+                r.wait(None)
+            self.worst = max(self.worst, time.perf_counter() - began)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sends", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--events", type=int, default=500_000)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="cascade-bench-"))
+    try:
+        engine, journal = engine_on(root, args.shards)
+        recover(engine, str(root / "snapshots"), journal)
+        engine.start()
+        engine.put_template("t", TEMPLATE).wait()
+        n = args.sends
+        t0 = time.perf_counter()
+        ids: list[str] = []
+        replies = []
+        for s in range(0, n, CHUNK):
+            reply, chunk_ids = engine.send_many("t", [f"u{i % 50_000}" for i in range(s, min(n, s + CHUNK))],
+                                                {"name": "Ada"})
+            replies.append(reply)
+            ids.extend(chunk_ids)
+        for r in replies:
+            r.wait(None)
+        load_s = time.perf_counter() - t0
+
+        # Durable ingest: batches of 1,000 events, each acknowledged after group commit.
+        events = [(f"{sid}.1", None, None, "delivered", None) for sid in ids[: args.events]]
+        t0 = time.perf_counter()
+        pending = [engine.signals(events[s:s + 1000]) for s in range(0, len(events), 1000)]
+        accepted = sum(r.wait(None)["accepted"] for r in pending)
+        ingest_s = time.perf_counter() - t0
+
+        probe = Probe(engine)
+        probe.start()
+        time.sleep(0.05)
+        coordinator = SnapshotCoordinator(engine, journal, str(root / "snapshots"), keep=2, interval_s=0)
+        info = coordinator.take()
+        probe.stop_event.set()
+        probe.join()
+        records_in_journal = journal.position()
+        engine.stop()
+        journal.close()
+
+        # Recovery from the snapshot (the journal after it is nearly empty).
+        engine2, journal2 = engine_on(root, args.shards)
+        result = recover(engine2, str(root / "snapshots"), journal2)
+        journal2.close()
+        del engine2
+
+        # Journal replay alone: the same data with no snapshot to start from.
+        shutil.rmtree(root / "snapshots")
+        engine3, journal3 = engine_on(root, args.shards)
+        replay = recover(engine3, str(root / "snapshots"), journal3)
+        journal3.close()
+        del engine3
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    out = {
+        "sends": n,
+        "durable_sends_per_s": round(n / load_s),
+        "durable_events_per_s": round(accepted / ingest_s),
+        "snapshot_s": info["seconds"],
+        "snapshot_bytes": info["bytes"],
+        "snapshot_bytes_per_send": round(info["bytes"] / n, 1),
+        "max_pause_ms": round(probe.worst * 1000, 1),
+        "recovery_s": round(result.seconds, 3),
+        "journal_records": records_in_journal,
+        "replay_records_per_s": round(replay.replayed / replay.seconds),
+        "replay_s": round(replay.seconds, 3),
+    }
+    rows = [
+        ("sends loaded (journaled, batch fsync)", f"{n:,}", f"{out['durable_sends_per_s']:,}/s"),
+        ("durable events (1,000 a batch)", f"{accepted:,}", f"{out['durable_events_per_s']:,}/s"),
+        ("snapshot", f"{info['bytes'] / 2**20:,.1f} MiB", f"{info['seconds']:.2f} s"),
+        ("snapshot bytes per send", "", f"{out['snapshot_bytes_per_send']}"),
+        ("longest shard pause during snapshot", "", f"{out['max_pause_ms']} ms"),
+        ("recovery from snapshot", f"{result.snapshot_records:,} records", f"{result.seconds:.2f} s"),
+        ("journal replay (no snapshot)", f"{replay.replayed:,} records", f"{out['replay_records_per_s']:,}/s"),
+    ]
+    w = max(len(a) for a, _, _ in rows)
+    for a, b, c in rows:
+        print(f"{a:<{w}}  {b:>20}  {c:>14}")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
