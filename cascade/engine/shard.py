@@ -447,19 +447,25 @@ class ShardState:
 
     def replay(self, records: Any) -> None:
         """Apply journal records through the same state machine as live."""
-        sends = self.sends
+        sends, recipients = self.sends, self.recipients
         versions = self.templates._versions  # type: ignore[union-attr]
+        shape: tuple[Any, ...] = ()
+        tpl: Any = None
+        counters: Any = None
         for record in records:
             op = record[0]
             if op == "S":
                 _, _, key, tpl_id, version, rid, fields, data, groups, origin, now, _ = record
-                tpl = versions.get((tpl_id, version))
+                if shape != (tpl_id, version, groups):  # most records repeat the one before
+                    shape = (tpl_id, version, groups)
+                    tpl = versions.get((tpl_id, version))
+                    counters = self.book.counters_of(groups, tpl) if tpl is not None else None
                 if tpl is None or key in sends:
                     continue
-                rcpt = self.recipient(rid)
+                rcpt = recipients.get(rid) or self.recipient(rid)
                 if fields is not None:
                     RecipientUpdate.trusted(fields).merge_into(rcpt)
-                send = Send(key, tpl, rcpt, data, now, self.book.counters_of(groups, tpl), origin)
+                send = Send(key, tpl, rcpt, data, now, counters, origin)
                 sends[key] = send
                 self.active += 1
                 self._run(send, start(send, now), now)
