@@ -169,11 +169,14 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
                     result.replayed += 1
                 continue
             writer = rec[1]
+            inner = rec[2] if op == "B" else (rec,)
+            if position > positions.get("front", 0):
+                # Idempotency keys belong to the front, whose snapshot may be
+                # older than this shard's: take them from every send after it.
+                latest = _latest_and_claims(engine, inner, latest)
             if position <= positions.get(writer, 0):
                 continue
-            inner = rec[2] if op == "B" else (rec,)
             _replay_routed(engine, states, inner, writer, same_layout)
-            latest = _latest_and_claims(engine, inner, latest)
             result.replayed += len(inner)
     finally:
         for st in states:
