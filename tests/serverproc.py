@@ -1,0 +1,244 @@
+"""Helpers for tests that run the real `cascade serve` process: a config
+writer, the child process (started, awaited, SIGKILLed or SIGTERMed by its
+own pid only), a webhook sink that records every POST, and a bounded poll.
+
+Imported by test modules (tests/ is on sys.path under pytest's default
+import mode); not a test module itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_KEY = "k-admin"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10.0,
+                     interval: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+# -- the webhook sink ------------------------------------------------------------------
+
+@dataclass
+class Post:
+    message_id: str
+    idempotency_key: str | None
+    body: dict[str, Any]
+    at: float
+
+
+class Sink:
+    """The user's push endpoint: answers 200 (after an optional random delay,
+    so a SIGKILL can land while deliveries are in flight) and records every
+    POST with its Idempotency-Key."""
+
+    def __init__(self, max_delay_s: float = 0.0, seed: int = 0) -> None:
+        self.posts: list[Post] = []
+        self.in_flight = 0
+        self.max_delay_s = max_delay_s
+        self._rng = random.Random(seed)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        try:
+            body = json.loads(await request.read())
+            if self.max_delay_s:
+                await asyncio.sleep(self._rng.uniform(0.0, self.max_delay_s))
+            self.posts.append(Post(body.get("messageId"), request.headers.get("Idempotency-Key"), body,
+                                   time.monotonic()))
+            return web.json_response({"ok": True})
+        finally:
+            self.in_flight -= 1
+
+    def message_ids(self) -> set[str]:
+        return {p.message_id for p in self.posts}
+
+    async def start(self) -> Sink:
+        app = web.Application()
+        app.router.add_post("/push", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/push"
+        return self
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+# -- the server process ----------------------------------------------------------------
+
+def config_text(data_dir: Path, port: int, *, push_url: str | None = None, clock: str = "manual",
+                snapshot_interval_s: float = 60.0, fsync: str = "batch", snapshots_kept: int = 3,
+                shards: int = 4, extra: str = "") -> str:
+    text = f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+shutdown_timeout_s = 10
+
+[storage]
+data_dir = "{data_dir}"
+snapshot_interval_s = {snapshot_interval_s}
+snapshots_kept = {snapshots_kept}
+journal_fsync = "{fsync}"
+
+[auth]
+api_keys = {{ "{ADMIN_KEY}" = "admin" }}
+
+[clock]
+mode = "{clock}"
+
+[engine]
+shards = {shards}
+"""
+    if push_url is not None:
+        text += f"""
+[channels.push]
+provider = "webhook"
+url = "{push_url}"
+max_attempts = 3
+timeout_s = 5
+"""
+    return text + extra
+
+
+@dataclass
+class ServerProc:
+    """`cascade serve` as a child process; each `start()` is a new process
+    (a new port, same data dir) with its own log file."""
+
+    workdir: Path
+    data_dir: Path
+    push_url: str | None = None
+    snapshot_interval_s: float = 60.0
+    fsync: str = "batch"
+    extra: str = ""
+    starts: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    log_path: Path = field(default_factory=Path)
+    pids: list[int] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProc:
+        assert self.proc is None or self.proc.poll() is not None, "the previous process still runs"
+        self.starts += 1
+        self.port = free_port()
+        cfg = self.workdir / f"cascade-{self.starts}.toml"
+        cfg.write_text(config_text(self.data_dir, self.port, push_url=self.push_url, fsync=self.fsync,
+                                   snapshot_interval_s=self.snapshot_interval_s, extra=self.extra),
+                       encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env["CASCADE_LOG_LEVEL"] = "INFO"
+        env["CASCADE_LOG_FORMAT"] = "json"
+        self.log_path = self.workdir / f"serve-{self.starts}.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", "--config", str(cfg)],
+                                         cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.pids.append(self.proc.pid)
+        return self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_text().splitlines():
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                obj = {"raw": raw}
+            lines.append(obj if isinstance(obj, dict) else {"raw": raw})
+        return lines
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.log_lines() if line.get("event") == name]
+
+    async def wait_ready(self, timeout: float = 20.0) -> None:
+        assert self.proc is not None
+        async with aiohttp.ClientSession() as http:
+            async def ready() -> bool:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"cascade serve exited with {self.proc.returncode}:\n{self.log_text()}")
+                try:
+                    async with http.get(f"{self.base}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                        return r.status == 200
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    return False
+
+            await eventually(ready, "/readyz", timeout=timeout, interval=0.05)
+
+    async def wait_exit(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL the process this object started (by its pid) and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+
+    def cleanup(self) -> None:
+        """Make sure nothing this object started outlives the test."""
+        self.kill9()
+
+
+def snapshot_files(data_dir: Path) -> list[Path]:
+    d = data_dir / "snapshots"
+    return sorted(d.glob("snapshot-*.msgpack")) if d.exists() else []
+
+
+def snapshot_positions(data_dir: Path) -> list[int]:
+    """Journal positions of the snapshot sets on disk, newest first."""
+    return sorted({int(p.name.split("-")[1]) for p in snapshot_files(data_dir)}, reverse=True)
+
+
+def journal_segments(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "journal").glob("journal-*.log"))

@@ -1,0 +1,575 @@
+"""Crash recovery of the real `cascade serve` process (API.md: "A 2xx answer
+to a write means the write is durable ... after a crash it is there"; rule 10;
+§ Delivery to providers: at least once, same Idempotency-Key; issue 4).
+
+The main test drives templates, recipients, sends (all with an
+idempotencyKey), engagement events, inbox listings and manual-clock advances
+from several concurrent clients, SIGKILLs the server at seeded random moments
+over several rounds, restarts it on the same data dir and checks, each time:
+
+- every acknowledged write is there: templates (version), recipients, sends
+  (same id, at least the acknowledged state), accepted events (the signal is
+  on the send), the manual clock (between the last acknowledged time and the
+  one in doubt);
+- repeating every send with its idempotencyKey answers 200 and the same id
+  (writes in doubt are repeated the same way, as a client would);
+- the push webhook saw every push the sends say fired, each POST carrying
+  `Idempotency-Key: <messageId>`, and nothing else;
+- GET /v1/templates/{id}/metrics matches what the send views imply.
+
+At the end the clock runs two days on: every waiting step fires exactly on
+its original deadline, and every send finishes.
+
+SEED (env CASCADE_CRASH_SEED) picks the kill moments and the clients' moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cascade.engine.timefmt import parse_iso
+from serverproc import ADMIN, ServerProc, Sink, eventually, journal_segments, snapshot_positions
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+SEED = int(os.environ.get("CASCADE_CRASH_SEED", "20261127"))
+ROUNDS = 4
+CLIENTS = 4
+SENDS_PER_CLIENT_ROUND = 50
+NET_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
+TIMEOUT = aiohttp.ClientTimeout(total=8)
+
+
+def template(name: str, first: str, first_stop: str, wait: int, second: str) -> dict[str, Any]:
+    return {"name": name, "config": {"sequenceEnabled": True}, "channels": [
+        {"channel": first, "stopCondition": first_stop, "waitMinutes": wait,
+         "content": {"title": "T", "body": "Order {{order.id}} for {{recipient.id}}"}},
+        {"channel": second, "content": {"title": "T", "body": "Order {{order.id}}"}},
+    ]}
+
+
+# seq-a: in-app first, push if not viewed within 5 minutes. seq-b: push first, in-app if not clicked in 10.
+TEMPLATES = {
+    "seq-a": lambda n: template(f"A v{n}", "inapp", "viewed", 5, "push"),
+    "seq-b": lambda n: template(f"B v{n}", "push", "clicked", 10, "inapp"),
+}
+STEP_RANK = {"pending": 0, "waiting": 1}
+FINAL_STEP = {"fired", "stopped", "skipped", "failed", "cancelled"}
+
+
+# -- what the clients were told ------------------------------------------------------------
+
+@dataclass
+class SendRec:
+    key: str
+    body: dict[str, Any]
+    template: str
+    id: str | None = None
+    acked: dict[str, Any] | None = None  # the view of the acknowledged answer (202/200)
+    doubt: bool = False  # posted, no answer: repeated after the restart
+    key_lost: bool = False  # the server forgot its idempotencyKey (KNOWN_BUG_A) and made a second send
+
+
+@dataclass
+class EventRec:
+    message_id: str
+    type: str
+    outcome: str  # accepted | duplicate | error:<code> | doubt
+
+
+@dataclass
+class RecipientRec:
+    acked: dict[str, Any] | None = None
+    doubt: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Model:
+    sends: dict[str, SendRec] = field(default_factory=dict)
+    events: list[EventRec] = field(default_factory=list)
+    recipients: dict[str, RecipientRec] = field(default_factory=dict)
+    template_versions: dict[str, int] = field(default_factory=dict)  # acknowledged
+    template_doubt: dict[str, int] = field(default_factory=dict)  # versions in doubt
+    clock: float = 0.0  # last acknowledged manual-clock time
+    clock_doubt: float | None = None  # an advance in doubt would have gone up to here
+    unexpected: list[str] = field(default_factory=list)  # answers no client should ever get
+    known_bug_a: list[str] = field(default_factory=list)
+    by_id: dict[str, SendRec] = field(default_factory=dict)
+
+    def known(self, rec: SendRec, view: dict[str, Any]) -> None:
+        rec.id = view["id"]
+        self.by_id[rec.id] = rec
+
+
+# -- the drive ---------------------------------------------------------------------------------
+
+class Client:
+    """One concurrent API user. Stops at the first network error (the server died)."""
+
+    def __init__(self, n: int, model: Model, sink: Sink, base: str, rng: random.Random, round_no: int) -> None:
+        self.n, self.model, self.sink, self.base, self.rng, self.round = n, model, sink, base, rng, round_no
+        self.rids = [f"c{n}-u{j}" for j in range(4)] + [f"c{n}-nopush"]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession(self.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            self.http = http
+            sends = 0
+            for _ in range(2000):  # bounded
+                if stop.is_set():
+                    return
+                roll = self.rng.random()
+                try:
+                    if roll < 0.40 and sends < SENDS_PER_CLIENT_ROUND:
+                        sends += 1
+                        await self.new_send()
+                    elif roll < 0.70:
+                        await self.event()
+                    elif roll < 0.80:
+                        await self.put_recipient()
+                    elif roll < 0.88:
+                        await self.inbox()
+                    elif roll < 0.90 and self.n == 0:
+                        await self.put_template()
+                    else:
+                        await self.read()
+                except NET_ERRORS:
+                    return
+                await asyncio.sleep(self.rng.uniform(0, 0.006))
+
+    def note(self, what: str, status: int, text: str) -> None:
+        self.model.unexpected.append(f"client {self.n} {what}: HTTP {status} {text[:300]}")
+
+    async def new_send(self) -> None:
+        m = self.model
+        key = f"r{self.round}-c{self.n}-{len(m.sends)}"
+        tid = self.rng.choice(sorted(TEMPLATES))
+        rid = self.rng.choice(self.rids)
+        rec = m.sends[key] = SendRec(key, {"template": tid, "recipient": rid, "data": {"order": {"id": key}},
+                                           "idempotencyKey": key}, tid, doubt=True)
+        async with self.http.post("/v1/sends", json=rec.body) as r:
+            text = await r.text()
+            if r.status == 202:
+                view = await r.json()
+                rec.acked, rec.doubt = view, False
+                m.known(rec, view)
+            elif r.status != 503:
+                self.note("POST /v1/sends", r.status, text)
+
+    async def event(self) -> None:
+        m = self.model
+        acked = [s for s in m.sends.values() if s.acked is not None]
+        if not acked:
+            return
+        rec = self.rng.choice(acked)
+        assert rec.acked is not None
+        step = self.rng.choice(rec.acked["steps"])
+        mid, channel = step["messageId"], step["channel"]
+        if channel == "push":
+            if mid not in self.sink.message_ids():
+                return  # a provider reports back only on what it received
+            kind = self.rng.choice(["delivered", "clicked", "clicked", "failed"])
+        else:
+            kind = self.rng.choice(["viewed", "viewed", "clicked", "failed"])
+        ev = EventRec(mid, kind, "doubt")
+        m.events.append(ev)
+        async with self.http.post("/v1/events", json={"messageId": mid, "type": kind}) as r:
+            text = await r.text()
+            if r.status == 200:
+                ev.outcome = outcome_of(await r.json())
+            elif r.status != 503:
+                self.note("POST /v1/events", r.status, text)
+
+    async def put_recipient(self) -> None:
+        rid = self.rng.choice(self.rids[:4])  # c<n>-nopush never gets a push token
+        body = {"pushTokens": [f"tok-{rid}-{self.rng.randrange(10**6)}"], "email": f"{rid}@example.com"}
+        rec = self.model.recipients.setdefault(rid, RecipientRec())
+        rec.doubt.append(body)
+        async with self.http.put(f"/v1/recipients/{rid}", json=body) as r:
+            text = await r.text()
+            if r.status == 200:
+                rec.acked, rec.doubt = body, []
+            elif r.status != 503:
+                self.note("PUT /v1/recipients", r.status, text)
+
+    async def inbox(self) -> None:
+        async with self.http.get(f"/v1/recipients/{self.rng.choice(self.rids)}/inbox") as r:
+            text = await r.text()
+            if r.status not in (200, 404, 503):
+                self.note("GET inbox", r.status, text)
+
+    async def put_template(self) -> None:
+        m = self.model
+        tid = self.rng.choice(sorted(TEMPLATES))
+        m.template_doubt[tid] = m.template_doubt.get(tid, 0) + 1
+        async with self.http.put(f"/v1/templates/{tid}", json=TEMPLATES[tid](self.rng.randrange(1000))) as r:
+            text = await r.text()
+            if r.status in (200, 201):
+                m.template_versions[tid] = (await r.json())["version"]
+                m.template_doubt[tid] = 0
+            elif r.status != 503:
+                self.note("PUT /v1/templates", r.status, text)
+
+    async def read(self) -> None:
+        m = self.model
+        if self.rng.random() < 0.5 and m.by_id:
+            sid = self.rng.choice(sorted(m.by_id))
+            async with self.http.get(f"/v1/sends/{sid}") as r:
+                if r.status != 200:
+                    self.note("GET /v1/sends", r.status, await r.text())
+        else:
+            async with self.http.get(f"/v1/templates/{self.rng.choice(sorted(TEMPLATES))}/metrics") as r:
+                if r.status != 200:
+                    self.note("GET metrics", r.status, await r.text())
+
+
+async def clock_client(model: Model, base: str, rng: random.Random, stop: asyncio.Event) -> None:
+    """Moves the manual clock on by 1-3 minutes now and then: windows end during the drive."""
+    async with aiohttp.ClientSession(base, headers=ADMIN, timeout=TIMEOUT) as http:
+        for _ in range(500):
+            await asyncio.sleep(rng.uniform(0.03, 0.12))
+            if stop.is_set():
+                return
+            seconds = rng.uniform(60, 180)
+            model.clock_doubt = model.clock + seconds
+            try:
+                async with http.post("/v1/admin/clock", json={"advanceSeconds": seconds}) as r:
+                    text = await r.text()
+                    if r.status != 200:
+                        model.unexpected.append(f"POST /v1/admin/clock: HTTP {r.status} {text[:300]}")
+                        return
+                    model.clock, model.clock_doubt = parse_iso((await r.json())["now"]), None
+            except NET_ERRORS:
+                return
+
+
+def outcome_of(answer: dict[str, Any]) -> str:
+    if answer["accepted"] == 1:
+        return "accepted"
+    if answer["duplicates"] == 1:
+        return "duplicate"
+    return "error:" + answer["errors"][0]["code"]
+
+
+# -- checks after a restart --------------------------------------------------------------------
+
+def step_progress_ok(before: str, after: str) -> bool:
+    if before == "pending":
+        return True
+    if before == "waiting":
+        return after != "pending"
+    if before == "fired":  # a late engagement on it may stop the chain afterwards (rule 3)
+        return after in ("fired", "stopped")
+    return after == before
+
+
+def at_least(acked: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What in `now` falls short of the acknowledged view `acked`."""
+    sid, out = acked["id"], []
+    for k in ("id", "template", "templateVersion", "recipient", "createdAt"):
+        if now[k] != acked[k]:
+            out.append(f"{sid}: {k} {acked[k]!r} became {now[k]!r}")
+    if acked["status"] != "active" and now["status"] != acked["status"]:
+        out.append(f"{sid}: status {acked['status']} became {now['status']}")
+    for k in ("finishedAt", "stoppedBy"):
+        if acked[k] is not None and now[k] != acked[k]:
+            out.append(f"{sid}: {k} {acked[k]!r} became {now[k]!r}")
+    for a, b in zip(acked["steps"], now["steps"]):
+        if not step_progress_ok(a["status"], b["status"]):
+            out.append(f"{sid} step {a['step']}: status {a['status']} went back to {b['status']}")
+        for k in ("firedAt", "deadline", "reason"):
+            if a[k] is not None and b[k] != a[k]:
+                out.append(f"{sid} step {a['step']}: {k} {a[k]!r} became {b[k]!r}")
+        for sig, at in a["signals"].items():
+            if at is not None and b["signals"][sig] != at:
+                out.append(f"{sid} step {a['step']}: signal {sig} at {at} became {b['signals'][sig]!r}")
+    return out
+
+
+def implied_metrics(tid: str, views: list[dict[str, Any]], failed: Counter[str]) -> dict[str, Any]:
+    """The metrics block the send views (and the failed signals accepted) imply."""
+    statuses = Counter(v["status"] for v in views)
+    sends = {"started": len(views), **{s: statuses[s] for s in ("active", "stopped", "completed", "cancelled",
+                                                                  "failed")}}
+    steps: dict[int, dict[str, Any]] = {}
+    for v in views:
+        n = len(v["steps"])
+        for i, st in enumerate(v["steps"]):
+            row = steps.setdefault(st["step"], {"step": st["step"], "channel": st["channel"], "requested": 0,
+                                                "delivered": 0, "viewed": 0 if st["channel"] != "push" else None,
+                                                "clicked": 0, "failed": 0, "skipped": 0, "stopped": 0,
+                                                "escalated": 0})
+            status = st["status"]
+            row["requested"] += status not in ("pending", "skipped")
+            row["skipped"] += status == "skipped"
+            row["stopped"] += status == "stopped"
+            if i < n - 1 and status in ("fired", "stopped") and v["steps"][i + 1]["status"] != "pending":
+                row["escalated"] += 1
+            for sig, at in st["signals"].items():
+                if at is not None:
+                    row[sig] += 1
+            row["failed"] += failed[st["messageId"]]
+    return {"template": tid, "sends": sends, "steps": [steps[k] for k in sorted(steps)]}
+
+
+class Checker:
+    def __init__(self, model: Model, sink: Sink, http: aiohttp.ClientSession, label: str) -> None:
+        self.model, self.sink, self.http, self.label = model, sink, http, label
+        self.sem = asyncio.Semaphore(16)
+
+    async def json(self, method: str, path: str, body: Any = None, ok: tuple[int, ...] = (200,)) -> tuple[int, Any]:
+        async with self.sem, self.http.request(method, path, json=body) as r:
+            text = await r.text()
+            assert r.status in ok, f"[{self.label}] {method} {path}: HTTP {r.status} {text[:500]}"
+            return r.status, (await r.json()) if text else None
+
+    async def clock_and_catalogue(self) -> list[str]:
+        m, problems = self.model, []
+        _, clock = await self.json("GET", "/v1/admin/clock")
+        now = parse_iso(clock["now"])
+        high = m.clock_doubt if m.clock_doubt is not None else m.clock
+        if not (m.clock - 0.002 <= now <= high + 0.002):
+            problems.append(f"clock resumed at {clock['now']}, acknowledged {m.clock:.3f}, in doubt {m.clock_doubt}")
+        m.clock, m.clock_doubt = now, None
+        for tid in TEMPLATES:
+            _, tpl = await self.json("GET", f"/v1/templates/{tid}")
+            acked, doubt = m.template_versions[tid], m.template_doubt.get(tid, 0)
+            if not acked <= tpl["version"] <= acked + doubt:
+                problems.append(f"template {tid} is at version {tpl['version']}, acknowledged {acked} (+{doubt} in doubt)")
+            m.template_versions[tid], m.template_doubt[tid] = tpl["version"], 0
+        for rid, rec in sorted(m.recipients.items()):
+            status, view = await self.json("GET", f"/v1/recipients/{rid}", ok=(200, 404))
+            got = {k: view.get(k) for k in ("pushTokens", "email")} if status == 200 else None
+            allowed = ([rec.acked] if rec.acked is not None else [None]) + rec.doubt
+            if got not in allowed:
+                problems.append(f"recipient {rid} is {got}, acknowledged {rec.acked}, in doubt {rec.doubt}")
+            rec.acked, rec.doubt = got, []
+        return problems
+
+    async def resend_all(self) -> list[str]:
+        """Repeat every send with its idempotencyKey: 200 + same id for those acknowledged;
+        those in doubt get their answer now (200 if they survived, 202 if not)."""
+        problems: list[str] = []
+
+        async def one(rec: SendRec) -> None:
+            status, view = await self.json("POST", "/v1/sends", rec.body, ok=(200, 202))
+            if rec.acked is not None:
+                if status == 202 and view["id"] != rec.id:
+                    # KNOWN_BUG_A: keep going with the duplicate in the books, fail (xfail) at the end.
+                    self.model.known_bug_a.append(f"[{self.label}] idempotencyKey {rec.body['idempotencyKey']} "
+                                                  f"of acknowledged send {rec.id} answered 202 with {view['id']}")
+                    rec.key_lost = True
+                    dup = self.model.sends[rec.key + "#dup"] = SendRec(rec.key + "#dup", rec.body, rec.template,
+                                                                      acked=view)
+                    self.model.known(dup, view)
+                elif status != 200 or view["id"] != rec.id:
+                    problems.append(f"idempotencyKey {rec.key} of acknowledged send {rec.id} answered "
+                                    f"{status} with {view['id']}")
+                return
+            if status == 202 and rec.id is not None:
+                problems.append(f"idempotencyKey {rec.key}: send {rec.id} was answered before, now a new one")
+            rec.acked, rec.doubt = view, False
+            self.model.known(rec, view)
+
+        await asyncio.gather(*(one(rec) for rec in list(self.model.sends.values()) if not rec.key_lost))
+        return problems
+
+    async def repeat_doubtful_events(self) -> None:
+        async def one(ev: EventRec) -> None:
+            _, answer = await self.json("POST", "/v1/events", {"messageId": ev.message_id, "type": ev.type})
+            ev.outcome = outcome_of(answer)
+
+        await asyncio.gather(*(one(ev) for ev in self.model.events if ev.outcome == "doubt"))
+
+    async def views(self) -> dict[str, dict[str, Any]]:
+        async def one(sid: str) -> tuple[str, dict[str, Any]]:
+            return sid, (await self.json("GET", f"/v1/sends/{sid}"))[1]
+
+        return dict(await asyncio.gather(*(one(sid) for sid in self.model.by_id)))
+
+    async def durable_state(self, views: dict[str, dict[str, Any]]) -> list[str]:
+        problems: list[str] = []
+        for rec in self.model.sends.values():
+            assert rec.acked is not None and rec.id is not None
+            problems += at_least(rec.acked, views[rec.id])
+        signal_of = {"viewed", "clicked", "delivered"}
+        for ev in self.model.events:
+            if ev.outcome in ("accepted", "duplicate") and ev.type in signal_of:
+                sid, step = ev.message_id.rsplit(".", 1)
+                st = views[sid]["steps"][int(step) - 1]
+                if st["signals"][ev.type] is None:
+                    problems.append(f"event {ev.type} on {ev.message_id} was {ev.outcome}, the send lacks it")
+        _, clock = await self.json("GET", "/v1/admin/clock")
+        for sid, v in views.items():
+            for st in v["steps"]:
+                if st["status"] == "waiting" and parse_iso(st["deadline"]) <= parse_iso(clock["now"]):
+                    problems.append(f"{st['messageId']} still waits past its deadline {st['deadline']}")
+        return problems
+
+    async def consistent(self) -> list[str]:
+        """Metrics vs. views, webhook vs. views: polled until the redrive settles."""
+        problems: list[str] = []
+        views = await self.views()
+        failed: Counter[str] = Counter()
+        for mid in {ev.message_id for ev in self.model.events if ev.type == "failed"
+                    and ev.outcome in ("accepted", "duplicate")}:
+            failed[mid] = 1
+        for tid in TEMPLATES:
+            mine = [v for v in views.values() if v["template"] == tid]
+            _, got = await self.json("GET", f"/v1/templates/{tid}/metrics")
+            want = implied_metrics(tid, mine, failed)
+            if got != want:
+                problems.append(f"metrics of {tid}: server {got}\n  views imply {want}")
+        fired = {st["messageId"] for v in views.values() for st in v["steps"]
+                 if st["channel"] == "push" and st["status"] not in ("pending", "skipped")}
+        seen = self.sink.message_ids()
+        if seen - fired:
+            problems.append(f"the webhook got pushes no send says fired: {sorted(seen - fired)[:10]}")
+        if fired - seen:
+            problems.append(f"pushes fired but never posted to the webhook: {sorted(fired - seen)[:10]}")
+        if self.sink.in_flight:
+            problems.append(f"{self.sink.in_flight} webhook posts in flight")
+        return problems
+
+
+def check_webhook_posts(sink: Sink) -> tuple[int, int]:
+    bad = [p for p in sink.posts if p.idempotency_key != p.message_id]
+    assert not bad, f"posts whose Idempotency-Key is not their messageId: {bad[:5]}"
+    return len(sink.posts), len(sink.message_ids())
+
+
+async def verify(model: Model, sink: Sink, serve: ServerProc, label: str, resend: bool = True) -> None:
+    """`resend=False` once the clock has run past the 24 h that idempotency keys are kept."""
+    assert not model.unexpected, "\n".join(model.unexpected[:20])
+    async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+        c = Checker(model, sink, http, label)
+        problems = await c.clock_and_catalogue()
+        if resend:
+            problems += await c.resend_all()
+        await c.repeat_doubtful_events()
+        problems += await c.durable_state(await c.views())
+        assert not problems, f"[{label}, seed {SEED}] acknowledged state lost:\n" + "\n".join(problems[:30])
+        last: list[str] = []
+
+        async def settled() -> bool:
+            nonlocal last
+            last = await c.consistent()
+            return not last
+
+        try:
+            await eventually(settled, "metrics and webhook to match the sends", timeout=15, interval=0.1)
+        except AssertionError:
+            raise AssertionError(f"[{label}, seed {SEED}] inconsistent:\n" + "\n".join(last)) from None
+    check_webhook_posts(sink)
+
+
+@pytest.fixture
+async def sink() -> Any:
+    s = await Sink(max_delay_s=0.25, seed=SEED).start()  # slow enough that kills land mid-delivery
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def serve(tmp_path: Path, sink: Sink) -> Any:
+    proc = ServerProc(tmp_path, tmp_path / "data", push_url=sink.url, snapshot_interval_s=0.5)
+    try:
+        yield proc
+    finally:
+        proc.cleanup()
+
+
+async def setup_catalogue(model: Model, serve: ServerProc) -> None:
+    async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+        for tid, make in TEMPLATES.items():
+            async with http.put(f"/v1/templates/{tid}", json=make(0)) as r:
+                assert r.status == 201, await r.text()
+                model.template_versions[tid] = (await r.json())["version"]
+        for n in range(CLIENTS):
+            for j in range(4):
+                rid, body = f"c{n}-u{j}", {"pushTokens": [f"tok-c{n}-u{j}"], "email": f"c{n}-u{j}@example.com"}
+                async with http.put(f"/v1/recipients/{rid}", json=body) as r:
+                    assert r.status == 200, await r.text()
+                model.recipients[rid] = RecipientRec(acked=body)
+            rid = f"c{n}-nopush"
+            async with http.put(f"/v1/recipients/{rid}", json={"email": f"{rid}@example.com"}) as r:
+                assert r.status == 200, await r.text()
+            model.recipients[rid] = RecipientRec(acked={"pushTokens": [], "email": f"{rid}@example.com"})
+        async with http.get("/v1/admin/clock") as r:
+            model.clock = parse_iso((await r.json())["now"])
+
+
+async def test_kill_9_at_random_moments_loses_nothing_acknowledged(serve: ServerProc, sink: Sink) -> None:
+    rng = random.Random(SEED)
+    model = Model()
+    serve.start()
+    await serve.wait_ready()
+    await setup_catalogue(model, serve)
+    async with aiohttp.ClientSession(serve.base, headers=ADMIN) as http:  # recipients as the server shows them
+        for rid, rec in model.recipients.items():
+            async with http.get(f"/v1/recipients/{rid}") as r:
+                view = await r.json()
+                rec.acked = {k: view.get(k) for k in ("pushTokens", "email")}
+    kills: list[tuple[float, int | None, int]] = []
+    redriven = 0
+    for round_no in range(1, ROUNDS + 1):
+        stop = asyncio.Event()
+        clients = [Client(n, model, sink, serve.base, random.Random(rng.random()), round_no) for n in range(CLIENTS)]
+        tasks = [asyncio.create_task(c.run(stop)) for c in clients]
+        tasks.append(asyncio.create_task(clock_client(model, serve.base, random.Random(rng.random()), stop)))
+        delay = rng.uniform(0.25, 1.0)
+        await asyncio.sleep(delay)
+        serve.kill9()
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        assert not model.unexpected, "\n".join(model.unexpected[:20])
+        serve.start()
+        await serve.wait_ready()
+        [recovery] = serve.events("recovery")
+        redriven += sum(e["messages"] for e in serve.events("redrive"))
+        kills.append((round(delay, 3), recovery["snapshot_position"], recovery["replayed"]))
+        await verify(model, sink, serve, f"round {round_no}")
+        assert not [l for l in serve.log_lines() if l.get("level") in ("error", "critical")], serve.log_text()
+
+    # Every pending step fires once, on its original deadline, once the clock passes it.
+    async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+        async with http.post("/v1/admin/clock", json={"advanceSeconds": 2 * 86400}) as r:
+            assert r.status == 200, await r.text()
+            model.clock = parse_iso((await r.json())["now"])
+    await verify(model, sink, serve, "after the clock ran out", resend=False)
+    async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+        views = await Checker(model, sink, http, "final").views()
+    escalations = 0
+    for v in views.values():
+        assert v["status"] in ("stopped", "completed", "failed"), v
+        steps = v["steps"]
+        for a, b in zip(steps, steps[1:]):
+            if a["status"] in ("fired", "stopped") and b["status"] not in ("pending", "skipped"):
+                escalations += 1
+                assert b["firedAt"] == a["deadline"], (f"{b['messageId']} fired at {b['firedAt']}, "
+                                                       f"its deadline was {a['deadline']}: {v}")
+    posts, distinct = check_webhook_posts(sink)
+    fired_pushes = sum(st["channel"] == "push" and st["status"] not in ("pending", "skipped")
+                       for v in views.values() for st in v["steps"])
+    assert distinct == fired_pushes
+    assert escalations > 0 and len(views) > 100, (escalations, len(views))
+    if model.known_bug_a:
+        pytest.xfail(f"KNOWN_BUG_A (idempotency keys of sends started while a snapshot is taken are lost "
+                     f"on recovery), everything else held: " + "; ".join(model.known_bug_a[:5]))
+    print(f"seed {SEED}: kills (delay s, snapshot position, records replayed) {kills}; {len(views)} sends, "
+          f"{len(model.events)} events, {escalations} timer escalations, {fired_pushes} pushes fired, "
+          f"{posts} webhook posts ({posts - distinct} repeated after a crash; {redriven} handed over again)")
+
+    serve.terminate()
+    assert await serve.wait_exit() == 0, serve.log_text()
