@@ -1,7 +1,8 @@
 """Taking snapshots: every `snapshot_interval_s`, on demand, and at shutdown.
 
-A snapshot set is the front file (shard 0) plus one file per engine shard,
-all named by the journal position when the set began. Shards write theirs
+A snapshot set is one file per engine shard (1..n) plus the front file
+(shard 0, written last), all named by the journal position when the set
+began. Shards write theirs
 in slices between their own work (`engine/shard_snapshot.py`), so there is
 no global pause. Afterwards the newest `keep` sets are kept and journal
 segments older than the oldest kept set are deleted.
@@ -58,12 +59,16 @@ class SnapshotCoordinator:
             began = time.perf_counter()
             position = self.journal.position()
             engine = self.engine
+            snaps = engine.snapshot_shards(self.directory, position, write_snapshot, pack)
+            shard_infos = [s.result() for s in snaps]
+            # The front goes last: a set without one was interrupted, and
+            # recovery passes over it quietly. Its state is at least as new
+            # as every shard's, which the journal replay relies on.
             front = write_snapshot(self.directory, 0, {
-                "journal_position": position, "shard_position": position, "kind": "front",
+                "journal_position": position, "shard_position": self.journal.position(), "kind": "front",
                 "shards": len(engine.states), "counts": {"templates": len(engine.templates.all())},
             }, engine.front_records())
-            snaps = engine.snapshot_shards(self.directory, position, write_snapshot, pack)
-            infos = [front] + [s.result() for s in snaps]
+            infos = [front] + shard_infos
             seconds = time.perf_counter() - began
             self._prune()
             sends = sum(i.header.get("counts", {}).get("sends", 0) for i in infos[1:])

@@ -1,9 +1,10 @@
 """Recovery at start: the newest snapshot set that verifies, then the
 journal after it, replayed through the shards' own handlers.
 
-A set is one front file (shard 0: templates, idempotency keys, the clock)
-and one file per engine shard (1..n), each noting the journal position its
-state stands at. A journal record is replayed into the state it belongs to
+A set is one file per engine shard (1..n) and a front file (shard 0:
+templates, idempotency keys, the clock) written last, each noting the
+journal position its state stands at; a set without its front was cut
+short and is passed over. A journal record is replayed into the state it belongs to
 when it comes after that state's position. A set that fails its checksum is
 skipped, loudly, for the one before; a newer format is refused. The clock of
 a manual or scaled server resumes at the latest time the data has seen.
@@ -26,7 +27,7 @@ from .files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
 __all__ = ["RecoveryResult", "recover"]
 
 log = logging.getLogger("cascade.recovery")
-_FRONT_OPS = ("T", "TD", "C")
+_FRONT_OPS = ("T", "TD", "C", "CM", "CS")  # CM, CS: campaigns (engine/campaigns.py)
 _NOW_AT = {"S": 10, "G": 6, "D": 6, "X": 3, "F": 2}  # where a shard record keeps its `now`
 
 
@@ -47,9 +48,11 @@ def _newest_loadable(directory: str, result: RecoveryResult) -> tuple[SnapshotSe
     if not os.path.isdir(directory):
         return None
     for candidate in list_snapshots(directory):
+        if 0 not in candidate.paths:  # the front is written last: this set was interrupted
+            log.info("snapshot set at journal position %d was never finished; using an older one",
+                     candidate.journal_position)
+            continue
         try:
-            if 0 not in candidate.paths:
-                raise CorruptSnapshot(directory, 0, "the set has no front file (shard 0)")
             front = verify_snapshot(candidate.paths[0]).header
             missing = set(range(1, front["shards"] + 1)) - candidate.paths.keys()
             if missing:
@@ -147,6 +150,8 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
                     result.snapshot_records += len(rec[1])
                 elif tag == "counters":
                     states[writer % len(states)].restore_counters(rec[1])
+                elif tag == "rows":  # a campaign's started rows: any shard may hold them
+                    states[writer % len(states)].restore_campaign_rows(rec[1], rec[2])
         for st in states:
             st.rebuild()
     after = min(positions.values()) if positions else 0
