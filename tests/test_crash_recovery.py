@@ -26,10 +26,14 @@ SEED (env CASCADE_CRASH_SEED) picks the kill moments and the clients' moves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import random
 import shutil
+import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,8 +41,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cascade.config import load_settings
 from cascade.engine.timefmt import parse_iso
-from serverproc import ADMIN, ServerProc, Sink, eventually, journal_segments, snapshot_positions
+from cascade.server import Server
+from cascade.snapshots import FileJournal
+from cascade.snapshots import coordinator as coordinator_module
+from cascade.snapshots import durability as durability_module
+from serverproc import ADMIN, ServerProc, Sink, config_text, eventually, free_port, snapshot_positions
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -77,7 +86,6 @@ class SendRec:
     id: str | None = None
     acked: dict[str, Any] | None = None  # the view of the acknowledged answer (202/200)
     doubt: bool = False  # posted, no answer: repeated after the restart
-    key_lost: bool = False  # the server forgot its idempotencyKey (KNOWN_BUG_A) and made a second send
 
 
 @dataclass
@@ -103,7 +111,6 @@ class Model:
     clock: float = 0.0  # last acknowledged manual-clock time
     clock_doubt: float | None = None  # an advance in doubt would have gone up to here
     unexpected: list[str] = field(default_factory=list)  # answers no client should ever get
-    known_bug_a: list[str] = field(default_factory=list)
     by_id: dict[str, SendRec] = field(default_factory=dict)
 
     def known(self, rec: SendRec, view: dict[str, Any]) -> None:
@@ -363,15 +370,7 @@ class Checker:
         async def one(rec: SendRec) -> None:
             status, view = await self.json("POST", "/v1/sends", rec.body, ok=(200, 202))
             if rec.acked is not None:
-                if status == 202 and view["id"] != rec.id:
-                    # KNOWN_BUG_A: keep going with the duplicate in the books, fail (xfail) at the end.
-                    self.model.known_bug_a.append(f"[{self.label}] idempotencyKey {rec.body['idempotencyKey']} "
-                                                  f"of acknowledged send {rec.id} answered 202 with {view['id']}")
-                    rec.key_lost = True
-                    dup = self.model.sends[rec.key + "#dup"] = SendRec(rec.key + "#dup", rec.body, rec.template,
-                                                                      acked=view)
-                    self.model.known(dup, view)
-                elif status != 200 or view["id"] != rec.id:
+                if status != 200 or view["id"] != rec.id:
                     problems.append(f"idempotencyKey {rec.key} of acknowledged send {rec.id} answered "
                                     f"{status} with {view['id']}")
                 return
@@ -380,7 +379,7 @@ class Checker:
             rec.acked, rec.doubt = view, False
             self.model.known(rec, view)
 
-        await asyncio.gather(*(one(rec) for rec in list(self.model.sends.values()) if not rec.key_lost))
+        await asyncio.gather(*(one(rec) for rec in self.model.sends.values()))
         return problems
 
     async def repeat_doubtful_events(self) -> None:
@@ -522,7 +521,7 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(serve: Server
                 view = await r.json()
                 rec.acked = {k: view.get(k) for k in ("pushTokens", "email")}
     kills: list[tuple[float, int | None, int]] = []
-    redriven = 0
+    redriven = partial_sets = 0
     for round_no in range(1, ROUNDS + 1):
         stop = asyncio.Event()
         clients = [Client(n, model, sink, serve.base, random.Random(rng.random()), round_no) for n in range(CLIENTS)]
@@ -540,7 +539,10 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(serve: Server
         redriven += sum(e["messages"] for e in serve.events("redrive"))
         kills.append((round(delay, 3), recovery["snapshot_position"], recovery["replayed"]))
         await verify(model, sink, serve, f"round {round_no}")
-        assert not [l for l in serve.log_lines() if l.get("level") in ("error", "critical")], serve.log_text()
+        partial_sets += len([line for line in serve.log_lines() if "lacks shard files" in line.get("msg", "")])
+        errors = [line for line in serve.log_lines() if line.get("level") in ("error", "critical")
+                  and "lacks shard files" not in line.get("msg", "")]  # a kill during a snapshot: see report
+        assert not errors, serve.log_text()
 
     # Every pending step fires once, on its original deadline, once the clock passes it.
     async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
@@ -564,12 +566,273 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(serve: Server
                        for v in views.values() for st in v["steps"])
     assert distinct == fired_pushes
     assert escalations > 0 and len(views) > 100, (escalations, len(views))
-    if model.known_bug_a:
-        pytest.xfail(f"KNOWN_BUG_A (idempotency keys of sends started while a snapshot is taken are lost "
-                     f"on recovery), everything else held: " + "; ".join(model.known_bug_a[:5]))
     print(f"seed {SEED}: kills (delay s, snapshot position, records replayed) {kills}; {len(views)} sends, "
           f"{len(model.events)} events, {escalations} timer escalations, {fired_pushes} pushes fired, "
-          f"{posts} webhook posts ({posts - distinct} repeated after a crash; {redriven} handed over again)")
+          f"{posts} webhook posts ({posts - distinct} repeated after a crash; {redriven} handed over again); "
+          f"{partial_sets} restarts skipped a snapshot set a kill had interrupted")
 
     serve.terminate()
     assert await serve.wait_exit() == 0, serve.log_text()
+
+
+# -- graceful stop, and the manual clock --------------------------------------------------------
+
+async def api(http: aiohttp.ClientSession, method: str, path: str, body: Any = None,
+              ok: tuple[int, ...] = (200, 201, 202)) -> Any:
+    async with http.request(method, path, json=body) as r:
+        text = await r.text()
+        assert r.status in ok, f"{method} {path}: HTTP {r.status} {text[:500]}"
+        return await r.json() if text else None
+
+
+async def small_workload(http: aiohttp.ClientSession, tag: str, n: int = 12) -> list[str]:
+    """Templates, recipients, sends and events; answers the send ids."""
+    for tid, make in TEMPLATES.items():
+        await api(http, "PUT", f"/v1/templates/{tid}", make(0))
+    ids = []
+    for i in range(n):
+        rid = f"{tag}-u{i % 4}"
+        await api(http, "PUT", f"/v1/recipients/{rid}", {"pushTokens": [f"tok-{rid}"]})
+        view = await api(http, "POST", "/v1/sends", {"template": sorted(TEMPLATES)[i % 2], "recipient": rid,
+                                                     "data": {"order": {"id": f"{tag}{i}"}},
+                                                     "idempotencyKey": f"{tag}-{i}"})
+        ids.append(view["id"])
+        if i % 3 == 0:
+            await api(http, "POST", "/v1/events", {"messageId": f"{view['id']}.1", "type": "clicked"})
+    return ids
+
+
+async def state_of(http: aiohttp.ClientSession, ids: list[str]) -> dict[str, Any]:
+    return {"sends": [await api(http, "GET", f"/v1/sends/{sid}") for sid in ids],
+            "metrics": [await api(http, "GET", f"/v1/templates/{tid}/metrics") for tid in sorted(TEMPLATES)],
+            "templates": await api(http, "GET", "/v1/templates"),
+            "clock": await api(http, "GET", "/v1/admin/clock")}
+
+
+async def test_sigterm_writes_a_final_snapshot_and_the_restart_replays_nothing(tmp_path: Path, sink: Sink) -> None:
+    serve = ServerProc(tmp_path, tmp_path / "data", push_url=sink.url, snapshot_interval_s=3600)
+    try:
+        serve.start()
+        await serve.wait_ready()
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            ids = await small_workload(http, "a")
+            taken = await api(http, "POST", "/v1/admin/snapshots")
+            ids += await small_workload(http, "b")
+            await api(http, "POST", "/v1/admin/clock", {"advanceSeconds": 400})  # seq-a escalates to push
+            await eventually(lambda: asyncio.sleep(0, not sink.in_flight and len(sink.message_ids()) >= 12),
+                             "the pushes")
+            before = await state_of(http, ids)
+        snapshots_before = snapshot_positions(serve.data_dir)
+        assert snapshots_before == [taken["journalPosition"]]
+        serve.terminate()
+        assert await serve.wait_exit() == 0, serve.log_text()
+        msgs = [line.get("msg", "") for line in serve.log_lines()]
+        stopping = next(i for i, m in enumerate(msgs) if m.startswith("stopping"))
+        assert any(m.startswith("snapshot written") for m in msgs[stopping:]), serve.log_text()
+        final = snapshot_positions(serve.data_dir)[0]
+        assert final > taken["journalPosition"], (final, taken)
+        posts = len(sink.posts)
+
+        serve.start()
+        await serve.wait_ready()
+        [recovery] = serve.events("recovery")
+        assert recovery["snapshot_position"] == final and recovery["skipped_sets"] == []
+        assert recovery["replayed"] == 0, recovery
+        assert not serve.events("redrive"), "a clean stop left deliveries unanswered"
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            assert await state_of(http, ids) == before
+        assert len(sink.posts) == posts
+    finally:
+        serve.cleanup()
+
+
+@pytest.mark.parametrize("snapshot", [False, True], ids=["journal-only", "after-a-snapshot"])
+async def test_the_manual_clock_resumes_where_it_was_after_kill_9(tmp_path: Path, snapshot: bool) -> None:
+    serve = ServerProc(tmp_path, tmp_path / "data", snapshot_interval_s=3600)
+    try:
+        serve.start()
+        await serve.wait_ready()
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            ids = await small_workload(http, "a", n=4)
+            first = await api(http, "POST", "/v1/admin/clock", {"advanceSeconds": 3600})
+            if snapshot:
+                await api(http, "POST", "/v1/admin/snapshots")
+            moved = await api(http, "POST", "/v1/admin/clock", {"advanceSeconds": 90.5})
+            assert parse_iso(moved["now"]) - parse_iso(first["now"]) == pytest.approx(90.5, abs=0.002)
+            before = await state_of(http, ids)
+        serve.kill9()
+        serve.start()
+        await serve.wait_ready()
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            assert (await api(http, "GET", "/v1/admin/clock"))["now"] == moved["now"]
+            assert await state_of(http, ids) == before
+            again = await api(http, "POST", "/v1/admin/clock", {"advanceSeconds": 10})
+            assert parse_iso(again["now"]) - parse_iso(moved["now"]) == pytest.approx(10, abs=0.002)
+    finally:
+        serve.cleanup()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: the manual clock's time is persisted only through records that carry a time of their own (sends, "
+    "signals, deliveries, timer firings, advances): recovery (snapshots/recovery.py, `latest`) ignores template "
+    "records, and the clock's start time is never journaled, so after kill -9 it restarts at the new real time"))
+async def test_the_manual_clock_resumes_after_kill_9_when_only_templates_were_written(tmp_path: Path) -> None:
+    """Nothing with a time of its own was journaled yet (no send, no advance)."""
+    serve = ServerProc(tmp_path, tmp_path / "data", snapshot_interval_s=3600)
+    try:
+        serve.start()
+        await serve.wait_ready()
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            tpl = await api(http, "PUT", "/v1/templates/seq-a", TEMPLATES["seq-a"](0))
+            clock = await api(http, "GET", "/v1/admin/clock")
+        await asyncio.sleep(0.05)
+        serve.kill9()
+        serve.start()
+        await serve.wait_ready()
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            assert (await api(http, "GET", "/v1/templates/seq-a"))["createdAt"] == tpl["createdAt"]
+            assert (await api(http, "GET", "/v1/admin/clock"))["now"] == clock["now"]
+    finally:
+        serve.cleanup()
+
+
+# -- crash images at chosen moments (in-process server, fault injection) ------------------------
+#
+# A kill -9 keeps what the journal writer has written (the page cache survives
+# the process) and loses what is still queued in memory. Holding the writer in
+# its fdatasync makes that moment last: later records queue unwritten, and a
+# copy of the data directory taken then is exactly what a kill -9 would leave.
+
+class HeldSync:
+    """An fdatasync that can be held shut; `holding` is set once the writer waits in it."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        self.holding = threading.Event()
+
+    def __call__(self, fd: int) -> None:
+        if not self.open.is_set():
+            self.holding.set()
+            self.open.wait(30)
+        os.fdatasync(fd)
+
+
+def inproc_settings(tmp_path: Path, data_dir: Path) -> Any:
+    path = tmp_path / f"{data_dir.name}.toml"
+    path.write_text(config_text(data_dir, free_port(), snapshot_interval_s=3600, shards=2), encoding="utf-8")
+    return load_settings(path, environ={})
+
+
+@pytest.fixture
+def held(monkeypatch: pytest.MonkeyPatch) -> HeldSync:
+    sync = HeldSync()
+    monkeypatch.setattr(durability_module, "FileJournal", functools.partial(FileJournal, fdatasync=sync))
+    return sync
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Any) -> AsyncIterator[tuple[Server, aiohttp.ClientSession]]:
+    server = Server(settings)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(server.url, headers=ADMIN, timeout=TIMEOUT) as http:
+            yield server, http
+    finally:
+        await server.stop()
+
+
+def crash_image(server: Server, to: Path) -> None:
+    """What kill -9 would leave of the server's data directory right now."""
+    shutil.copytree(server.settings.storage.data_dir, to)
+
+
+SEND = {"template": "seq-a", "recipient": "u1", "data": {"order": {"id": "A1"}}, "idempotencyKey": "order-A1"}
+
+
+async def test_a_send_started_while_a_snapshot_is_written_keeps_its_idempotency_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (fixed in ef5dec9): a send whose journal record falls between the front file's position
+    and its shard file's was in no file's idempotency keys; a retry after recovery made a second send."""
+    loop = asyncio.get_running_loop()
+    made: list[dict[str, Any]] = []
+    write = coordinator_module.write_snapshot
+
+    def front_then_a_send(directory: str, shard: int, header: dict[str, Any], records: Any) -> Any:
+        info = write(directory, shard, header, records)
+        if shard == 0 and not made:  # after the front file, before the shards begin theirs
+            made.append(asyncio.run_coroutine_threadsafe(api(http, "POST", "/v1/sends", SEND), loop).result(10))
+        return info
+
+    async with running(inproc_settings(tmp_path, tmp_path / "data")) as (server, http):
+        await api(http, "PUT", "/v1/templates/seq-a", TEMPLATES["seq-a"](0))
+        await api(http, "PUT", "/v1/recipients/u1", {"pushTokens": ["t"]})
+        monkeypatch.setattr(coordinator_module, "write_snapshot", front_then_a_send)
+        await api(http, "POST", "/v1/admin/snapshots")
+        [sent] = made
+        crash_image(server, tmp_path / "crash")
+    async with running(inproc_settings(tmp_path, tmp_path / "crash")) as (_, http):
+        async with http.post("/v1/sends", json=SEND) as r:
+            assert (r.status, (await r.json())["id"]) == (200, sent["id"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a repeated idempotencyKey is answered 200 with the first request's send before that send is durable "
+    "(Engine.send -> get_send_by_key: a read, answered at once by the shard because its batch journals "
+    "nothing); a kill -9 before the first request's record is written loses a send the client was told exists"))
+async def test_a_repeated_idempotency_key_is_answered_only_once_the_send_is_durable(
+        tmp_path: Path, held: HeldSync) -> None:
+    async with running(inproc_settings(tmp_path, tmp_path / "data")) as (server, http):
+        await api(http, "PUT", "/v1/templates/seq-a", TEMPLATES["seq-a"](0))
+        await api(http, "PUT", "/v1/recipients/u1", {"pushTokens": ["t"]})
+        journal = server.durability.journal  # type: ignore[union-attr]
+        held.open.clear()
+        slow = asyncio.create_task(api(http, "PUT", "/v1/recipients/u2", {"email": "u2@example.com"}))
+        await eventually(lambda: asyncio.sleep(0, held.holding.is_set()), "the writer to sync")
+        position = journal.position()
+        first = asyncio.create_task(api(http, "POST", "/v1/sends", SEND))  # queued behind the held sync
+        await eventually(lambda: asyncio.sleep(0, journal.position() > position), "the send's record")
+        try:
+            async with http.post("/v1/sends", json=SEND, timeout=aiohttp.ClientTimeout(total=1)) as r:
+                repeat: tuple[int, Any] | None = (r.status, await r.json())
+        except asyncio.TimeoutError:
+            repeat = None  # right: no answer until the send is durable
+        crash_image(server, tmp_path / "crash")
+        held.open.set()
+        await slow
+        await first
+    if repeat is None:
+        return
+    status, view = repeat
+    assert status == 200
+    async with running(inproc_settings(tmp_path, tmp_path / "crash")) as (_, http):
+        async with http.get(f"/v1/sends/{view['id']}") as r:
+            assert r.status == 200, f"the repeat answered 200 with {view['id']}, which the crash lost"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a snapshot records journal positions that are appended but not yet written (SnapshotCoordinator.take "
+    "and ShardSnapshot read journal.position()); after a kill -9 before the writer caught up, recovery "
+    "(snapshots/recovery.py) raises 'the journal ends at position N but the snapshot set needs it up to M' "
+    "and the server never starts again"))
+async def test_a_kill_9_right_after_a_snapshot_under_load_still_restarts(tmp_path: Path, held: HeldSync) -> None:
+    async with running(inproc_settings(tmp_path, tmp_path / "data")) as (server, http):
+        await api(http, "PUT", "/v1/templates/seq-a", TEMPLATES["seq-a"](0))
+        await api(http, "PUT", "/v1/recipients/u1", {"pushTokens": ["t"]})
+        sent = await api(http, "POST", "/v1/sends", SEND)
+        journal = server.durability.journal  # type: ignore[union-attr]
+        held.open.clear()
+        slow = asyncio.create_task(api(http, "PUT", "/v1/recipients/u2", {"email": "u2@example.com"}))
+        await eventually(lambda: asyncio.sleep(0, held.holding.is_set()), "the writer to sync")
+        position = journal.position()
+        queued = asyncio.create_task(api(http, "PUT", "/v1/recipients/u3", {"email": "u3@example.com"}))
+        await eventually(lambda: asyncio.sleep(0, journal.position() > position), "a queued record")
+        taken = await api(http, "POST", "/v1/admin/snapshots")
+        assert taken["journalPosition"] > position
+        crash_image(server, tmp_path / "crash")
+        held.open.set()
+        await slow
+        await queued
+    async with running(inproc_settings(tmp_path, tmp_path / "crash")) as (_, http):
+        assert (await api(http, "GET", f"/v1/sends/{sent['id']}"))["id"] == sent["id"]
+        assert (await api(http, "GET", "/v1/recipients/u1"))["pushTokens"] == ["t"]
