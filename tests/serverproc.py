@@ -49,6 +49,57 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: fl
         await asyncio.sleep(interval)
 
 
+# -- a workload ------------------------------------------------------------------------
+
+def template(name: str, first: str, first_stop: str, wait: int, second: str) -> dict[str, Any]:
+    return {"name": name, "config": {"sequenceEnabled": True}, "channels": [
+        {"channel": first, "stopCondition": first_stop, "waitMinutes": wait,
+         "content": {"title": "T", "body": "Order {{order.id}} for {{recipient.id}}"}},
+        {"channel": second, "content": {"title": "T", "body": "Order {{order.id}}"}},
+    ]}
+
+
+# seq-a: in-app first, push if not viewed within 5 minutes. seq-b: push first, in-app if not clicked in 10.
+TEMPLATES = {
+    "seq-a": lambda n: template(f"A v{n}", "inapp", "viewed", 5, "push"),
+    "seq-b": lambda n: template(f"B v{n}", "push", "clicked", 10, "inapp"),
+}
+
+
+async def api(http: aiohttp.ClientSession, method: str, path: str, body: Any = None,
+              ok: tuple[int, ...] = (200, 201, 202)) -> Any:
+    async with http.request(method, path, json=body) as r:
+        text = await r.text()
+        assert r.status in ok, f"{method} {path}: HTTP {r.status} {text[:500]}"
+        return await r.json() if text else None
+
+
+async def small_workload(http: aiohttp.ClientSession, tag: str, n: int = 12) -> list[str]:
+    """Templates, recipients, sends and events; answers the send ids."""
+    for tid, make in TEMPLATES.items():
+        await api(http, "PUT", f"/v1/templates/{tid}", make(0))
+    ids = []
+    for i in range(n):
+        rid = f"{tag}-u{i % 4}"
+        await api(http, "PUT", f"/v1/recipients/{rid}", {"pushTokens": [f"tok-{rid}"]})
+        view = await api(http, "POST", "/v1/sends", {"template": sorted(TEMPLATES)[i % 2], "recipient": rid,
+                                                     "data": {"order": {"id": f"{tag}{i}"}},
+                                                     "idempotencyKey": f"{tag}-{i}"})
+        ids.append(view["id"])
+        if i % 3 == 0:
+            await api(http, "POST", "/v1/events", {"messageId": f"{view['id']}.1", "type": "clicked"})
+    return ids
+
+
+async def state_of(http: aiohttp.ClientSession, ids: list[str], rids: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Everything a user reads back (no inbox listing: that marks messages delivered)."""
+    return {"sends": [await api(http, "GET", f"/v1/sends/{sid}") for sid in ids],
+            "recipients": [await api(http, "GET", f"/v1/recipients/{rid}") for rid in rids],
+            "metrics": [await api(http, "GET", f"/v1/templates/{tid}/metrics") for tid in sorted(TEMPLATES)],
+            "templates": await api(http, "GET", "/v1/templates"),
+            "clock": await api(http, "GET", "/v1/admin/clock")}
+
+
 # -- the webhook sink ------------------------------------------------------------------
 
 @dataclass
