@@ -113,12 +113,16 @@ class Post:
 class Sink:
     """The user's push endpoint: answers 200 (after an optional random delay,
     so a SIGKILL can land while deliveries are in flight) and records every
-    POST with its Idempotency-Key."""
+    POST with its Idempotency-Key. With `fail_first`, that share of messages
+    is answered 503 the first time it arrives (the provider retries)."""
 
-    def __init__(self, max_delay_s: float = 0.0, seed: int = 0) -> None:
-        self.posts: list[Post] = []
+    def __init__(self, max_delay_s: float = 0.0, seed: int = 0, fail_first: float = 0.0) -> None:
+        self.posts: list[Post] = []  # answered 200
+        self.refused: list[Post] = []  # answered 503
         self.in_flight = 0
         self.max_delay_s = max_delay_s
+        self.fail_first = fail_first
+        self._tried: set[str] = set()
         self._rng = random.Random(seed)
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -127,10 +131,15 @@ class Sink:
         self.in_flight += 1
         try:
             body = json.loads(await request.read())
+            post = Post(body.get("messageId"), request.headers.get("Idempotency-Key"), body, time.monotonic())
+            first = post.message_id not in self._tried
+            self._tried.add(post.message_id)
+            if first and self.fail_first and self._rng.random() < self.fail_first:
+                self.refused.append(post)
+                return web.json_response({"error": "try again"}, status=503)
             if self.max_delay_s:
                 await asyncio.sleep(self._rng.uniform(0.0, self.max_delay_s))
-            self.posts.append(Post(body.get("messageId"), request.headers.get("Idempotency-Key"), body,
-                                   time.monotonic()))
+            self.posts.append(post)
             return web.json_response({"ok": True})
         finally:
             self.in_flight -= 1

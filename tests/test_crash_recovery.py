@@ -58,6 +58,9 @@ SEED = int(os.environ.get("CASCADE_CRASH_SEED", "20261127"))
 ROUNDS = 4
 CLIENTS = 4
 SENDS_PER_CLIENT_ROUND = 50
+# Brand-new recipients during the drive: off while the recipient snapshot-mark bug stands
+# (test_recipients_created_between_two_snapshots_survive_kill_9); switch on once it is fixed.
+NEW_RECIPIENTS = False
 NET_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 TIMEOUT = aiohttp.ClientTimeout(total=8)
 
@@ -131,10 +134,14 @@ class Client:
                         await self.event()
                     elif roll < 0.80:
                         await self.put_recipient()
-                    elif roll < 0.88:
+                    elif roll < 0.86:
                         await self.inbox()
+                    elif roll < 0.88:
+                        await self.cancel()
                     elif roll < 0.90 and self.n == 0:
                         await self.put_template()
+                    elif roll < 0.91 and NEW_RECIPIENTS:
+                        await self.new_recipient()
                     else:
                         await self.read()
                 except NET_ERRORS:
@@ -177,7 +184,9 @@ class Client:
             kind = self.rng.choice(["viewed", "viewed", "clicked", "failed"])
         ev = EventRec(mid, kind, "doubt")
         m.events.append(ev)
-        async with self.http.post("/v1/events", json={"messageId": mid, "type": kind}) as r:
+        body = ({"messageId": mid, "type": kind} if self.rng.random() < 0.8
+                else {"sendId": rec.id, "channel": channel, "type": kind})
+        async with self.http.post("/v1/events", json=body) as r:
             text = await r.text()
             if r.status == 200:
                 ev.outcome = outcome_of(await r.json())
@@ -195,6 +204,32 @@ class Client:
                 rec.acked, rec.doubt = body, []
             elif r.status != 503:
                 self.note("PUT /v1/recipients", r.status, text)
+
+    async def new_recipient(self) -> None:
+        rid = f"c{self.n}-new{len(self.model.recipients)}"
+        body = {"pushTokens": [f"tok-{rid}"], "email": f"{rid}@example.com"}
+        rec = self.model.recipients.setdefault(rid, RecipientRec())
+        rec.doubt.append(body)
+        async with self.http.put(f"/v1/recipients/{rid}", json=body) as r:
+            text = await r.text()
+            if r.status == 200:
+                rec.acked, rec.doubt = body, []
+                self.rids.append(rid)
+            elif r.status != 503:
+                self.note("PUT /v1/recipients (new)", r.status, text)
+
+    async def cancel(self) -> None:
+        m = self.model
+        mine = [s for s in m.sends.values() if s.acked is not None and s.key.startswith(f"r{self.round}-c{self.n}-")]
+        if not mine:
+            return
+        rec = self.rng.choice(mine)
+        async with self.http.delete(f"/v1/sends/{rec.id}") as r:
+            text = await r.text()
+            if r.status == 200:
+                rec.acked = await r.json()  # a write's answer: durable
+            elif r.status not in (409, 503):
+                self.note("DELETE /v1/sends", r.status, text)
 
     async def inbox(self) -> None:
         async with self.http.get(f"/v1/recipients/{self.rng.choice(self.rids)}/inbox") as r:
@@ -418,18 +453,20 @@ class Checker:
                 problems.append(f"metrics of {tid}: server {got}\n  views imply {want}")
         fired = {st["messageId"] for v in views.values() for st in v["steps"]
                  if st["channel"] == "push" and st["status"] not in ("pending", "skipped")}
+        # A cancelled send is not handed over again: its push may have died with the server.
+        owed = {st["messageId"] for v in views.values() if v["status"] != "cancelled" for st in v["steps"]} & fired
         seen = self.sink.message_ids()
         if seen - fired:
             problems.append(f"the webhook got pushes no send says fired: {sorted(seen - fired)[:10]}")
-        if fired - seen:
-            problems.append(f"pushes fired but never posted to the webhook: {sorted(fired - seen)[:10]}")
+        if owed - seen:
+            problems.append(f"pushes fired but never posted to the webhook: {sorted(owed - seen)[:10]}")
         if self.sink.in_flight:
             problems.append(f"{self.sink.in_flight} webhook posts in flight")
         return problems
 
 
 def check_webhook_posts(sink: Sink) -> tuple[int, int]:
-    bad = [p for p in sink.posts if p.idempotency_key != p.message_id]
+    bad = [p for p in sink.posts + sink.refused if p.idempotency_key != p.message_id]
     assert not bad, f"posts whose Idempotency-Key is not their messageId: {bad[:5]}"
     return len(sink.posts), len(sink.message_ids())
 
@@ -461,7 +498,7 @@ async def verify(model: Model, sink: Sink, serve: ServerProc, label: str, resend
 
 @pytest.fixture
 async def sink() -> Any:
-    s = await Sink(max_delay_s=0.25, seed=SEED).start()  # slow enough that kills land mid-delivery
+    s = await Sink(max_delay_s=0.25, seed=SEED, fail_first=0.1).start()  # slow enough that kills land mid-delivery
     try:
         yield s
     finally:
@@ -541,7 +578,7 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(serve: Server
         views = await Checker(model, sink, http, "final").views()
     escalations = 0
     for v in views.values():
-        assert v["status"] in ("stopped", "completed", "failed"), v
+        assert v["status"] in ("stopped", "completed", "failed", "cancelled"), v
         steps = v["steps"]
         for a, b in zip(steps, steps[1:]):
             if a["status"] in ("fired", "stopped") and b["status"] not in ("pending", "skipped"):
@@ -551,11 +588,14 @@ async def test_kill_9_at_random_moments_loses_nothing_acknowledged(serve: Server
     posts, distinct = check_webhook_posts(sink)
     fired_pushes = sum(st["channel"] == "push" and st["status"] not in ("pending", "skipped")
                        for v in views.values() for st in v["steps"])
-    assert distinct == fired_pushes
+    owed = sum(st["channel"] == "push" and st["status"] not in ("pending", "skipped", "cancelled")
+               for v in views.values() if v["status"] != "cancelled" for st in v["steps"])
+    assert owed <= distinct <= fired_pushes, (owed, distinct, fired_pushes)
     assert escalations > 0 and len(views) > 100, (escalations, len(views))
     print(f"seed {SEED}: kills (delay s, snapshot position, records replayed) {kills}; {len(views)} sends, "
           f"{len(model.events)} events, {escalations} timer escalations, {fired_pushes} pushes fired, "
-          f"{posts} webhook posts ({posts - distinct} repeated after a crash; {redriven} handed over again); "
+          f"{posts} webhook posts ({posts - distinct} repeated after a crash; {redriven} handed over again; "
+          f"{len(sink.refused)} refused once and retried); "
           f"{partial_sets} restarts skipped a snapshot set a kill had interrupted")
 
     serve.terminate()
