@@ -9,7 +9,9 @@ import mode); not a test module itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shutil
 import os
 import random
 import signal
@@ -17,13 +19,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from cascade.config import load_settings
+from cascade.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "k-admin"
@@ -288,6 +293,30 @@ class ServerProc:
     def cleanup(self) -> None:
         """Make sure nothing this object started outlives the test."""
         self.kill9()
+
+
+# -- an in-process server (for fault injection) ------------------------------------------
+
+def inproc_settings(tmp_path: Path, data_dir: Path) -> Any:
+    path = tmp_path / f"{data_dir.name}.toml"
+    path.write_text(config_text(data_dir, free_port(), snapshot_interval_s=3600, shards=2), encoding="utf-8")
+    return load_settings(path, environ={})
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Any) -> AsyncIterator[tuple[Server, aiohttp.ClientSession]]:
+    server = Server(settings)
+    await server.start()
+    try:
+        async with aiohttp.ClientSession(server.url, headers=ADMIN, timeout=aiohttp.ClientTimeout(total=8)) as http:
+            yield server, http
+    finally:
+        await server.stop()
+
+
+def crash_image(server: Server, to: Path) -> None:
+    """What kill -9 would leave of the server's data directory right now."""
+    shutil.copytree(server.settings.storage.data_dir, to)
 
 
 def snapshot_files(data_dir: Path) -> list[Path]:
