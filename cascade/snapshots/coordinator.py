@@ -11,10 +11,12 @@ segments older than the oldest kept set are deleted.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any
 
+from ..engine.timefmt import iso
 from .codec import pack
 from .files import list_snapshots, prune_snapshots, read_snapshot, write_snapshot
 
@@ -63,9 +65,13 @@ class SnapshotCoordinator:
             shard_infos = [s.result() for s in snaps]
             # The front goes last: a set without one was interrupted, and
             # recovery passes over it quietly. Its state is at least as new
-            # as every shard's, which the journal replay relies on.
+            # as every shard's, which the journal replay relies on; and the
+            # journal must hold every position the set names before the set
+            # is complete, or a crash now would leave a set ahead of it.
+            front_position = self.journal.position()
+            self._sync()
             front = write_snapshot(self.directory, 0, {
-                "journal_position": position, "shard_position": self.journal.position(), "kind": "front",
+                "journal_position": position, "shard_position": front_position, "kind": "front",
                 "shards": len(engine.states), "counts": {"templates": len(engine.templates.all())},
             }, engine.front_records())
             infos = [front] + shard_infos
@@ -73,14 +79,20 @@ class SnapshotCoordinator:
             self._prune()
             sends = sum(i.header.get("counts", {}).get("sends", 0) for i in infos[1:])
             self.last = {
-                "file": front.path.rsplit("/", 1)[-1].replace("-shard00", ""), "journalPosition": position,
+                "file": os.path.basename(front.path), "journalPosition": position,
                 "files": [i.path for i in infos], "sends": sends, "bytes": sum(i.bytes for i in infos),
-                "seconds": round(seconds, 3), "createdAt": time.time(),
+                "seconds": round(seconds, 3), "createdAt": iso(time.time()), "createdAtSeconds": time.time(),
             }
             self.taken += 1
             log.info("snapshot written: position %d, %d sends, %d bytes, %.3f s",
                      position, sends, self.last["bytes"], seconds)
             return self.last
+
+    def _sync(self) -> None:
+        """Wait until everything appended so far is durable."""
+        done = threading.Event()
+        self.journal.append([], done.set)
+        done.wait()
 
     def _prune(self) -> None:
         prune_snapshots(self.directory, self.keep)

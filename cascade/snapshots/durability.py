@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from typing import Any
 
+from ..engine.errors import Overloaded
 from .coordinator import SnapshotCoordinator
 from .journal import FileJournal
 from .recovery import RecoveryResult, recover
@@ -39,6 +41,7 @@ class Durability:
     def recover(self, engine: Any) -> RecoveryResult:
         """Load the newest sound snapshot and replay the journal (blocking)."""
         self.recovery = recover(engine, self.snapshot_dir, self.journal)
+        self.persist_clock(engine)
         log.info("recovered %d snapshot records and replayed %d journal records in %.3f s",
                  self.recovery.snapshot_records, self.recovery.replayed, self.recovery.seconds,
                  extra={"event": "recovery", **self.recovery.summary()})
@@ -64,12 +67,25 @@ class Durability:
 
     # -- the admin API (POST/GET /v1/admin/snapshots) ------------------------------
     async def snapshot(self) -> dict[str, Any]:
-        assert self.coordinator is not None
-        return await asyncio.get_running_loop().run_in_executor(None, self.coordinator.take)
+        coordinator = self._ready_coordinator()
+        taken = await asyncio.get_running_loop().run_in_executor(None, coordinator.take)
+        return {k: v for k, v in taken.items() if k != "createdAtSeconds"}
 
     async def list_snapshots(self) -> list[dict[str, Any]]:
-        assert self.coordinator is not None
-        return self.coordinator.list()
+        return self._ready_coordinator().list()
+
+    def _ready_coordinator(self) -> SnapshotCoordinator:
+        if self.coordinator is None:
+            raise Overloaded("recovery is still running; snapshots can be taken once it is done")
+        return self.coordinator
+
+    def persist_clock(self, engine: Any) -> None:
+        """A manual or scaled clock resumes where it was: write down where it
+        starts, so a restart before anything else is journaled keeps it too."""
+        if getattr(engine.clock, "mode", "real") != "real":
+            done = threading.Event()
+            self.journal.append([("C", engine.clock.now())], done.set)
+            done.wait()
 
     # -- figures for /metrics ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -78,7 +94,7 @@ class Durability:
         return {
             "duration_seconds": last["seconds"] if last else 0.0,
             "bytes": last["bytes"] if last else 0,
-            "last_timestamp_seconds": last["createdAt"] if last else 0.0,
+            "last_timestamp_seconds": last["createdAtSeconds"] if last else 0.0,
             "fsync_buckets": journal.fsync_buckets,
             "fsync_seconds_sum": journal.fsync_seconds_sum,
             "journal_records": journal.records,

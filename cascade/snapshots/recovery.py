@@ -93,6 +93,14 @@ def _latest_and_claims(engine: Any, records: Any, latest: float | None) -> float
     return latest
 
 
+def _drop_dangling_claims(engine: Any) -> None:
+    """A snapshot may hold an idempotency key whose send never became
+    durable: forget it, so a retry starts the send instead of a 404."""
+    for claim in engine.idempotency.live(engine.clock.now()):
+        if claim.send_key not in engine.states[engine.shard_of_key(claim.send_key)].sends:
+            engine.idempotency.release(claim)
+
+
 def recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
     """Load state into `engine` (whose shards must not be running yet)."""
     # Everything recovery builds lives long: with the collector on, each of
@@ -155,6 +163,13 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
         for st in states:
             st.rebuild()
     after = min(positions.values()) if positions else 0
+    if found is None and result.skipped_sets:
+        first = next(iter(journal.replay(after=0)), None)
+        if first is not None and first[0] > 1:
+            raise RuntimeError(
+                f"no snapshot set is usable (positions {result.skipped_sets} failed verification) and the journal "
+                f"starts at position {first[0]}: the records before it were deleted after those snapshots. "
+                "Starting would silently lose them; restore a sound snapshot set or the journal.")
     if journal.position() < max(positions.values(), default=0):
         raise RuntimeError(
             f"the journal ends at position {journal.position()} but the snapshot set needs it up to "
@@ -186,6 +201,7 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
     finally:
         for st in states:
             st.replaying = False
+    _drop_dangling_claims(engine)
     if latest is not None and hasattr(engine.clock, "restore"):
         engine.clock.restore(latest)
     result.seconds = time.perf_counter() - began
