@@ -700,12 +700,9 @@ async def test_the_manual_clock_resumes_where_it_was_after_kill_9(tmp_path: Path
         serve.cleanup()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the manual clock's time is persisted only through records that carry a time of their own (sends, "
-    "signals, deliveries, timer firings, advances): recovery (snapshots/recovery.py, `latest`) ignores template "
-    "records, and the clock's start time is never journaled, so after kill -9 it restarts at the new real time"))
 async def test_the_manual_clock_resumes_after_kill_9_when_only_templates_were_written(tmp_path: Path) -> None:
-    """Nothing with a time of its own was journaled yet (no send, no advance)."""
+    """Nothing with a time of its own was journaled yet (no send, no advance). Regression (d95e218): the
+    clock restarted at the new real time, as its start time was never journaled."""
     serve = ServerProc(tmp_path, tmp_path / "data", snapshot_interval_s=3600)
     try:
         serve.start()
@@ -822,12 +819,9 @@ async def test_a_repeated_idempotency_key_is_answered_only_once_the_send_is_dura
             assert r.status == 200, f"the repeat answered 200 with {view['id']}, which the crash lost"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a snapshot records journal positions that are appended but not yet written (SnapshotCoordinator.take "
-    "and ShardSnapshot read journal.position()); after a kill -9 before the writer caught up, recovery "
-    "(snapshots/recovery.py) raises 'the journal ends at position N but the snapshot set needs it up to M' "
-    "and the server never starts again"))
 async def test_a_kill_9_right_after_a_snapshot_under_load_still_restarts(tmp_path: Path, held: HeldSync) -> None:
+    """Regression (d95e218): a snapshot named journal positions still queued in memory; a kill -9 before the
+    writer caught up left a set ahead of the journal, and recovery refused to start."""
     async with running(inproc_settings(tmp_path, tmp_path / "data")) as (server, http):
         await api(http, "PUT", "/v1/templates/seq-a", TEMPLATES["seq-a"](0))
         await api(http, "PUT", "/v1/recipients/u1", {"pushTokens": ["t"]})
@@ -839,25 +833,22 @@ async def test_a_kill_9_right_after_a_snapshot_under_load_still_restarts(tmp_pat
         position = journal.position()
         queued = asyncio.create_task(api(http, "PUT", "/v1/recipients/u3", {"email": "u3@example.com"}))
         await eventually(lambda: asyncio.sleep(0, journal.position() > position), "a queued record")
-        taken = await api(http, "POST", "/v1/admin/snapshots")
-        assert taken["journalPosition"] > position
+        taking = asyncio.create_task(api(http, "POST", "/v1/admin/snapshots"))
+        await asyncio.wait([taking], timeout=1.0)  # it may wait for the journal; the kill comes either way
         crash_image(server, tmp_path / "crash")
         held.open.set()
         await slow
         await queued
+        assert (await taking)["journalPosition"] > position
     async with running(inproc_settings(tmp_path, tmp_path / "crash")) as (_, http):
         assert (await api(http, "GET", f"/v1/sends/{sent['id']}"))["id"] == sent["id"]
         assert (await api(http, "GET", "/v1/recipients/u1"))["pushTokens"] == ["t"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Engine.send sets claim.send_key as soon as the start command is queued, and Engine.front_records "
-    "puts every claim with a send_key into the snapshot; if the snapshot is taken before the shard has "
-    "journaled the send and the server dies before it does, recovery restores a key that points at no send, "
-    "and every retry with that idempotencyKey answers 404 for 24 h. Fix: after recovery, drop claims whose "
-    "send does not exist (or only snapshot claims whose send record is durable)"))
 async def test_a_retry_after_a_crash_never_finds_a_key_pointing_at_no_send(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression (d95e218): a snapshot taken while a send's start command still waited in its shard's
+    mailbox kept its idempotency key; after a crash before the send was journaled, every retry answered 404."""
     held_back: list[tuple[Any, int, Any]] = []
     submit = Engine._submit
 
