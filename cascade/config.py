@@ -100,6 +100,8 @@ def _check(s: Settings) -> None:
             problems.append(f"server.{key} must be positive")
     if s.storage.snapshots_kept < 1:
         problems.append("storage.snapshots_kept must be at least 1")
+    if s.campaigns.max_sends_per_s < 0:
+        problems.append(f"campaigns.max_sends_per_s {s.campaigns.max_sends_per_s} must be >= 0 (0: unlimited)")
     if s.clock.rate <= 0:
         problems.append(f"clock.rate {s.clock.rate} must be positive")
     if s.engine.shards < 1 or s.engine.shards > 256:

@@ -55,6 +55,11 @@ class CounterBook:
             found = self._sets[key] = tuple(self.counters_for(g, tpl) for g in groups)
         return found
 
+    def sets_with(self, group: str) -> set[int]:
+        """Ids of the counter tuples that count into `group`: a send belongs to
+        the group if its `counters` is one of them."""
+        return {id(found) for (groups, _, _), found in self._sets.items() if group in groups}
+
     def totals(self, groups: list[str] | None = None) -> dict[str, GroupTotals]:
         names = self._groups.keys() if groups is None else [g for g in groups if g in self._groups]
         return {n: (list(self._groups[n].sends), {k: list(v) for k, v in self._groups[n].rows.items()})

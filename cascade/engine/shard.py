@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 import pykka
 
+from .campaign_rows import set_bit
 from .channels import SIGNALS
 from .counters import CounterBook
 from .errors import AlreadyFinished, CascadeError, NotFound
@@ -85,6 +86,7 @@ class ShardState:
         self.recipients: dict[str, Recipient] = {}
         self.wheel: TimerWheel[Send] = TimerWheel()
         self.book = CounterBook()
+        self.campaign_rows: dict[str, bytearray] = {}  # campaign id -> bitmap of its rows started here
         self.retained: deque[tuple[float, Send]] = deque()
         self.stats = ShardStats()
         self.active = 0
@@ -98,7 +100,8 @@ class ShardState:
             "inbox": self._inbox, "inbox_signal": self._inbox_signal,
             "totals": self._totals, "stats": self._stats, "tick": self._tick,
             "snapshot_begin": self._snapshot_begin, "snapshot_slice": self._snapshot_slice,
-            "redrive": self._redrive,
+            "redrive": self._redrive, "cancel_campaign": self._cancel_campaign,
+            "campaign_rows": self._campaign_rows, "keep_campaign_rows": self._keep_campaign_rows,
         }
 
     # -- the batch loop -------------------------------------------------
@@ -250,6 +253,9 @@ class ShardState:
         if self._records is not None:
             self._records.append(("S", self.index, key, tpl_v.id, tpl_v.version, rid,
                                   update.fields if update else None, data, groups, origin, now, idem))
+        if origin is not None and len(origin) == 3:
+            self._row_started(origin)
+            origin = None
         rcpt = self.recipient(rid)
         if update is not None:
             if self._snap is not None:
@@ -261,6 +267,15 @@ class ShardState:
         self.active += 1
         self._run(send, start(send, now), now)
         return send_view(send) if want_view else None
+
+    def _row_started(self, origin: tuple[str, None, int]) -> None:
+        """A campaign row's send, (campaign, None, row): its bit here says the
+        row has started (recovery rebuilds the bits from these records). The
+        send needs no note of it: its counters say which campaign it is of."""
+        bits = self.campaign_rows.get(origin[0])
+        if bits is None:
+            bits = self.campaign_rows[origin[0]] = bytearray()
+        set_bit(bits, origin[2])
 
     def _find(self, key: int) -> Send:
         send = self.sends.get(key)
@@ -281,6 +296,26 @@ class ShardState:
         self._record(("X", self.index, key, now))
         self._run(send, effects, now)
         return send_view(send)
+
+    def _cancel_campaign(self, group: str, now: float) -> int:
+        """Cancel every active send of a campaign (`group` is "c:<id>") here."""
+        mine = self.book.sets_with(group)
+        doomed = [s for s in self.sends.values() if s.status == ACTIVE and id(s.counters) in mine] if mine else []
+        for send in doomed:
+            if self._snap is not None:
+                self._snap.touch_send(send)
+            effects = cancel(send, now)
+            if effects is not None:
+                self._record(("X", self.index, send.key, now))
+                self._run(send, effects, now)
+        return len(doomed)
+
+    def _campaign_rows(self, campaign_id: str, now: float) -> bytes:
+        return bytes(self.campaign_rows.get(campaign_id, b""))
+
+    def _keep_campaign_rows(self, live: set[str], now: float) -> None:
+        for cid in [c for c in self.campaign_rows if c not in live]:
+            del self.campaign_rows[cid]
 
     def _signals(self, items: list[tuple[int, int, int | None, str | None, int, float | None]], now: float) -> list[tuple[int, int, str]]:
         """Apply signals; answer (index, outcome, message) for each that was not plainly accepted."""
@@ -426,6 +461,12 @@ class ShardState:
     def restore_counters(self, rec: Any) -> None:
         self.book.load_record(rec)
 
+    def restore_campaign_rows(self, campaign_id: str, bits: bytes) -> None:
+        """A campaign's started rows (merged: the snapshots of another layout add up)."""
+        mine = self.campaign_rows.setdefault(campaign_id, bytearray())
+        merged = int.from_bytes(mine, "little") | int.from_bytes(bits, "little")
+        mine[:] = merged.to_bytes(max(len(mine), len(bits)), "little")
+
     def rebuild(self) -> None:
         """Derive timers, retention, inboxes and counts from restored sends."""
         finished = []
@@ -462,6 +503,9 @@ class ShardState:
                     counters = self.book.counters_of(groups, tpl) if tpl is not None else None
                 if tpl is None or key in sends:
                     continue
+                if origin is not None and len(origin) == 3:
+                    self._row_started(origin)
+                    origin = None
                 rcpt = recipients.get(rid) or self.recipient(rid)
                 if fields is not None:
                     RecipientUpdate.trusted(fields).merge_into(rcpt)

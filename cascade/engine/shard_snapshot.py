@@ -51,7 +51,8 @@ class ShardSnapshot:
             "engine_shard": state.index, "created_at": time.time(),
             "counts": {"sends": len(self._sends), "recipients": len(self._rids)},
         }
-        self._queue.put([pack(("counters", state.book.to_record()))])
+        self._queue.put([pack(("counters", state.book.to_record()))]
+                        + [pack(("rows", cid, bytes(bits))) for cid, bits in state.campaign_rows.items()])
         self._thread = threading.Thread(target=self._write, args=(write, directory, file_shard, header),
                                         name=f"cascade-snapshot-{state.index}", daemon=True)
         self._thread.start()

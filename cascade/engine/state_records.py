@@ -13,13 +13,21 @@ is the shard that wrote it, so recovery knows which snapshot covers it):
     ("D", w, key, step, ok, reason, now)         provider answered
     ("X", w, key, now)                           send cancelled
     ("F", w, now)                                timers fired at `now`
+    ("CM", id, template, version, name, scheduled_at, created_at, rows, n_rows, rejected, data)
+                                                 campaign created (engine/campaigns.py)
+    ("CS", id, status, at)                       campaign completed or cancelled
+
+A campaign's send has `origin` = (campaign id, None, row index): replay sets
+that row's bit in the shard's started-rows bitmap, which is how a restart
+during fan-out resumes without starting a row twice.
 
 A shard appends each batch's records as one ("B", w, [records]) journal
 record: one frame, one checksum a batch.
 
-Snapshot records of a shard: ("counters", ...), then ("R*", [recipient,
-...]) and ("S*", [send, ...]) in slices; of the front: "T", "TD", ("I", ...)
-idempotency keys, ("C", now).
+Snapshot records of a shard: ("counters", ...), ("rows", campaign, bitmap)
+per campaign that may still fan out, then ("R*", [recipient, ...]) and
+("S*", [send, ...]) in slices; of the front: "T", "TD", ("I", ...)
+idempotency keys, "CM" and "CS" per campaign, ("C", now).
 """
 
 from __future__ import annotations

@@ -19,11 +19,13 @@ from typing import Any, Callable, Mapping
 import msgpack
 import pykka
 
+from .campaigns import CAMPAIGN_OPS, CampaignBook
 from .channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
 from .counters import merge_totals
 from .gc_governor import GcGovernor
 from .errors import Conflict, InvalidInput, NotFound, Overloaded
+from .fanout import Fanout
 from .idempotency import IdempotencyKeys
 from .ids import SLOTS, format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
 from .providers.base import DeliveryOutcome, Provider
@@ -54,6 +56,8 @@ class EngineConfig:
     max_pending_per_shard: int = 100_000  # commands queued towards one shard
     tick_interval_s: float = 0.05
     gc_freeze_interval_s: float = 0.5  # see gc_governor.py; 0 turns it off
+    campaign_dir: str | None = None  # campaigns' rows files; None: kept in memory and in the journal
+    campaign_max_sends_per_s: float = 0.0  # fan-out pace; 0: unlimited
 
 
 def pack_data(data: dict[str, Any] | None) -> bytes | None:
@@ -92,11 +96,16 @@ class Engine:
         self._stopped = False
         self._ticker: threading.Thread | None = None
         self.gc = GcGovernor(self.config.gc_freeze_interval_s)
+        self.campaigns = CampaignBook(self, self.config.campaign_dir)
+        self.fanout = Fanout(self, self.campaigns, self.config.campaign_max_sends_per_s)
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> Engine:
         self._refs = [ShardActor.start(state) for state in self.states]
         self.gc.start()
+        self.campaigns.remove_orphans()
+        self.campaigns.prune_started_rows()
+        self.fanout.start()  # resumes campaigns that were running
         if not isinstance(self.clock, ManualClock):
             self._ticker = threading.Thread(target=self._tick_loop, name="cascade-ticker", daemon=True)
             self._ticker.start()
@@ -104,6 +113,7 @@ class Engine:
 
     def stop(self) -> None:
         self._stopped = True  # refuse new work; no shard is restarted from here on
+        self.fanout.stop()
         self._stop.set()
         self.gc.stop()
         if self._ticker is not None:
@@ -291,6 +301,27 @@ class Engine:
             self._tell(i, batch)
         return parent, [format_send_id(k) for k in keys]
 
+    def submit_batches(self, batches: list[list[Command]], max_message: int) -> Reply:
+        """Bulk path (campaign fan-out): commands without replies, per shard, in
+        messages of at most `max_message` so other work interleaves. All or
+        nothing (Overloaded); the reply comes once every shard has done its part."""
+        busy = [i for i, b in enumerate(batches) if b]
+        with self._count_lock:
+            for i in busy:
+                self._check_room(i)
+            for i in busy:
+                self._submitted[i] += len(batches[i]) + 1
+        parent = Reply.here()
+        gather = Gather(len(busy), lambda _: None, parent)
+        for n, i in enumerate(busy):
+            batch = batches[i]
+            for k in range(0, len(batch), max_message):
+                message = batch[k:k + max_message]
+                if k + max_message >= len(batch):
+                    message.append(("tick", None, gather.part(n)))
+                self._tell(i, message)
+        return parent
+
     def _route_send_id(self, send_id: str) -> int:
         key = parse_send_id(send_id)
         if key is None:
@@ -406,6 +437,28 @@ class Engine:
     def stats(self) -> Reply:
         return self._ask_all("stats", None, list)
 
+    # -- campaigns (see campaigns.py, fanout.py) ------------------------------------
+    def ask_shards(self, op: str, payload: Any, combine: Callable[[list[Any]], Any], parent: Any = None) -> Any:
+        """Every shard runs `op`; the reply is `combine(answers)`. All or nothing (Overloaded)."""
+        with self._count_lock:
+            for i in range(len(self.states)):
+                self._check_room(i)
+        parent = parent if parent is not None else Reply.here()
+        gather = Gather(len(self.states), combine, parent)
+        for i in range(len(self.states)):
+            self._submit(i, (op, payload, gather.part(i)))
+        return parent
+
+    def campaign_rows_started(self, campaign_id: str) -> Reply:
+        """The union of the shards' started-rows bitmaps of a campaign (bytes)."""
+        def union(parts: list[bytes]) -> bytes:
+            n = max(map(len, parts), default=0)
+            acc = 0
+            for p in parts:
+                acc |= int.from_bytes(p, "little")
+            return acc.to_bytes(n, "little")
+        return self.ask_shards("campaign_rows", campaign_id, union)
+
     # -- durability: what the snapshot coordinator and recovery call ---------------
     def front_records(self) -> list[tuple[Any, ...]]:
         """The front door's state: every template version, deletions,
@@ -416,6 +469,7 @@ class Engine:
         records += [("TD", tid) for tid in sorted({tv.id for tv in versions} - current)]
         now = self.clock.now()
         records += [("I", c.key, c.digest, c.send_key, c.expires) for c in self.idempotency.live(now)]
+        records += self.campaigns.front_records()
         records.append(("C", now))
         return records
 
@@ -432,6 +486,8 @@ class Engine:
         elif op == "I":
             _, key, digest, send_key, expires = record
             self.idempotency.restore(key, digest, send_key, expires)
+        elif op in CAMPAIGN_OPS:
+            self.campaigns.apply(record)
         # "C" (the clock) is recovery's business: it resumes at the latest time seen.
 
     def shard_of_key(self, key: int) -> int:
@@ -476,13 +532,16 @@ class Engine:
             target = clock.now() + seconds
             t = clock.now()
             while True:
-                nexts = self._fire_all(t)
+                # A campaign due by t starts (and fans out whole) at t, before time moves on.
+                self.campaigns.settle(t, lambda: self.fanout.alive)
+                nexts = self._fire_all(t) + [self.campaigns.next_start()]
                 due = [d for d in nexts if d is not None and d <= target]
                 if not due:
                     break
                 t = max(t, min(due))
                 clock.set(t)
             clock.set(target)
+            self.campaigns.settle(target, lambda: self.fanout.alive)
             self._fire_all(target)
             if self.journal is not None:
                 done = threading.Event()

@@ -63,8 +63,9 @@ def send_view(send: Send) -> dict[str, Any]:
         "stoppedBy": {"step": stopped_by // 4 + 1, "signal": ENGAGEMENT[stopped_by % 4]} if stopped_by is not None else None,
         "steps": steps,
     }
-    if send.origin is not None and send.origin[0] is not None:
-        view["campaign"] = send.origin[0]
+    for c in send.counters:  # a campaign's sends count into its group "c:<id>"
+        if c.group.startswith("c:"):
+            view["campaign"] = c.group[2:]
     return view
 
 

@@ -30,7 +30,10 @@ from aiohttp.web_urldispatcher import AbstractRoute
 
 from ..config import Settings
 from ..engine import Engine
-from . import routes_admin, routes_events, routes_inbox, routes_ops, routes_recipients, routes_sends, routes_templates
+from . import (
+    routes_admin, routes_campaigns, routes_events, routes_inbox, routes_ops, routes_recipients, routes_sends,
+    routes_templates,
+)
 from .auth import Authorizer
 from .errors import error_response, response_for_exception
 from .openapi import Route, document
@@ -113,7 +116,7 @@ class _Front:
 
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None) -> web.Application:
-    """The whole API of API.md (campaigns aside) over `engine`."""
+    """The whole API of API.md over `engine`."""
     front = _Front(settings)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
@@ -124,9 +127,11 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     table += routes_inbox.routes(engine, settings)
     table += routes_sends.routes(engine, settings)
     table += routes_events.routes(engine, settings)
+    table += routes_campaigns.routes(engine, settings)
     table += routes_admin.routes(engine, settings, admin)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
+    engine.fanout.foreground = lambda: front.inflight  # campaign fan-outs yield to requests in flight
     app[ENGINE_KEY] = engine
     app[SETTINGS_KEY] = settings
     app[ROUTES_KEY] = table

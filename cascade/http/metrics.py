@@ -162,6 +162,7 @@ class HttpMetrics:
         yield GaugeMetricFamily("cascade_shard_mailbox_depth", "Commands submitted to shards and not yet processed",
                                 value=self.engine.pending())
         yield from self._snapshot_families()
+        yield from self._campaign_families()
         yield self._http_family()
 
     def _template_families(self, totals: Mapping[str, Any]) -> Iterator[Metric]:
@@ -274,6 +275,32 @@ class HttpMetrics:
                                 value=figures.get("recovery_seconds", 0.0))
         yield GaugeMetricFamily("cascade_recovery_records_replayed", "Journal records replayed at start",
                                 value=figures.get("recovery_replayed", 0))
+
+    def _campaign_families(self) -> Iterator[Metric]:
+        """From the front's own figures (no shard is asked): campaigns by
+        status, the progress of those fanning out, and the fan-out rate."""
+        book = getattr(self.engine, "campaigns", None)  # test doubles of the engine may have none
+        stats = book.stats() if book is not None else {"by_status": {}, "running": [], "sends_started_total": 0,
+                                                       "sends_per_s": 0.0}
+        by_status = GaugeMetricFamily("cascade_campaigns", "Campaigns by status", labels=["status"])
+        for status, n in stats["by_status"].items():
+            by_status.add_metric([status], n)
+        yield by_status
+        rows = GaugeMetricFamily("cascade_campaign_rows", "Recipients of each running campaign",
+                                 labels=["campaign"])
+        started = GaugeMetricFamily("cascade_campaign_rows_started",
+                                    "Recipients whose send has started, of each running campaign",
+                                    labels=["campaign"])
+        for cid, n_rows, n_started in stats["running"]:
+            rows.add_metric([cid], n_rows)
+            started.add_metric([cid], n_started)
+        yield rows
+        yield started
+        yield CounterMetricFamily("cascade_campaign_sends_started", "Sends started by campaign fan-outs",
+                                  value=stats["sends_started_total"])
+        yield GaugeMetricFamily("cascade_campaign_fanout_sends_per_second",
+                                "Campaign sends started per second, over the last 5 seconds",
+                                value=stats["sends_per_s"])
 
     def _http_family(self) -> Metric:
         family = HistogramMetricFamily("cascade_http_request_duration_seconds",

@@ -39,6 +39,7 @@ class Route:
     ndjson_item: Any = None  # the body may also be application/x-ndjson, one of these a line
     recipient_token: bool = False  # X-Recipient-Token opens it for the recipient in {id}
     raw_response: str | None = None  # a non-JSON response media type
+    raw_body: tuple[tuple[str, str], ...] = ()  # other request media types: (type, description)
 
 
 class _View(msgspec.Struct, kw_only=True):
@@ -170,6 +171,48 @@ class TemplateMetrics(_View, kw_only=True):
     steps: list[StepMetrics]
 
 
+class RowError(_View, kw_only=True):
+    row: int
+    message: str
+
+
+class CampaignCreated(_View, kw_only=True):
+    id: str
+    status: str
+    name: str | None
+    template: str
+    templateVersion: int
+    scheduledAt: str
+    createdAt: str
+    recipients: int
+    rejectedRows: int
+    errors: list[RowError]
+
+
+class CampaignSummary(_View, kw_only=True):
+    id: str
+    name: str | None
+    status: str
+    template: str
+    templateVersion: int
+    scheduledAt: str
+    createdAt: str
+    finishedAt: str | None
+    recipients: int
+    sendsStarted: int
+    rejectedRows: int
+    problem: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class CampaignView(CampaignSummary, kw_only=True):
+    metrics: TemplateMetrics
+
+
+class CampaignList(_View, kw_only=True):
+    campaigns: list[CampaignSummary]
+    next: str | None
+
+
 class ClockView(_View, kw_only=True):
     now: str
     mode: str
@@ -180,7 +223,7 @@ class Status(_View, kw_only=True):
 
 
 VIEWS = (Error, TemplateView, TemplateList, RecipientView, SendView, EventsResult, InboxPage,
-         TemplateMetrics, ClockView, Status)
+         TemplateMetrics, ClockView, Status, CampaignCreated, CampaignView, CampaignList)
 _REASONS = {400: "Malformed body", 401: "Missing or unknown API key", 403: "Scope does not allow it",
             404: "Not found", 409: "Conflict", 413: "Body too large", 415: "Unsupported content type",
             422: "Invalid value (details name the JSON path)", 503: "Overloaded or unavailable (Retry-After)"}
@@ -206,6 +249,8 @@ def _operation(route: Route, ref: Callable[[Any], dict[str, Any]]) -> dict[str, 
             content["application/x-ndjson"] = {
                 "schema": {"type": "string", "description": f"one JSON object a line, at most {MAX_EVENTS} lines"},
                 "x-item-schema": ref(route.ndjson_item)}
+        for media, description in route.raw_body:
+            content[media] = {"schema": {"type": "string", "description": description}}
         op["requestBody"] = {"required": True, "content": content}
     ok: dict[str, Any] = {"description": "OK" if route.ok != 204 else "No content"}
     if route.response is not None:

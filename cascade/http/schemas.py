@@ -22,7 +22,7 @@ from aiohttp import web
 from .errors import ApiError
 
 __all__ = [
-    "ClockAdvance", "EventBatch", "EventBody", "MAX_EVENTS", "RecipientBody", "RecipientInline",
+    "CampaignBody", "ClockAdvance", "EventBatch", "EventBody", "MAX_EVENTS", "RecipientBody", "RecipientInline",
     "SendBody", "StepBody", "TemplateBody", "TemplateConfig", "decode", "decoder_for",
     "check_json", "json_problem", "not_json", "parse_any", "read_body", "validation_error",
 ]
@@ -91,6 +91,19 @@ class SendBody(_Body):
     data: Annotated[dict[str, Any], _doc("fills the content's {{placeholders}}")] | None = None
     idempotencyKey: Annotated[str, msgspec.Meta(min_length=1, max_length=256, description=(
         "kept 24 h: the same key with the same body answers the same send, with another body 409"))] | None = None
+
+
+class CampaignBody(_Body, kw_only=True):
+    """One template version for many recipients, now or at scheduledAt (JSON; text/csv is the other way in)."""
+
+    template: str
+    recipients: Annotated[list[Annotated[str | RecipientInline, _doc(
+        "a recipient id, or a recipient object to upsert")]], _doc(
+        "a bad entry is reported (row = its 1-based position) and skipped; of a repeated id the first wins")]
+    data: Annotated[dict[str, Any], _doc("fills the content's {{placeholders}} for every recipient")] | None = None
+    scheduledAt: Annotated[_dt.datetime, msgspec.Meta(tz=True, description=(
+        "RFC 3339; absent or past: start now"))] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
 
 
 class EventBody(_Body, kw_only=True):
