@@ -143,7 +143,7 @@ class CampaignBook:
             raise NotFound(f"campaign {cid!r} does not exist")
         return c
 
-    def list(self, status: str | None = None) -> list[Campaign]:
+    def newest_first(self, status: str | None = None) -> list[Campaign]:
         """Newest first."""
         with self.cond:
             found = [c for c in self._by_id.values() if status is None or c.status == status]
@@ -279,9 +279,9 @@ class CampaignBook:
         else:
             _, cid, status, at = record
             with self.cond:
-                c = self._by_id.get(cid)
-                if c is not None:
-                    c.status, c.finished_at = status, at
+                found = self._by_id.get(cid)
+                if found is not None:
+                    found.status, found.finished_at = status, at
 
     def orphan_files(self) -> Iterable[str]:
         """Rows files no campaign still needs (a crash between upload and record, or after the end)."""

@@ -201,7 +201,8 @@ class Fanout:
                             return
                 self._stop.wait(0.01)  # a shard's queue is full: let it drain
             job.inflight.append((reply, len(rows)))
-        while job.inflight and (len(job.inflight) >= self.inflight or job.exhausted):
+        while job.inflight and (len(job.inflight) >= self.inflight or job.exhausted
+                                or job.inflight[0][0].done()):
             self._await(job)
         if job.exhausted and not job.inflight:
             self._drop(c.id)

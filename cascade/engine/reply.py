@@ -73,6 +73,12 @@ class Reply:
         else:
             fut.set_result(self._value)
 
+    def done(self) -> bool:
+        """Has the answer come (and been released to waiters)?"""
+        if self._event is not None:
+            return self._event.is_set()
+        return self._future is not None and self._future.done()
+
     def wait(self, timeout: float | None = 30.0) -> Any:
         if self._event is None:
             raise RuntimeError("an asyncio reply must be awaited")

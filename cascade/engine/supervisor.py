@@ -457,7 +457,8 @@ class Engine:
             for p in parts:
                 acc |= int.from_bytes(p, "little")
             return acc.to_bytes(n, "little")
-        return self.ask_shards("campaign_rows", campaign_id, union)
+        reply: Reply = self.ask_shards("campaign_rows", campaign_id, union)
+        return reply
 
     # -- durability: what the snapshot coordinator and recovery call ---------------
     def front_records(self) -> list[tuple[Any, ...]]:

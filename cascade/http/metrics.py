@@ -280,7 +280,7 @@ class HttpMetrics:
         """From the front's own figures (no shard is asked): campaigns by
         status, the progress of those fanning out, and the fan-out rate."""
         book = getattr(self.engine, "campaigns", None)  # test doubles of the engine may have none
-        stats = book.stats() if book is not None else {"by_status": {}, "running": [], "sends_started_total": 0,
+        stats: dict[str, Any] = book.stats() if book is not None else {"by_status": {}, "running": [], "sends_started_total": 0,
                                                        "sends_per_s": 0.0}
         by_status = GaugeMetricFamily("cascade_campaigns", "Campaigns by status", labels=["status"])
         for status, n in stats["by_status"].items():

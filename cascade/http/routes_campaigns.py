@@ -106,6 +106,9 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
         return _created(c, upload)
 
     async def create_from_csv(request: web.Request) -> web.Response:
+        charset = request.charset
+        if charset is not None and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
+            raise ApiError(415, "unsupported_media_type", f"charset {charset!r} is not accepted; send UTF-8")
         query = request.query
         template = query.get("template")
         if not template:
@@ -113,9 +116,6 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                            [("?template", "required")])
         engine.get_template(template)  # 404 before reading the body
         scheduled = _time(query.get("scheduledAt"), "?scheduledAt")
-        charset = request.charset
-        if charset is not None and charset.lower().replace("_", "-") not in ("utf-8", "utf8"):
-            raise ApiError(415, "unsupported_media_type", f"charset {charset!r} is not accepted; send UTF-8")
         length = request.content_length
         if length is not None and length > csv_max:
             raise ApiError(413, "payload_too_large", f"the CSV is {length} bytes; the limit is {csv_max} "
@@ -156,7 +156,7 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
             limit = 0
         if not 1 <= limit <= 1000:
             raise ApiError(422, "invalid", "limit must be an integer from 1 to 1000", [("?limit", "1-1000")])
-        found = book.list(status)
+        found = book.newest_first(status)
         before = query.get("before")
         if before:
             at = next((k for k, c in enumerate(found) if c.id == before), None)
