@@ -20,7 +20,15 @@ over several rounds, restarts it on the same data dir and checks, each time:
 At the end the clock runs two days on: every waiting step fires exactly on
 its original deadline, and every send finishes.
 
-SEED (env CASCADE_CRASH_SEED) picks the kill moments and the clients' moves.
+It runs under journal_fsync batch, always and off ("off" still writes before
+it answers, so a kill -9, unlike a power cut, loses nothing). SEED (env
+CASCADE_CRASH_SEED) picks the kill moments and the clients' moves.
+
+Then: SIGTERM writes a final snapshot and a restart replays nothing; the
+manual clock resumes where it was after kill -9; and "crash images" taken at
+chosen moments of an in-process server (a copy of the data dir while the
+journal writer is held in its fdatasync, or while a snapshot is being
+written) are what a kill -9 at that moment would leave.
 """
 
 from __future__ import annotations
@@ -29,7 +37,6 @@ import asyncio
 import functools
 import os
 import random
-import shutil
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
