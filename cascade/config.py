@@ -139,6 +139,8 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                 key = rest[len(section) + 1:]
                 if section == "auth" and key == "api_keys":
                     pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
+                    if any(len(pair) != 2 for pair in pairs):
+                        raise ConfigError(f"{name} must look like \"key1=admin,key2=events\"; got {value!r}")
                     out.setdefault(section, {})[key] = {k.strip(): v.strip() for k, v in pairs}
                 else:
                     out.setdefault(section, {})[key] = value

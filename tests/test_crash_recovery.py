@@ -62,9 +62,9 @@ SEED = int(os.environ.get("CASCADE_CRASH_SEED", "20261127"))
 ROUNDS = 4
 CLIENTS = 4
 SENDS_PER_CLIENT_ROUND = 50
-# Brand-new recipients during the drive: off while the recipient snapshot-mark bug stands
-# (test_recipients_created_between_two_snapshots_survive_kill_9); switch on once it is fixed.
-NEW_RECIPIENTS = False
+# Brand-new recipients during the drive (a recipient born between two snapshots
+# was once left out of the second: test_recipients_created_between_two_snapshots_survive_kill_9).
+NEW_RECIPIENTS = True
 NET_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError)
 TIMEOUT = aiohttp.ClientTimeout(total=8)
 
@@ -646,13 +646,6 @@ async def test_sigterm_writes_a_final_snapshot_and_the_restart_replays_nothing(t
         serve.cleanup()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ShardState.recipient() (engine/shard.py) creates a Recipient with mark 0 whatever the shard's "
-    "rcpt_mark; after the first snapshot flips rcpt_mark to 1, a recipient created then still has mark 0, "
-    "which the second snapshot (rcpt_mark back to 0) takes for 'already written' and leaves out, and its "
-    "journal record lies before that snapshot: after kill -9 it is gone (404), or rebuilt bare from its "
-    "sends (no email, pushTokens, preferences). Fix: set r.mark = self.rcpt_mark when creating it, as _start "
-    "does for sends"))
 async def test_recipients_created_between_two_snapshots_survive_kill_9(tmp_path: Path) -> None:
     serve = ServerProc(tmp_path, tmp_path / "data", snapshot_interval_s=3600)
     try:
@@ -792,10 +785,6 @@ async def test_sends_started_while_a_snapshot_is_written_keep_their_idempotency_
                 assert (r.status, (await r.json())["id"]) == (200, sent["id"]), body["idempotencyKey"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a repeated idempotencyKey is answered 200 with the first request's send before that send is durable "
-    "(Engine.send -> get_send_by_key: a read, answered at once by the shard because its batch journals "
-    "nothing); a kill -9 before the first request's record is written loses a send the client was told exists"))
 async def test_a_repeated_idempotency_key_is_answered_only_once_the_send_is_durable(
         tmp_path: Path, held: HeldSync) -> None:
     async with running(inproc_settings(tmp_path, tmp_path / "data")) as (server, http):

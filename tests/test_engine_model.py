@@ -72,6 +72,7 @@ class Model:
             s.step_status[i] = "skipped"
         elif channel in self.failing:
             s.step_status[i] = "failed"
+            s.signals.add((i, "failed"))  # a later `failed` event is the same failure: a duplicate
         else:
             self.delivered.append(f"{s.name}.{i + 1}")
             s.reached = True

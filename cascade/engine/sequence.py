@@ -244,7 +244,9 @@ def delivery_result(send: Send, i: int, ok: bool, reason: str | None, now: float
     send.answers |= bit
     if ok:
         send.answers |= _DELIVERED_ANY
-    else:
+    elif not send.sig & (1 << (4 * i + FAILED)):
+        # A refusal and a `failed` event are one failure of one message.
+        send.sig |= 1 << (4 * i + FAILED)
         _count(send, i, C_FAILED)
     if send.status != ACTIVE:
         return effects

@@ -75,6 +75,8 @@ class ShardState:
         self.rcpt_mark = 0
         self._snap: ShardSnapshot | None = None
         self._records: list[Any] | None = None
+        self._appended = 0  # journal appends made, and made durable: equal when nothing is pending
+        self._durable = 0
         self._inbox_order: dict[str, list[int]] = {}  # recovery: inboxes as the snapshot had them
         self.clock = clock
         self.providers = providers
@@ -128,16 +130,24 @@ class ShardState:
         self.processed += len(commands)
         jobs, self._jobs = self._jobs, []
         self._records = None
-        if records:
+        # A batch that changed nothing still waits for the batches before it
+        # to be durable: its answers may show what they did.
+        if records or (self.journal is not None and self._appended != self._durable and replies):
+            self._appended += 1
             try:
-                self.journal.append([("B", self.index, records)], lambda: self._release(replies, jobs))
+                self.journal.append([("B", self.index, records)] if records else [],
+                                    lambda: self._durable_release(replies, jobs))
             except Exception as exc:
                 _log.critical("shard %d could not journal %d records: %s", self.index, len(records), exc)
                 for reply in replies:
                     reply.set_error(exc)
-                self._release(replies, jobs)
+                self._durable_release(replies, jobs)
         else:
             self._release(replies, jobs)
+
+    def _durable_release(self, replies: list[Reply], jobs: list[tuple[str, OutgoingMessage, Any]]) -> None:
+        self._durable += 1  # only this callback writes it; only the shard writes _appended
+        self._release(replies, jobs)
 
     def _release(self, replies: list[Reply], jobs: list[tuple[str, OutgoingMessage, Any]]) -> None:
         """Once the batch is durable: hand over deliveries, answer callers."""
@@ -245,6 +255,7 @@ class ShardState:
         r = self.recipients.get(rid)
         if r is None:
             r = self.recipients[rid] = Recipient(rid)
+            r.mark = self.rcpt_mark  # born after any snapshot in progress began
         return r
 
     def _start(self, payload: tuple[Any, ...], now: float) -> Any:
