@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_settings
     from .logs import setup_logging
+    from .snapshots.recovery import RecoveryRefused
 
     setup_logging()
     log = logging.getLogger("cascade.server")
@@ -59,9 +60,14 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("refusing to start: %s", exc, extra={"event": "config_error"})
         return 2
     from .server import run_server
+    from .snapshots import JournalError, SnapshotError
 
     try:
         asyncio.run(run_server(settings))
+    except (SnapshotError, JournalError, RecoveryRefused) as exc:
+        # The data cannot be trusted as it is: say why, plainly, and stop.
+        log.error("refusing to start: %s", exc, extra={"event": "refused", "data_dir": settings.storage.data_dir})
+        return 2
     except OSError as exc:  # e.g. address already in use
         log.error("cannot serve on %s:%d: %s", settings.server.host, settings.server.port,
                   exc.strerror or exc, extra={"event": "start_failed"})

@@ -19,9 +19,9 @@ import pytest
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 from cascade.engine import shard_snapshot
 from cascade.engine.providers.base import DeliveryOutcome, OutgoingMessage
-from cascade.snapshots import FileJournal, MemoryJournal, UnsupportedFormat, list_snapshots
+from cascade.snapshots import FileJournal, MemoryJournal, list_snapshots
 from cascade.snapshots.coordinator import SnapshotCoordinator
-from cascade.snapshots.recovery import recover
+from cascade.snapshots.recovery import RecoveryRefused, recover
 
 T0 = 1_800_000_000.0
 CHAIN = {"channels": [
@@ -253,7 +253,7 @@ def test_recovery_refuses_a_snapshot_of_an_unknown_format_version_and_names_it(t
     rest = Path(newest.paths[0]).read_bytes()
     length = int.from_bytes(rest[:4], "little")
     Path(newest.paths[0]).write_bytes(codec.encode_record(header) + rest[8 + length:])
-    with pytest.raises(UnsupportedFormat, match="99"):
+    with pytest.raises(RecoveryRefused, match="version 99"):
         node.open()
 
 

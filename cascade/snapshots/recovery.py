@@ -21,14 +21,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .codec import CorruptSnapshot
+from .codec import CorruptSnapshot, UnsupportedFormat
 from .files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
 
-__all__ = ["RecoveryResult", "recover"]
+__all__ = ["RecoveryRefused", "RecoveryResult", "recover"]
 
 log = logging.getLogger("cascade.recovery")
 _FRONT_OPS = ("T", "TD", "C", "CM", "CS")  # CM, CS: campaigns (engine/campaigns.py)
 _NOW_AT = {"S": 10, "G": 6, "D": 6, "X": 3, "F": 2}  # where a shard record keeps its `now`
+
+
+class RecoveryRefused(RuntimeError):
+    """Starting would silently lose data: the message says why and what to do."""
 
 
 @dataclass
@@ -60,6 +64,8 @@ def _newest_loadable(directory: str, result: RecoveryResult) -> tuple[SnapshotSe
             for k in range(1, front["shards"] + 1):
                 verify_snapshot(candidate.paths[k], decode=False)
             return candidate, front
+        except UnsupportedFormat as exc:  # newer data: falling back past it would lose it
+            raise RecoveryRefused(f"snapshot set at journal position {candidate.journal_position}: {exc}") from exc
         except (CorruptSnapshot, OSError, KeyError) as exc:
             log.error("SNAPSHOT SET AT JOURNAL POSITION %d IS UNUSABLE, falling back to the one before: %s",
                       candidate.journal_position, exc)
@@ -166,12 +172,12 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
     if found is None and result.skipped_sets:
         first = next(iter(journal.replay(after=0)), None)
         if first is not None and first[0] > 1:
-            raise RuntimeError(
+            raise RecoveryRefused(
                 f"no snapshot set is usable (positions {result.skipped_sets} failed verification) and the journal "
                 f"starts at position {first[0]}: the records before it were deleted after those snapshots. "
                 "Starting would silently lose them; restore a sound snapshot set or the journal.")
     if journal.position() < max(positions.values(), default=0):
-        raise RuntimeError(
+        raise RecoveryRefused(
             f"the journal ends at position {journal.position()} but the snapshot set needs it up to "
             f"{max(positions.values())}: the journal was lost or cut short. Restore it, or move the "
             "snapshots away to start from them alone at the risk of losing what came after.")
