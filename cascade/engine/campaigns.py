@@ -102,6 +102,8 @@ class CampaignBook:
 
     # -- creating ------------------------------------------------------------------
     def new_upload(self) -> Upload:
+        """A campaign's rows on their way in (503 while the engine cannot take one)."""
+        self.engine._check_open()
         return Upload("cmp_" + os.urandom(8).hex(), self.directory)
 
     def create(self, upload: Upload, rows: str | bytes, template: str, scheduled_at: float | None,

@@ -11,12 +11,10 @@ commands). Invariants:
   process it reads each row once;
 - transactional traffic comes first. Before each chunk the fan-out waits
   until the shards' queues hold at most about one chunk (whoever put it
-  there), no request is being served (`foreground`), and the process has
-  not been busier than CPU_SHARE lately; chunks are small and split into
-  small per-shard messages, so a `POST /v1/sends` never queues behind more
-  than a fraction of a millisecond of campaign work. Waiting for foreground
-  work or CPU is bounded (DEFER_MAX_S), so a busy server slows a campaign
-  down without stopping it;
+  there), then yields to requests in flight and keeps the process under its
+  CPU share (`background.py`, bounded waits); chunks are small and split
+  into small per-shard messages, so a `POST /v1/sends` never queues behind
+  more than a fraction of a millisecond of campaign work;
 - `max_sends_per_s` (0: unlimited) paces the chunks on top of that;
 - a chunk is submitted under the campaign lock after checking the status,
   so a cancel is never overtaken by a chunk read before it;
@@ -28,11 +26,10 @@ commands). Invariants:
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .campaign_rows import Row, bit_is_set, iter_rows
 from .campaigns import RUNNING, Campaign, CampaignBook
@@ -54,25 +51,14 @@ _log = logging.getLogger("cascade.fanout")
 # made a transactional send wait behind ~20 ms of campaign work at p99.
 CHUNK = 128
 MESSAGE = 32
-# While a campaign fans out, the interpreter lock changes hands every 0.5 ms
-# (CPython's default is 5 ms): the event loop thread then waits at most that
-# long for the shards and this thread, which otherwise hold it in turn.
-SWITCH_INTERVAL_S = 0.0005
 # New sends are frozen out of the collector's sight every this many rows
 # (`GcGovernor.freeze_now`, when nothing waits on it), so no collection walks
 # more than a few thousand of them (~1 ms); at the governor's own pace (0.5 s)
-# a generation-2 collection walked 50,000 sends and paused 15-30 ms.
-FREEZE_ROWS = 4096
-# The fan-out leaves the process at most this busy (CPU time over wall time,
-# over the last CPU_WINDOW_S): a request arriving mid fan-out then finds the
-# interpreter free often enough. Measured: at full speed (92% busy) the p99
-# of POST /v1/sends was 2.3x idle; held near 70% it was 1.3x.
-CPU_SHARE = 0.75
-CPU_WINDOW_S = 0.1
-# Foreground work (`Fanout.foreground`) and the CPU share defer the next
-# chunk, but never for longer than this: a busy server slows a campaign down
-# to about a chunk per DEFER_MAX_S, it does not stop it.
-DEFER_MAX_S = 0.02
+# a generation-2 collection walked 50,000 sends and paused 15-30 ms. The
+# governor's price applies (gc_governor.py): a reference cycle alive at a
+# freeze that dies later is never collected; `gc_freeze_interval_s = 0`
+# turns this off with the governor.
+FREEZE_ROWS = 2048
 
 
 class _Job:
@@ -101,11 +87,7 @@ class Fanout:
         self._next_at = 0.0
         self._window: deque[tuple[float, int]] = deque()  # (monotonic, started) for the rate gauge
         self._since_freeze = 0
-        self._saved_switch: float | None = None
-        # How many foreground requests are in flight (the HTTP front sets it):
-        # while any is, the next chunk waits, up to DEFER_MAX_S.
-        self.foreground: Callable[[], int] | None = None
-        self._cpu: deque[tuple[float, float]] = deque()  # (monotonic, process CPU seconds)
+        self._holding = False  # the switch interval of `engine.background`
 
     # -- lifecycle -----------------------------------------------------------------
     def start(self) -> None:
@@ -123,13 +105,9 @@ class Fanout:
         self._busy(False)
 
     def _busy(self, busy: bool) -> None:
-        """Shorten the interpreter's switch interval while fanning out, and only then."""
-        if busy and self._saved_switch is None:
-            self._saved_switch = sys.getswitchinterval()
-            sys.setswitchinterval(min(self._saved_switch, SWITCH_INTERVAL_S))
-        elif not busy and self._saved_switch is not None:
-            sys.setswitchinterval(self._saved_switch)
-            self._saved_switch = None
+        if busy != self._holding:
+            self._holding = busy
+            (self.engine.background.hold if busy else self.engine.background.release)()
 
     @property
     def alive(self) -> bool:
@@ -261,31 +239,16 @@ class Fanout:
             if self._next_at > now:
                 self._stop.wait(self._next_at - now)
             self._next_at = max(self._next_at, now) + n / self.rate
-        # Yield to transactional traffic: submit only once the shards' queues
-        # are short, and (for a while) not while requests are being served.
-        engine, limit, foreground = self.engine, self.chunk, self.foreground
-        give_up = time.monotonic() + DEFER_MAX_S
-        while not self._stop.is_set():
-            if engine.pending() > limit:
-                pass  # never more than about a chunk queued, whoever queued it
-            elif time.monotonic() >= give_up:
-                break
-            elif not (foreground is not None and foreground() > 0) and not self._cpu_over():
-                break
+        # Yield to transactional traffic: never more than about a chunk queued
+        # in the shards (whoever queued it), then (a while) not while requests
+        # are served or the process is busy (see background.py).
+        engine, limit = self.engine, self.chunk
+        while engine.pending() > limit and not self._stop.is_set():
             self._stop.wait(0.0002)
+        engine.background.pause(self._stop)
         if self._since_freeze >= FREEZE_ROWS and self.engine.gc.interval_s > 0:  # 0: leave the collector be
             self._since_freeze = 0
             self.engine.gc.freeze_now()  # here: nothing is in flight, nobody waits on the pause
-
-    def _cpu_over(self) -> bool:
-        """Has the process been busier than CPU_SHARE over the last CPU_WINDOW_S?"""
-        now, cpu = time.monotonic(), time.process_time()
-        samples = self._cpu
-        samples.append((now, cpu))
-        while len(samples) > 2 and samples[1][0] <= now - CPU_WINDOW_S:
-            samples.popleft()
-        wall = now - samples[0][0]
-        return wall > 0 and cpu - samples[0][1] > CPU_SHARE * wall
 
     def _drop(self, cid: str) -> None:
         job = self._jobs.pop(cid, None)

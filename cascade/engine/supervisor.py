@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import msgpack
 import pykka
 
+from .background import Background
 from .campaigns import CAMPAIGN_OPS, CampaignBook
 from .channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
@@ -96,6 +97,7 @@ class Engine:
         self._stopped = False
         self._ticker: threading.Thread | None = None
         self.gc = GcGovernor(self.config.gc_freeze_interval_s)
+        self.background = Background()  # fan-outs and uploads yield to requests through it
         self.campaigns = CampaignBook(self, self.config.campaign_dir)
         self.fanout = Fanout(self, self.campaigns, self.config.campaign_max_sends_per_s)
 

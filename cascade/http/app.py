@@ -131,7 +131,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     table += routes_admin.routes(engine, settings, admin)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
-    engine.fanout.foreground = lambda: front.inflight  # campaign fan-outs yield to requests in flight
+    engine.background.foreground = lambda: front.inflight  # campaign work yields to requests in flight
     app[ENGINE_KEY] = engine
     app[SETTINGS_KEY] = settings
     app[ROUTES_KEY] = table

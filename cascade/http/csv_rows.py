@@ -30,6 +30,7 @@ from .errors import ApiError
 __all__ = ["BodyStream", "CsvColumns", "parse_csv", "read_csv"]
 
 _ADDRESSES = {"email": "email", "phone": "phone", "push_token": "pushTokens"}
+PAUSE_ROWS = 256  # about a millisecond of parsing
 
 
 class BodyStream(io.RawIOBase):
@@ -114,8 +115,9 @@ class CsvColumns:
         return out
 
 
-def parse_csv(lines: Iterable[str], upload: Upload) -> None:
-    """Rows of the CSV `lines` into `upload` (header problems: ApiError 400/422)."""
+def parse_csv(lines: Iterable[str], upload: Upload, pause: Callable[[], None] | None = None) -> None:
+    """Rows of the CSV `lines` into `upload` (header problems: ApiError 400/422).
+    `pause` is called every PAUSE_ROWS rows: the upload yields to requests there."""
     reader = csv.reader(lines)
     header = None
     try:
@@ -142,6 +144,8 @@ def parse_csv(lines: Iterable[str], upload: Upload) -> None:
             upload.reject(number, f"the row cannot be read: {exc}")
             continue
         number += 1
+        if pause is not None and not number % PAUSE_ROWS:
+            pause()
         if len(cells) != width:
             if any(c.strip() for c in cells):
                 upload.reject(number, f"the row has {len(cells)} fields; the header has {width}")
@@ -162,11 +166,11 @@ def parse_csv(lines: Iterable[str], upload: Upload) -> None:
         upload.add(number, rid, fields, data)
 
 
-def read_csv(pull: Callable[[], bytes], limit: int, upload: Upload) -> None:
+def read_csv(pull: Callable[[], bytes], limit: int, upload: Upload, pause: Callable[[], None] | None = None) -> None:
     """Parse the body that `pull` yields (blocking: run it in a worker thread)."""
     text = io.TextIOWrapper(io.BufferedReader(BodyStream(pull, limit), 1 << 16), encoding="utf-8-sig", newline="")
     try:
-        parse_csv(text, upload)
+        parse_csv(text, upload, pause)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "bad_request", f"the CSV is not UTF-8 text: {exc.reason} in a chunk of the body "
                        f"(byte {exc.start} of it)") from None

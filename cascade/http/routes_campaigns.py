@@ -13,6 +13,7 @@ them all). Unknown template: 404 before the body is read.
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +33,8 @@ from .schemas import CampaignBody, check_json, decode, decoder_for, read_body
 
 __all__ = ["routes"]
 
-_PULL_BYTES = 1 << 20
+_PULL_BYTES = 1 << 18
+_NEVER = threading.Event()
 _PULL_TIMEOUT_S = 300.0  # a client that stops sending mid-upload does not hold a thread forever
 _CSV_QUERY = (
     ("template", "text/csv only: the template id", {"type": "string"}),
@@ -127,9 +129,13 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
         def pull() -> bytes:
             return asyncio.run_coroutine_threadsafe(content.read(_PULL_BYTES), loop).result(_PULL_TIMEOUT_S)
 
+        def pause() -> None:  # parsing is background work: requests other than this one come first
+            engine.background.pause(_NEVER, own_requests=1)
+
         def rows() -> str | bytes:
             try:
-                read_csv(pull, csv_max, upload)
+                with engine.background.running():
+                    read_csv(pull, csv_max, upload, pause)
                 return upload.finish()
             except BaseException:
                 upload.abort()
