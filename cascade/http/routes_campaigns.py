@@ -118,6 +118,9 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                            [("?template", "required")])
         engine.get_template(template)  # 404 before reading the body
         scheduled = _time(query.get("scheduledAt"), "?scheduledAt")
+        name = query.get("name") or None
+        if name is not None and len(name) > 200:
+            raise ApiError(422, "invalid", "name is longer than 200 characters", [("?name", "at most 200")])
         length = request.content_length
         if length is not None and length > csv_max:
             raise ApiError(413, "payload_too_large", f"the CSV is {length} bytes; the limit is {csv_max} "
@@ -142,7 +145,7 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                 raise
 
         ref = await loop.run_in_executor(None, rows)
-        c = await book.create(upload, ref, template, scheduled, query.get("name"), None)
+        c = await book.create(upload, ref, template, scheduled, name, None)
         return _created(c, upload)
 
     async def get_campaign(request: web.Request) -> web.Response:
