@@ -531,6 +531,7 @@ class Engine:
             raise InvalidInput("the clock is not manual", [("clock.mode", "advance needs clock.mode = \"manual\"")])
         if seconds < 0:
             raise InvalidInput("time can't go backwards", [("$.advanceSeconds", "must be >= 0")])
+        self._check_open()
         with self._advance_lock:
             target = clock.now() + seconds
             t = clock.now()

@@ -7,7 +7,8 @@ microseconds on a path that must carry thousands of requests a second:
 - a request id (the client's `X-Request-Id` if it is a sane token, else a
   fresh one) on every response;
 - back-pressure: beyond `server.max_inflight_requests` requests in flight,
-  503 with `Retry-After` (operational endpoints are exempt);
+  503 with `Retry-After` (operational endpoints are exempt), and the same
+  while recovery runs, so nothing answers from half-loaded state;
 - auth (auth.py) for the routes that need it;
 - the single exception -> error body mapping (errors.py);
 - one DEBUG log line per request: id, method, route, status, ms.
@@ -63,7 +64,8 @@ class MetricsHooks(Protocol):
 class _Front:
     """State of the front middleware: in-flight count, route table, ids."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
+        self.ready = ready
         self.limit = settings.server.max_inflight_requests
         self.inflight = 0
         self.routes: dict[AbstractRoute, Route] = {}
@@ -87,6 +89,9 @@ class _Front:
         response: web.StreamResponse
         if not public and self.inflight >= self.limit:
             response = error_response(503, "overloaded", f"{self.inflight} requests are in flight; retry shortly",
+                                      (), {"Retry-After": "1"})
+        elif not public and not self.ready():  # recovering or stopping: no half-loaded answers
+            response = error_response(503, "not_ready", "recovery is still running (or the server is stopping)",
                                       (), {"Retry-After": "1"})
         else:
             if not public:
@@ -117,7 +122,7 @@ class _Front:
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None) -> web.Application:
     """The whole API of API.md over `engine`."""
-    front = _Front(settings)
+    front = _Front(settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
     table: list[Route] = []

@@ -34,6 +34,19 @@ async def test_readyz_is_503_until_recovery_is_done(make_client: Any, error_of: 
     assert resp.status == 200 and await resp.json() == {"status": "ready"}
 
 
+async def test_the_api_answers_503_rather_than_half_loaded_state_until_ready(make_client: Any, error_of: Any) -> None:
+    ready = False
+    client = await make_client(ready=lambda: ready)
+    for method, path in [("GET", "/v1/templates"), ("GET", "/v1/templates/order-shipped"),
+                         ("POST", "/v1/sends"), ("GET", "/v1/admin/clock")]:
+        resp = await client.request(method, path, json={})
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1", path
+        error_of(await resp.json(), "not_ready")
+    assert (await client.get("/healthz")).status == 200
+    ready = True
+    assert (await client.get("/v1/templates")).status == 200
+
+
 async def test_metrics_without_a_metrics_provider_is_an_empty_200(client: TestClient) -> None:
     resp = await client.get("/metrics")
     assert resp.status == 200 and await resp.text() == ""
