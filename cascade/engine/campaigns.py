@@ -146,7 +146,7 @@ class CampaignBook:
         return c
 
     def newest_first(self, status: str | None = None) -> list[Campaign]:
-        """Newest first."""
+        """Campaigns (of one status, if given), newest first."""
         with self.cond:
             found = [c for c in self._by_id.values() if status is None or c.status == status]
         return sorted(found, key=lambda c: (c.created_at, c.seq), reverse=True)
