@@ -14,7 +14,7 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, cast
 
 import msgspec
 
@@ -28,10 +28,11 @@ class ConfigError(Exception):
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    pass
+    """Subclasses inherit these options; they repeat `frozen=True` only so
+    type checkers (which do not inherit it) see them frozen too."""
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Section, frozen=True):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 8 * 1024 * 1024
@@ -40,7 +41,7 @@ class ServerSettings(_Section):
     shutdown_timeout_s: float = 30.0
 
 
-class StorageSettings(_Section):
+class StorageSettings(_Section, frozen=True):
     data_dir: str = "./cascade-data"
     snapshot_interval_s: float = 60.0
     snapshots_kept: int = 3
@@ -48,17 +49,17 @@ class StorageSettings(_Section):
     retain_finished_s: float = 7 * 86400.0
 
 
-class AuthSettings(_Section):
+class AuthSettings(_Section, frozen=True):
     api_keys: dict[str, Scope] = {}
     inbox_secret: str | None = None
 
 
-class ClockSettings(_Section):
+class ClockSettings(_Section, frozen=True):
     mode: Literal["real", "manual", "scaled"] = "real"
     rate: float = 60.0
 
 
-class ChannelSettings(_Section):
+class ChannelSettings(_Section, frozen=True):
     provider: Literal["log", "webhook", "memory"] = "log"
     url: str | None = None
     secret: str | None = None
@@ -67,18 +68,18 @@ class ChannelSettings(_Section):
     max_in_flight: int = 256
 
 
-class EngineSettings(_Section):
+class EngineSettings(_Section, frozen=True):
     shards: int = 4
     max_pending_per_shard: int = 100_000
     tick_interval_s: float = 0.05
     gc_freeze_interval_s: float = 0.5
 
 
-class CampaignSettings(_Section):
+class CampaignSettings(_Section, frozen=True):
     max_sends_per_s: float = 0.0  # 0: unlimited
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
     auth: AuthSettings = AuthSettings()
@@ -88,7 +89,8 @@ class Settings(_Section):
     campaigns: CampaignSettings = CampaignSettings()
 
     def channel(self, name: str) -> ChannelSettings:
-        return self.channels.get(name, ChannelSettings())  # type: ignore[call-overload]
+        # Keys are the channel literals; any other name gets the defaults.
+        return cast("dict[str, ChannelSettings]", self.channels).get(name, ChannelSettings())
 
 
 def _check(s: Settings) -> None:

@@ -90,10 +90,10 @@ def merge_totals(parts: list[dict[str, GroupTotals]]) -> dict[str, GroupTotals]:
             if acc is None:
                 out[name] = (list(sends), {k: list(v) for k, v in rows.items()})
                 continue
-            for i, v in enumerate(sends):
-                acc[0][i] += v
-            for k, v in rows.items():
-                row = acc[1].setdefault(k, [0] * len(v))
-                for i, x in enumerate(v):
+            for i, n in enumerate(sends):
+                acc[0][i] += n
+            for k, values in rows.items():
+                row = acc[1].setdefault(k, [0] * len(values))
+                for i, x in enumerate(values):
                     row[i] += x
     return out

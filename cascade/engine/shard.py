@@ -138,6 +138,7 @@ class ShardState:
                 self.journal.append([("B", self.index, records)] if records else [],
                                     lambda: self._durable_release(replies, jobs))
             except Exception as exc:
+                assert records is not None  # entered with records, or with a journal (so records == [])
                 _log.critical("shard %d could not journal %d records: %s", self.index, len(records), exc)
                 for reply in replies:
                     reply.set_error(exc)
@@ -504,6 +505,8 @@ class ShardState:
         shape: tuple[Any, ...] = ()
         tpl: Any = None
         counters: Any = None
+        send: Send | None
+        effects: list[Any] | None
         for record in records:
             op = record[0]
             if op == "S":
@@ -541,9 +544,10 @@ class ShardState:
             elif op == "X":
                 _, _, key, now = record
                 send = sends.get(key)
-                effects = cancel(send, now) if send is not None else None
-                if effects:
-                    self._run(send, effects, now)  # type: ignore[arg-type]
+                if send is not None:
+                    effects = cancel(send, now)
+                    if effects:
+                        self._run(send, effects, now)
             elif op == "R":
                 _, _, rid, fields, replace = record
                 RecipientUpdate.trusted(fields).merge_into(self.recipient(rid), replace=replace)

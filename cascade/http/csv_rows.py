@@ -22,7 +22,7 @@ import csv
 import io
 from typing import Any, Callable, Iterable
 
-import msgpack  # type: ignore[import-untyped]  # ships no type information
+import msgpack
 
 from ..engine.campaign_rows import Upload
 from .errors import ApiError

@@ -47,9 +47,10 @@ INGEST_RESULTS = ("accepted", "duplicate", "unknown_message", "unsupported_signa
 FINISH_OUTCOMES = SEND_COLUMNS[1:]  # stopped, completed, cancelled, failed
 _ENGAGEMENT_COLUMNS = frozenset({"delivered", "viewed", "clicked"})
 
-# () -> {"duration_seconds": s, "bytes": n, "last_timestamp_seconds": t} of the
-# last snapshot written (missing keys read as 0). Wired by durability.
-SnapshotStats = Callable[[], Mapping[str, float]]
+# () -> {"duration_seconds": s, "bytes": n, "last_timestamp_seconds": t, ...} of the
+# last snapshot written and the journal (missing keys read as 0); numbers, but
+# "fsync_buckets" is a tuple of cumulative (le, count). Wired by durability.
+SnapshotStats = Callable[[], Mapping[str, Any]]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -250,7 +251,7 @@ class HttpMetrics:
         yield waiting
 
     def _snapshot_families(self) -> Iterator[Metric]:
-        figures: Mapping[str, float] = {}
+        figures: Mapping[str, Any] = {}
         if self.snapshot_stats is not None:
             try:
                 figures = self.snapshot_stats()
@@ -263,7 +264,7 @@ class HttpMetrics:
         yield GaugeMetricFamily("cascade_last_snapshot_timestamp_seconds",
                                 "Unix time the last snapshot was completed (0: none yet)",
                                 value=figures.get("last_timestamp_seconds", 0.0))
-        buckets = figures.get("fsync_buckets")
+        buckets: tuple[tuple[float, int], ...] | None = figures.get("fsync_buckets")
         if buckets:
             yield HistogramMetricFamily(
                 "cascade_journal_fsync_duration_seconds", "Time of one journal fdatasync (a group commit)",

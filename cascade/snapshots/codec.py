@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
-import msgpack  # type: ignore[import-untyped]  # ships no type information
+import msgpack
 
 __all__ = [
     "Packed",

@@ -28,7 +28,7 @@ class Durability:
         self.data_dir = os.path.abspath(data_dir)
         self.snapshot_dir = os.path.join(self.data_dir, "snapshots")
         os.makedirs(self.snapshot_dir, exist_ok=True)
-        self.journal = FileJournal(os.path.join(self.data_dir, "journal"), fsync=fsync)  # type: ignore[arg-type]
+        self.journal = FileJournal(os.path.join(self.data_dir, "journal"), fsync=fsync)
         report = self.journal.recovery_report
         if not report.clean:
             for issue in report.issues:
