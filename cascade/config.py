@@ -72,7 +72,7 @@ class EngineSettings(_Section, frozen=True):
     shards: int = 4
     max_pending_per_shard: int = 100_000
     tick_interval_s: float = 0.05
-    gc_freeze_interval_s: float = 0.5
+    gc_freeze_interval_s: float = 0.1
 
 
 class CampaignSettings(_Section, frozen=True):

@@ -56,7 +56,7 @@ class EngineConfig:
     idempotency_ttl_s: float = 86400.0
     max_pending_per_shard: int = 100_000  # commands queued towards one shard
     tick_interval_s: float = 0.05
-    gc_freeze_interval_s: float = 0.5  # see gc_governor.py; 0 turns it off
+    gc_freeze_interval_s: float = 0.1  # see gc_governor.py; 0 turns it off
     campaign_dir: str | None = None  # campaigns' rows files; None: kept in memory and in the journal
     campaign_max_sends_per_s: float = 0.0  # fan-out pace; 0: unlimited
 
