@@ -174,25 +174,30 @@ def _fire(send: Send, i: int, now: float, effects: list[Any]) -> bool:
 def _settle(send: Send, now: float, effects: list[Any]) -> None:
     """Finish once the last step has fired and every fired step has its answer."""
     answers = send.answers
+    steps = send.steps
     for i in range(len(send.tpl.steps)):
-        st = (send.steps >> (4 * i)) & 15
-        if st in (WAITING, FIRED, STEP_FAILED) and not answers & (1 << i):
-            return
+        if not (answers >> i) & 1:  # cheaper first: most fired steps have answered
+            st = (steps >> (4 * i)) & 15
+            if st == FIRED or st == WAITING or st == STEP_FAILED:
+                return
     _finish(send, COMPLETED if answers & _DELIVERED_ANY else FAILED_SEND, now, effects)
 
 
 def _advance(send: Send, now: float, effects: list[Any]) -> None:
     """Fire steps from `send.current` until one waits or none are left."""
     steps = send.tpl.steps
+    fired = False
     while send.current < len(steps):
         i = send.current
-        if _fire(send, i, now, effects) and (send.step_status(i) == WAITING):
+        fired = _fire(send, i, now, effects)
+        if fired and (send.step_status(i) == WAITING):
             return
         if send.current == len(steps) - 1:
             break
         send.current += 1
     send.deadline = None
-    _settle(send, now, effects)
+    if not fired:  # a step that just fired has its answer still to come: nothing to settle yet
+        _settle(send, now, effects)
 
 
 def start(send: Send, now: float) -> list[Any]:
