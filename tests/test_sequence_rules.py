@@ -72,7 +72,7 @@ def test_rule1_clicked_on_step_one_stops_chain_whatever_its_condition() -> None:
     send = started(make())
     outcome, effects = sm.signal(send, 0, CLICKED, T0 + 5, T0 + 5)
     assert outcome == sm.SignalOutcome.ACCEPTED
-    assert (sm.UNSCHEDULE, T0 + 600) in effects and (sm.FINISH,) in effects
+    assert (sm.UNSCHEDULE, T0 + 600) in effects and (sm.FINISH, None) in effects
     assert sm.SEND_STATUS[send.status] == "stopped"
     assert send.get("stoppedBy") == 4 * 0 + CLICKED
 
@@ -87,7 +87,7 @@ def test_rule1_a_weaker_signal_than_the_condition_does_not_stop() -> None:
 def test_rule2_the_condition_met_in_the_window_cancels_the_timer_and_stops() -> None:
     send = started(make())
     _, effects = sm.signal(send, 0, VIEWED, T0 + 120, T0 + 120)
-    assert effects == [(sm.UNSCHEDULE, T0 + 600), (sm.FINISH,)]
+    assert effects == [(sm.UNSCHEDULE, T0 + 600), (sm.FINISH, None)]
     assert statuses(send) == ["stopped", "pending", "pending"]
     assert row(send, 1)["stopped"] == 1
 
@@ -153,7 +153,7 @@ def test_rule6_firing_the_terminal_step_completes_the_send() -> None:
     send = started(make())
     answer_all(send, sm.window_ended(send, T0 + 600), T0 + 600)
     effects = answer_all(send, sm.window_ended(send, T0 + 4200), T0 + 4200)
-    assert (sm.FINISH,) in effects
+    assert (sm.FINISH, None) in effects
     assert sm.SEND_STATUS[send.status] == "completed" and statuses(send) == ["fired", "fired", "fired"]
 
 
@@ -162,7 +162,7 @@ def test_rule6_a_send_that_reached_no_channel_ends_failed() -> None:
                          {"channel": "email", "content": {}}], "config": {"sequenceEnabled": True}}
     send = make(body, email=None)
     effects = sm.start(send, T0)
-    assert effects == [(sm.FINISH,)]
+    assert effects == [(sm.FINISH, None)]
     assert sm.SEND_STATUS[send.status] == "failed" and statuses(send) == ["skipped", "skipped"]
 
 
@@ -213,7 +213,7 @@ def test_rule10_deadlines_are_absolute_and_a_late_firing_starts_the_next_window_
 def test_cancel_stops_what_is_pending_and_refuses_a_finished_send() -> None:
     send = started(make())
     effects = sm.cancel(send, T0 + 1)
-    assert effects == [(sm.UNSCHEDULE, T0 + 600), (sm.FINISH,)]
+    assert effects == [(sm.UNSCHEDULE, T0 + 600), (sm.FINISH, None)]
     assert statuses(send) == ["cancelled", "pending", "pending"]
     assert sm.cancel(send, T0 + 2) is None
 

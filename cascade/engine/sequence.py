@@ -7,7 +7,7 @@ out. Nothing here does I/O, reads a clock or takes a lock, so the shard and
 journal replay run the very same code and get the very same result.
 
 Effects are tuples: (DELIVER, step_index), (SCHEDULE, deadline),
-(UNSCHEDULE, deadline), (FINISH,).
+(UNSCHEDULE, deadline), (FINISH, None): always pairs, so the shard can unpack them.
 
 Step indexes are 0-based inside; the API numbers steps from 1.
 """
@@ -137,7 +137,7 @@ def _finish(send: Send, status: int, now: float, effects: list[Any]) -> None:
     send.note("finished", now)
     for c in send.counters:
         c.sends[status] += 1
-    effects.append((FINISH,))
+    effects.append((FINISH, None))
 
 
 def _mark_fired(send: Send, i: int, now: float) -> None:

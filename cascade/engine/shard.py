@@ -170,14 +170,13 @@ class ShardState:
         than nested, so every transition sees the effects before it done."""
         local = self._local
         while True:
-            for effect in effects:
-                tag = effect[0]
+            for tag, arg in effects:
                 if tag == DELIVER:
-                    self._deliver(send, effect[1])
+                    self._deliver(send, arg)
                 elif tag == SCHEDULE:
-                    self.wheel.schedule(send, effect[1])
+                    self.wheel.schedule(send, arg)
                 elif tag == UNSCHEDULE:
-                    self.wheel.cancel(send, effect[1])
+                    self.wheel.cancel(send, arg)
                 else:  # FINISH
                     self.active -= 1
                     self.retained.append((now + self.retain_s, send))
