@@ -5,6 +5,7 @@ Everything a caller does goes through here and comes back as a `Reply`
 (wait on it from a thread, await it from asyncio). Commands issued on an
 event loop are batched per shard and flushed once per loop iteration; a pykka
 `tell` costs tens of microseconds, so one per event would cap throughput.
+What durability and the manual clock need lives in engine_durability.py.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ import msgpack
 import pykka
 
 from .background import Background
-from .campaigns import CAMPAIGN_OPS, CampaignBook
+from .campaigns import CampaignBook
 from .channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
 from .counters import merge_totals
+from .engine_durability import EngineDurability
 from .gc_governor import GcGovernor
 from .errors import Conflict, InvalidInput, NotFound, Overloaded
 from .fanout import Fanout
@@ -73,7 +75,7 @@ def pack_data(data: dict[str, Any] | None) -> bytes | None:
     return packed
 
 
-class Engine:
+class Engine(EngineDurability):
     def __init__(self, clock: Clock, providers: Mapping[str, Provider] | None = None,
                  config: EngineConfig | None = None, submit_jobs: SubmitJobs | None = None,
                  inbox_listener: Callable[[str], None] | None = None, journal: Any = None) -> None:
@@ -461,104 +463,3 @@ class Engine:
             return acc.to_bytes(n, "little")
         reply: Reply = self.ask_shards("campaign_rows", campaign_id, union)
         return reply
-
-    # -- durability: what the snapshot coordinator and recovery call ---------------
-    def front_records(self) -> list[tuple[Any, ...]]:
-        """The front door's state: every template version, deletions,
-        idempotency keys and the clock."""
-        versions = sorted(self.templates.all_versions(), key=lambda tv: (tv.id, tv.version))
-        records: list[tuple[Any, ...]] = [template_record(tv) for tv in versions]
-        current = {tv.id for tv in self.templates.all()}
-        records += [("TD", tid) for tid in sorted({tv.id for tv in versions} - current)]
-        now = self.clock.now()
-        records += [("I", c.key, c.digest, c.send_key, c.expires) for c in self.idempotency.live(now)]
-        records += self.campaigns.front_records()
-        records.append(("C", now))
-        return records
-
-    def apply_front(self, record: Any) -> None:
-        op = record[0]
-        if op == "T":
-            _, tid, version, body, created, updated = record
-            self.templates.restore(tid, version, dict(body), created, updated)
-        elif op == "TD":
-            try:
-                self.templates.delete(record[1])
-            except NotFound:
-                pass
-        elif op == "I":
-            _, key, digest, send_key, expires = record
-            self.idempotency.restore(key, digest, send_key, expires)
-        elif op in CAMPAIGN_OPS:
-            self.campaigns.apply(record)
-        # "C" (the clock) is recovery's business: it resumes at the latest time seen.
-
-    def shard_of_key(self, key: int) -> int:
-        return self.shard_of_slot(slot_of_key(key))
-
-    def shard_of_recipient(self, rid: str) -> int:
-        return self._recipient_shard(rid)
-
-    def shard_of_record(self, record: Any) -> int:
-        """Where a journal record of a shard belongs now: by send key, or recipient id."""
-        if record[0] == "R":
-            return self._recipient_shard(record[2])
-        return self.shard_of_slot(slot_of_key(record[2]))
-
-    def snapshot_shards(self, directory: str, set_position: int, write: Callable[..., Any],
-                        pack: Callable[[Any], Any]) -> list[Any]:
-        """Write every shard's snapshot in slices (blocking; call from a thread).
-        One shard slices at a time: shards share one interpreter lock, so
-        slicing them all at once would stall them all at once."""
-        snaps = [self._ask(i, "snapshot_begin", (directory, set_position, i + 1, write, pack)).wait(None)
-                 for i in range(len(self.states))]
-        pending = list(range(len(self.states)))
-        while pending:
-            pending = [i for i in pending if not self._ask(i, "snapshot_slice", None).wait(None)]
-        return snaps
-
-    def redrive(self) -> Reply:
-        """After recovery: hand over again what no provider answered."""
-        return self._ask_all("redrive", None, sum)
-
-    # -- manual time ----------------------------------------------------------------
-    def advance(self, seconds: float) -> float:
-        """Move a manual clock forward, firing every timer that falls due in
-        deadline order across shards, before returning the new time. Blocking:
-        call it from a thread, not from an event loop."""
-        clock = self.clock
-        if not isinstance(clock, ManualClock):
-            raise InvalidInput("the clock is not manual", [("clock.mode", "advance needs clock.mode = \"manual\"")])
-        if seconds < 0:
-            raise InvalidInput("time can't go backwards", [("$.advanceSeconds", "must be >= 0")])
-        self._check_open()
-        with self._advance_lock:
-            target = clock.now() + seconds
-            t = clock.now()
-            while True:
-                # A campaign due by t starts (and fans out whole) at t, before time moves on.
-                self.campaigns.settle(t, lambda: self.fanout.alive)
-                nexts = self._fire_all(t) + [self.campaigns.next_start()]
-                due = [d for d in nexts if d is not None and d <= target]
-                if not due:
-                    break
-                t = max(t, min(due))
-                clock.set(t)
-            clock.set(target)
-            self.campaigns.settle(target, lambda: self.fanout.alive)
-            self._fire_all(target)
-            if self.journal is not None:
-                done = threading.Event()
-                self.journal.append([("C", target)], done.set)
-                done.wait()
-            return target
-
-    def _fire_all(self, until: float) -> list[float | None]:
-        replies = []
-        for i in range(len(self.states)):
-            reply = Reply()
-            with self._count_lock:
-                self._submitted[i] += 1
-            self._tell(i, [("fire", until, reply)])
-            replies.append(reply)
-        return [r.wait(None) for r in replies]
