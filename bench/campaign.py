@@ -33,6 +33,7 @@ from pathlib import Path
 # bench/http.py would shadow the standard library's `http` (which aiohttp
 # imports) while this directory leads sys.path: drop it first.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parent))  # at the end: `http` stays the stdlib's
 
 import argparse
 import asyncio
@@ -40,13 +41,13 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import cpu_seconds, free_port, peak_rss_mb, percentile, start_server, wait_ready
+
 TEMPLATE = {
     "name": "Order shipped",
     "channels": [
@@ -56,33 +57,6 @@ TEMPLATE = {
     ],
     "config": {"sequenceEnabled": True},
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def write_csv(path: Path, rows: int) -> int:
@@ -127,61 +101,13 @@ def client_main(url: str, interval_s: float, cpu: int | None, stop: Any, out: An
 
 # -- the parent ------------------------------------------------------------------------
 
-def start_server(tmp: Path, port: int, cpu: int | None, fsync: str = "batch") -> subprocess.Popen[bytes]:
-    cfg = tmp / "cascade.toml"
-    cfg.write_text(f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[storage]
-data_dir = "{tmp / 'data'}"
-journal_fsync = "{fsync}"
-
-[clock]
-mode = "manual"
-
-[channels.push]
-provider = "memory"
-[channels.email]
-provider = "memory"
-[channels.sms]
-provider = "memory"
-""", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env["CASCADE_LOG_LEVEL"] = "WARNING"
-    cmd = [sys.executable, "-m", "cascade.cli", "serve", "--config", str(cfg)]
-    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    with open(tmp / "serve.log", "wb") as log:
-        return subprocess.Popen(cmd, cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
-
-
-async def _ready(http: Any, proc: subprocess.Popen[bytes]) -> None:
-    import aiohttp
-
-    deadline = time.monotonic() + 60
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"cascade serve exited with {proc.returncode}")
-        try:
-            async with http.get("/readyz") as r:
-                if r.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit("cascade serve did not become ready in 60 s")
-        await asyncio.sleep(0.05)
-
-
 async def run(args: argparse.Namespace, tmp: Path, proc: subprocess.Popen[bytes], url: str,
               client: Any, stop: Any) -> dict[str, Any]:
     import aiohttp
 
     figures: dict[str, Any] = {}
     async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=args.max_seconds)) as http:
-        await _ready(http, proc)
+        await wait_ready(http, proc)
         async with http.put("/v1/templates/order-shipped", json=TEMPLATE) as r:
             assert r.status in (200, 201), await r.text()
         client.start()

@@ -40,6 +40,7 @@ from pathlib import Path
 # sys.path and would shadow the standard library's `http`, which aiohttp
 # imports. Drop it before anything imports `http`.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.append(str(Path(__file__).resolve().parent))  # at the end: `http` stays the stdlib's
 
 import argparse
 import asyncio
@@ -47,14 +48,14 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections import Counter
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchlib import cpu_seconds, free_port, percentile, start_server, wait_ready
+
 TEMPLATE = {
     "name": "Order shipped",
     "channels": [
@@ -66,28 +67,6 @@ TEMPLATE = {
 }
 TYPES = ("delivered", "viewed", "clicked")
 JSON = {"Content-Type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
-
-
-def percentile(sorted_values: list[float], p: float) -> float:
-    if not sorted_values:
-        return 0.0
-    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
-    return sorted_values[k]
 
 
 # -- the client process ------------------------------------------------------------
@@ -235,52 +214,11 @@ def client_main(url: str, args: dict[str, Any], server_pid: int, cpu: int | None
 
 # -- the parent: server lifecycle, report ------------------------------------------------
 
-def start_server(data_dir: str, port: int, cpu: int | None) -> subprocess.Popen[bytes]:
-    cfg = Path(data_dir) / "cascade.toml"
-    cfg.write_text(f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[storage]
-data_dir = "{Path(data_dir) / 'data'}"
-
-[clock]
-mode = "manual"
-
-[channels.push]
-provider = "memory"
-[channels.email]
-provider = "memory"
-[channels.sms]
-provider = "memory"
-""", encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    env["CASCADE_LOG_LEVEL"] = "WARNING"
-    cmd = [sys.executable, "-m", "cascade.cli", "serve", "--config", str(cfg)]
-    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    with open(Path(data_dir) / "serve.log", "wb") as log:
-        return subprocess.Popen(cmd, cwd=data_dir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
-
-
 async def prepare(url: str, proc: subprocess.Popen[bytes]) -> None:
     import aiohttp
 
     async with aiohttp.ClientSession(url) as http:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"cascade serve exited with {proc.returncode}")
-            try:
-                async with http.get("/readyz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("cascade serve did not become ready in 30 s")
-            await asyncio.sleep(0.05)
+        await wait_ready(http, proc, 30.0)
         async with http.put("/v1/templates/order-shipped", json=TEMPLATE) as r:
             if r.status not in (200, 201):
                 raise SystemExit(f"PUT template answered {r.status}: {await r.text()}")
@@ -301,7 +239,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="cascade-bench-http-") as tmp:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = start_server(tmp, port, 0 if pin else None)
+        proc = start_server(Path(tmp), port, 0 if pin else None)
         try:
             asyncio.run(prepare(url, proc))
             parent, child = mp.get_context("spawn").Pipe(duplex=False)
