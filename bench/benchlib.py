@@ -19,6 +19,16 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# The contract's example: in-app, then push after 30 minutes without a view.
+ORDER_SHIPPED = {
+    "name": "Order shipped",
+    "channels": [
+        {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 30,
+         "content": {"title": "Shipped", "body": "Order {{order.id}} is on its way"}},
+        {"channel": "push", "content": {"title": "Shipped", "body": "Order {{order.id}}"}},
+    ],
+    "config": {"sequenceEnabled": True},
+}
 
 
 def free_port() -> int:

@@ -46,17 +46,8 @@ import tempfile
 import time
 from typing import Any
 
-from benchlib import cpu_seconds, free_port, peak_rss_mb, percentile, start_server, wait_ready
+from benchlib import ORDER_SHIPPED, cpu_seconds, free_port, peak_rss_mb, percentile, start_server, wait_ready
 
-TEMPLATE = {
-    "name": "Order shipped",
-    "channels": [
-        {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 30,
-         "content": {"title": "Shipped", "body": "Order {{order.id}} is on its way, {{name}}"}},
-        {"channel": "push", "content": {"title": "Shipped", "body": "Order {{order.id}}"}},
-    ],
-    "config": {"sequenceEnabled": True},
-}
 
 
 def write_csv(path: Path, rows: int) -> int:
@@ -108,7 +99,7 @@ async def run(args: argparse.Namespace, tmp: Path, proc: subprocess.Popen[bytes]
     figures: dict[str, Any] = {}
     async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=args.max_seconds)) as http:
         await wait_ready(http, proc)
-        async with http.put("/v1/templates/order-shipped", json=TEMPLATE) as r:
+        async with http.put("/v1/templates/order-shipped", json=ORDER_SHIPPED) as r:
             assert r.status in (200, 201), await r.text()
         client.start()
         await asyncio.sleep(1.0)  # warm-up

@@ -54,17 +54,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from benchlib import cpu_seconds, free_port, percentile, start_server, wait_ready
+from benchlib import ORDER_SHIPPED, cpu_seconds, free_port, percentile, start_server, wait_ready
 
-TEMPLATE = {
-    "name": "Order shipped",
-    "channels": [
-        {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 30,
-         "content": {"title": "Shipped", "body": "Order {{order.id}} is on its way"}},
-        {"channel": "push", "content": {"title": "Shipped", "body": "Order {{order.id}}"}},
-    ],
-    "config": {"sequenceEnabled": True},
-}
 TYPES = ("delivered", "viewed", "clicked")
 JSON = {"Content-Type": "application/json"}
 
@@ -219,7 +210,7 @@ async def prepare(url: str, proc: subprocess.Popen[bytes]) -> None:
 
     async with aiohttp.ClientSession(url) as http:
         await wait_ready(http, proc, 30.0)
-        async with http.put("/v1/templates/order-shipped", json=TEMPLATE) as r:
+        async with http.put("/v1/templates/order-shipped", json=ORDER_SHIPPED) as r:
             if r.status not in (200, 201):
                 raise SystemExit(f"PUT template answered {r.status}: {await r.text()}")
 

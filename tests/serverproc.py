@@ -33,6 +33,16 @@ from cascade.server import Server
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_KEY = "k-admin"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+# The contract's example: in-app, then push after 30 minutes without a view.
+ORDER_SHIPPED = {
+    "name": "Order shipped",
+    "channels": [
+        {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 30,
+         "content": {"title": "Shipped", "body": "Order {{order.id}} is on its way"}},
+        {"channel": "push", "content": {"title": "Shipped", "body": "Order {{order.id}}"}},
+    ],
+    "config": {"sequenceEnabled": True},
+}
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from serverproc import eventually, free_port
+from serverproc import ORDER_SHIPPED, eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec-e2e"
@@ -30,15 +30,6 @@ ADMIN = {"Authorization": "Bearer k-admin"}
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
-TEMPLATE = {
-    "name": "Order shipped",
-    "channels": [
-        {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 30,
-         "content": {"title": "Shipped", "body": "Order {{order.id}} is on its way"}},
-        {"channel": "push", "content": {"title": "Shipped", "body": "Order {{order.id}}"}},
-    ],
-    "config": {"sequenceEnabled": True},
-}
 
 
 class Webhook:
@@ -137,7 +128,7 @@ max_attempts = 3
 
             await eventually(ready, "/readyz", timeout=20)
 
-            async with http.put("/v1/templates/order-shipped", json=TEMPLATE) as r:
+            async with http.put("/v1/templates/order-shipped", json=ORDER_SHIPPED) as r:
                 assert r.status == 201, await r.text()
                 assert (await r.json())["version"] == 1
             async with http.put("/v1/recipients/u-42", json={"pushTokens": ["tok-1"]}) as r:
