@@ -4,15 +4,33 @@ The same key with the same body answers the send it made; with another body
 it is a conflict. A key is claimed before the send is routed, so two
 concurrent requests with one key make one send (the send key is chosen
 before the send is routed, so the second request reads the first's send). Expired keys leave in insertion order.
+
+"The same body" means the same JSON values: `canonical_json` sorts object
+keys (at every depth) before the request is digested, so a client that
+re-serialises its retry with its keys in another order is not refused.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any
+
 from .errors import Conflict
 
-__all__ = ["IdempotencyKeys", "Claim"]
+__all__ = ["IdempotencyKeys", "Claim", "canonical_json"]
+
+
+def canonical_json(value: Any) -> Any:
+    """`value` with the keys of every object in sorted order, so two requests
+    that differ only in how their JSON was spelled pack to the same bytes.
+    Arrays keep their order (it is part of the value); scalars are kept as
+    they are (1 and 1.0 stay apart: they render differently)."""
+    if isinstance(value, dict):
+        return {k: canonical_json(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [canonical_json(v) for v in value]
+    return value
 
 
 class Claim:
@@ -32,6 +50,8 @@ class IdempotencyKeys:
         self._claims: dict[str, Claim] = {}
         self._order: deque[Claim] = deque()
         self._lock = threading.Lock()
+
+    canonical = staticmethod(canonical_json)
 
     def __len__(self) -> int:
         return len(self._claims)

@@ -260,7 +260,8 @@ class Engine(EngineDurability):
         data_bytes = pack_data(data)
         claim = idem = None
         if idempotency_key is not None:
-            digest = hashlib.sha256(msgpack.packb([template, recipient, data or {}, campaign])).digest()
+            digest = hashlib.sha256(msgpack.packb(
+                IdempotencyKeys.canonical([template, recipient, data or {}, campaign]))).digest()
             claim, fresh = self.idempotency.claim(idempotency_key, digest, self.clock.now())
             idem = (idempotency_key, digest, claim.expires)
             if not fresh:

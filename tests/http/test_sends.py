@@ -60,6 +60,27 @@ async def test_the_same_idempotency_key_with_another_body_is_409(client: TestCli
     error_of(await resp.json(), "conflict")
 
 
+async def test_a_repeated_idempotency_key_is_the_same_request_whatever_the_order_of_its_json_keys(
+        client: TestClient, put_shipped: Any) -> None:
+    await put_shipped()
+    json_type = {"Content-Type": "application/json"}
+    first = await client.post("/v1/sends", headers=json_type, data=(
+        '{"template": "order-shipped", "idempotencyKey": "k-order",'
+        ' "recipient": {"id": "u-9", "email": "u9@example.com", "preferences": {"sms": false, "push": true}},'
+        ' "data": {"order": {"id": "A1", "items": [{"sku": "x", "n": 1}, {"sku": "y", "n": 2}]}, "who": "Ada"}}'))
+    again = await client.post("/v1/sends", headers=json_type, data=(
+        '{"data": {"who": "Ada", "order": {"items": [{"n": 1, "sku": "x"}, {"n": 2, "sku": "y"}], "id": "A1"}},'
+        ' "recipient": {"preferences": {"push": true, "sms": false}, "email": "u9@example.com", "id": "u-9"},'
+        ' "idempotencyKey": "k-order", "template": "order-shipped"}'))
+    assert (first.status, again.status) == (202, 200), await again.text()
+    assert (await first.json())["id"] == (await again.json())["id"]
+    reordered_list = await client.post("/v1/sends", headers=json_type, data=(
+        '{"template": "order-shipped", "idempotencyKey": "k-order",'
+        ' "recipient": {"id": "u-9", "email": "u9@example.com", "preferences": {"sms": false, "push": true}},'
+        ' "data": {"order": {"id": "A1", "items": [{"sku": "y", "n": 2}, {"sku": "x", "n": 1}]}, "who": "Ada"}}'))
+    assert reordered_list.status == 409  # an array's order is part of its value
+
+
 async def test_sends_without_a_key_are_each_new(client: TestClient, put_shipped: Any) -> None:
     await put_shipped()
     body = {"template": "order-shipped", "recipient": "u-1"}
