@@ -27,6 +27,8 @@ _RANDOM_BITS = 46
 _RANDOM_MASK = (1 << _RANDOM_BITS) - 1
 _PREFIX = "snd_"
 _HEX_DIGITS = 15
+_LOWER_HEX = "0123456789abcdef"
+_DECIMAL = "0123456789"
 _rng = random.SystemRandom()
 
 
@@ -51,21 +53,22 @@ def format_message_id(key: int, step: int) -> str:
 
 
 def parse_send_id(text: str) -> int | None:
+    """The send key of `text`, or None unless `text` is a send id exactly as
+    `format_send_id` prints it (lower-case hex: no other spelling names a send)."""
     if len(text) != len(_PREFIX) + _HEX_DIGITS or not text.startswith(_PREFIX):
         return None
     digits = text[len(_PREFIX):]
-    if not (digits.isascii() and digits.isalnum()):  # int() would take " +_" and non-ASCII digits
+    if digits.strip(_LOWER_HEX):  # int() would also take upper case, " +_" and non-ASCII digits
         return None
-    try:
-        return int(text[len(_PREFIX) :], 16)
-    except ValueError:
-        return None
+    return int(digits, 16)
 
 
 def parse_message_id(text: str) -> tuple[int, int] | None:
-    """(send key, step) or None when `text` is not a message id."""
+    """(send key, step) or None when `text` is not a message id exactly as
+    `format_message_id` prints it: the step in ASCII decimal from 1, without
+    leading zeros."""
     send_part, dot, step_part = text.partition(".")
-    if not dot or not step_part.isdigit() or len(step_part) > 2:
+    if not dot or not 1 <= len(step_part) <= 2 or step_part[0] == "0" or step_part.strip(_DECIMAL):
         return None
     key = parse_send_id(send_part)
     if key is None:

@@ -356,16 +356,12 @@ class Engine(EngineDurability):
                                "message": f"type {kind_name!r} is not one of {', '.join(SIGNALS)}"})
                 continue
             if message_id is not None:
-                # Fast path for the canonical "snd_<15 hex>.<digit>" shape.
+                # Fast path for the canonical "snd_<15 lower-case hex>.<digit>" shape.
                 if len(message_id) == 21 and message_id[19] == "." and message_id.startswith("snd_") \
-                        and "1" <= message_id[20] <= "9" and message_id.isascii() and message_id[4:19].isalnum():
-                    try:
-                        key = int(message_id[4:19], 16)
-                    except ValueError:
-                        pass
-                    else:
-                        batches[(key >> 46) * n_shards >> 14].append((index, key, ord(message_id[20]) - 49, None, kind, at))
-                        continue
+                        and "1" <= message_id[20] <= "9" and not message_id[4:19].strip("0123456789abcdef"):
+                    key = int(message_id[4:19], 16)
+                    batches[(key >> 46) * n_shards >> 14].append((index, key, ord(message_id[20]) - 49, None, kind, at))
+                    continue
                 parsed = parse_message_id(message_id)
                 if parsed is None:
                     errors.append({"index": index, "code": "unknown_message",

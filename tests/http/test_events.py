@@ -49,6 +49,58 @@ async def test_repeats_are_duplicates_and_item_errors_keep_their_index(client: T
     assert view["stoppedBy"] == {"step": 1, "signal": "clicked"}
 
 
+def respellings(sid: str, step: int = 1) -> list[str]:
+    """Other spellings of the message `<sid>.<step>`: none of them is its id."""
+    hexpart = sid[4:]
+    wide = "".join(chr(0xFF10 + int(c)) if c.isdigit() else c for c in hexpart)  # full-width digits
+    out = [f"{sid}.0{step}", f"{sid}.{chr(0xFF10 + step)}", f"snd_{hexpart.upper()}.{step}",
+           f"{sid}.+{step}", f"{sid}. {step}", f"{sid}.{step} ", f"{sid}.0"]
+    if wide != hexpart:
+        out.append(f"snd_{wide}.{step}")
+    return out
+
+
+async def send_with_hex_letters(client: TestClient, put_shipped: Any) -> str:
+    """A send whose id holds a hex letter, so that its upper-case spelling differs."""
+    await put_shipped()
+    for _ in range(50):
+        sid: str = (await (await client.post("/v1/sends", json={"template": "order-shipped",
+                                                                 "recipient": "u-42"})).json())["id"]
+        if sid[4:] != sid[4:].upper():
+            return sid
+    raise AssertionError("no send id with a hex letter in 50 sends")
+
+
+async def test_only_the_canonical_spelling_of_a_message_id_names_a_message(client: TestClient,
+                                                                           put_shipped: Any) -> None:
+    sid = await send_with_hex_letters(client, put_shipped)
+    others = respellings(sid)
+    events = [{"messageId": m, "type": "viewed"} for m in others]
+    events.append({"sendId": f"snd_{sid[4:].upper()}", "channel": "inapp", "type": "viewed"})
+    body = await (await client.post("/v1/events", json={"events": events})).json()
+    assert body["accepted"] == 0 and body["duplicates"] == 0
+    assert [(e["index"], e["code"]) for e in body["errors"]] == [(i, "unknown_message") for i in range(len(events))]
+    view = await (await client.get(f"/v1/sends/{sid}")).json()
+    assert view["status"] == "active" and view["steps"][0]["signals"]["viewed"] is None
+    for m in others:  # also one at a time, as a single-event body
+        single = await (await client.post("/v1/events", json={"messageId": m, "type": "viewed"})).json()
+        assert [e["code"] for e in single["errors"]] == ["unknown_message"], m
+    canonical = await (await client.post("/v1/events", json={"messageId": f"{sid}.1", "type": "viewed"})).json()
+    assert canonical == {"accepted": 1, "duplicates": 0, "errors": []}
+
+
+async def test_a_send_id_in_another_spelling_is_404(client: TestClient, put_shipped: Any, error_of: Any) -> None:
+    sid = await send_with_hex_letters(client, put_shipped)
+    letter = next(i for i, c in enumerate(sid) if i >= 4 and c in "abcdef")
+    one_upper = sid[:letter] + sid[letter].upper() + sid[letter + 1:]
+    for other in (f"snd_{sid[4:].upper()}", one_upper, f"SND_{sid[4:]}", f"{sid} "):
+        resp = await client.get(f"/v1/sends/{other}")
+        assert resp.status == 404, other
+        error_of(await resp.json(), "not_found")
+        assert (await client.delete(f"/v1/sends/{other}")).status == 404
+    assert (await (await client.get(f"/v1/sends/{sid}")).json())["status"] == "active"
+
+
 async def test_push_emits_no_viewed_signal(client: TestClient, put_shipped: Any) -> None:
     sid = await started_send(client, put_shipped)
     resp = await client.post("/v1/events", json={"messageId": f"{sid}.2", "type": "viewed"})

@@ -78,3 +78,21 @@ async def test_marking_a_message_of_another_recipient_is_404(client: TestClient,
     assert resp.status == 404
     error_of(await resp.json(), "not_found")
     assert (await client.post("/v1/recipients/u-1/inbox/garbage/clicked")).status == 404
+
+
+async def test_marking_a_message_by_another_spelling_of_its_id_is_404(client: TestClient, error_of: Any) -> None:
+    ids = await five_notes(client)
+    for mid in ids:
+        hexpart, step = mid[4:].split(".")
+        if hexpart != hexpart.upper():
+            break
+    else:
+        raise AssertionError("no message id with a hex letter among five")
+    for other in (f"{mid[:-1]}01", f"{mid[:-1]}\uff11", f"snd_{hexpart.upper()}.{step}"):
+        for mark in ("viewed", "clicked"):
+            resp = await client.post(f"/v1/recipients/u-1/inbox/{other}/{mark}")
+            assert resp.status == 404, (other, mark)
+            error_of(await resp.json(), "not_found")
+    page = await (await client.get("/v1/recipients/u-1/inbox")).json()
+    assert page["unseen"] == 5
+    assert (await client.post(f"/v1/recipients/u-1/inbox/{mid}/viewed")).status == 204
