@@ -8,6 +8,7 @@ the offending field and a message naming the allowed values.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -71,6 +72,15 @@ def _unknown_keys(obj: Mapping[str, Any], allowed: set[str], path: str) -> list[
     return [(f"{path}.{k}", f"unknown field {k!r}; allowed: {names}") for k in obj if k not in allowed]
 
 
+def _spelled(value: Any, limit: int = 40) -> str:
+    """`value` as the client wrote it in JSON (shortened), for messages."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _check_step(raw: Any, i: int, sequence: bool, terminal: bool, seen: set[str]) -> list[Detail]:
     path = f"$.channels[{i}]"
     if not isinstance(raw, dict):
@@ -103,8 +113,9 @@ def _check_step(raw: Any, i: int, sequence: bool, terminal: bool, seen: set[str]
                          + ", ".join(s for s in ENGAGEMENT if s in CHANNEL_SIGNALS[channel])))
     if needs_wait and "waitMinutes" in raw:
         wait = raw["waitMinutes"]
-        if isinstance(wait, bool) or wait not in WAIT_MINUTES:
-            errs.append((f"{path}.waitMinutes", f"waitMinutes {wait!r} is not allowed; use one of {_ALLOWED_WAITS}"))
+        if type(wait) is not int or wait not in WAIT_MINUTES:  # not 5.0, "5" or true either
+            errs.append((f"{path}.waitMinutes", f"waitMinutes {_spelled(wait)} is not allowed; "
+                         f"use one of {_ALLOWED_WAITS}"))
     return errs
 
 

@@ -6,8 +6,9 @@ bytes into a Struct or an `ApiError`: 415 for a content type the endpoint
 does not take, 413 over the size limit, 400 for bytes that are not JSON or
 not the top-level shape, 422 for a value of the wrong type, naming its JSON
 path. Domain rules (allowed channels, wait windows, id formats) are the
-engine's: types here stay loose (plain `str`/`int`) so the engine's messages,
-which name the allowed values, reach the client.
+engine's: types here stay loose (plain `str`/`int`, and any value at all for
+`waitMinutes`) so the engine's messages, which name the allowed values, reach
+the client.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Iterable, TypeVar
 import msgspec
 from aiohttp import web
 
+from ..engine.channels import WAIT_MINUTES
 from .errors import ApiError
 
 __all__ = [
@@ -51,7 +53,12 @@ class StepBody(_Body):
     channel: Annotated[str, _doc("inapp, push, email or sms; one step per channel")]
     stopCondition: Annotated[str, _doc("delivered, viewed or clicked (one the channel can emit); "
                                        "every step of a sequence but the last")] | None = None
-    waitMinutes: Annotated[int, _doc("5, 10, 30, 60, 240 or 1440; every step of a sequence but the last")] | None = None
+    # Any value is taken here so that the engine's rule, which names the allowed
+    # windows, answers every wrong one ("5", 5.5, true) as it does 15; the
+    # document still says what is allowed.
+    waitMinutes: Annotated[Any, _doc("5, 10, 30, 60, 240 or 1440; every step of a sequence but the last",
+                                     extra_json_schema={"anyOf": [{"type": "integer", "enum": list(WAIT_MINUTES)},
+                                                                  {"type": "null"}]})] = None
     content: Annotated[dict[str, Any], _doc("free-form; {{dot.path}} placeholders in strings are filled from "
                                             "the send's data and recipient")] = {}
 

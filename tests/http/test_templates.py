@@ -65,6 +65,29 @@ async def test_a_disallowed_wait_window_is_422_naming_path_and_allowed_values(
                                "message": "waitMinutes 15 is not allowed; use one of 5, 10, 30, 60, 240, 1440"}]
 
 
+async def test_a_wait_window_of_another_type_is_422_naming_path_and_allowed_values(
+        client: TestClient, shipped: Any, error_of: Any) -> None:
+    for wait, spelled in ((5.5, "5.5"), ("5", '"5"'), (True, "true"), (5.0, "5.0"), ([5], "[5]"), ({}, "{}")):
+        shipped["channels"][0]["waitMinutes"] = wait
+        resp = await client.put("/v1/templates/t", json=shipped)
+        assert resp.status == 422, wait
+        err = error_of(await resp.json(), "template_invalid")
+        assert err["details"] == [{"path": "$.channels[0].waitMinutes", "message":
+                                   f"waitMinutes {spelled} is not allowed; use one of 5, 10, 30, 60, 240, 1440"}]
+    assert (await client.get("/v1/templates/t")).status == 404
+
+
+async def test_a_wrong_wait_window_is_reported_with_the_other_problems_of_the_template(
+        client: TestClient, shipped: Any, error_of: Any) -> None:
+    shipped["channels"][0]["waitMinutes"] = "30"
+    shipped["channels"].append({"channel": "push"})
+    resp = await client.put("/v1/templates/t", json=shipped)
+    assert resp.status == 422
+    paths = [d["path"] for d in error_of(await resp.json(), "template_invalid")["details"]]
+    assert paths == ["$.channels[0].waitMinutes", "$.channels[1].stopCondition", "$.channels[1].waitMinutes",
+                     "$.channels[2].channel"]
+
+
 async def test_push_cannot_wait_for_viewed(client: TestClient, error_of: Any) -> None:
     body = {"channels": [{"channel": "push", "stopCondition": "viewed", "waitMinutes": 5},
                          {"channel": "email"}], "config": {"sequenceEnabled": True}}
@@ -75,9 +98,9 @@ async def test_push_cannot_wait_for_viewed(client: TestClient, error_of: Any) ->
 
 
 async def test_a_value_of_the_wrong_type_is_422_naming_its_json_path(client: TestClient, error_of: Any) -> None:
-    resp = await client.put("/v1/templates/t", json={"channels": [{"channel": "inapp", "waitMinutes": "30"}]})
+    resp = await client.put("/v1/templates/t", json={"channels": [{"channel": "inapp", "content": "x"}]})
     assert resp.status == 422
-    assert error_of(await resp.json(), "invalid")["details"][0]["path"] == "$.channels[0].waitMinutes"
+    assert error_of(await resp.json(), "invalid")["details"][0]["path"] == "$.channels[0].content"
 
 
 async def test_unknown_and_missing_fields_are_422_naming_the_field(client: TestClient, error_of: Any) -> None:
