@@ -1,7 +1,9 @@
 """The `cascade` command: `serve`, `snapshot inspect|verify`, `--version`.
 
 `main(argv)` returns the exit code: 0 fine, 1 a runtime failure (e.g. the
-port is taken), 2 a usage or configuration error (the message names the key).
+port is taken), 2 a usage or configuration error (the message names the key),
+or data that cannot be used (a data directory that cannot be made or
+written, with its path and the reason; a corrupt journal or snapshot).
 """
 
 from __future__ import annotations
@@ -61,16 +63,21 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from .server import run_server
     from .snapshots import JournalError, SnapshotError
+    from .snapshots.durability import DataDirError
 
     try:
         asyncio.run(run_server(settings))
-    except (SnapshotError, JournalError, RecoveryRefused) as exc:
-        # The data cannot be trusted as it is: say why, plainly, and stop.
+    except (SnapshotError, JournalError, RecoveryRefused, DataDirError) as exc:
+        # The data cannot be trusted or kept as it is: say why, plainly, and stop.
         log.error("refusing to start: %s", exc, extra={"event": "refused", "data_dir": settings.storage.data_dir})
         return 2
-    except OSError as exc:  # e.g. address already in use
-        log.error("cannot serve on %s:%d: %s", settings.server.host, settings.server.port,
-                  exc.strerror or exc, extra={"event": "start_failed"})
+    except OSError as exc:
+        if exc.filename is not None:  # a file, not the listening socket
+            log.error("cannot start: %s: %s", exc.strerror or exc, exc.filename,
+                      extra={"event": "start_failed", "path": str(exc.filename)})
+        else:  # e.g. address already in use
+            log.error("cannot serve on %s:%d: %s", settings.server.host, settings.server.port,
+                      exc.strerror or exc, extra={"event": "start_failed"})
         return 1
     except Exception:
         log.exception("the server failed", extra={"event": "crash"})

@@ -3,7 +3,10 @@ errors a user sees (naming the key); plus `cascade serve`'s refusal to start."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -153,6 +156,51 @@ def test_cascade_serve_refuses_a_bad_configuration_with_exit_code_2(
     assert len(err) == 1 and "server.host" in err[0] and "api_keys" in err[0] and '"level": "error"' in err[0]
     assert main(["serve", "--config", str(write(tmp_path, "[clock]\nrate = 0.0\n"))]) == 2
     assert "clock.rate" in capsys.readouterr().err
+
+
+def serve_refusal(tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`cascade serve` on `data_dir`: its exit code and its error line."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["serve", "--port", str(port), "--data-dir", str(data_dir)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if '"level": "error"' in line]
+    assert len(errors) == 1, errors
+    return code, json.loads(errors[0])["msg"]
+
+
+def test_a_data_dir_that_cannot_be_made_stops_the_server_naming_the_path_and_the_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        restore_logging: None) -> None:
+    monkeypatch.delenv("CASCADE_AUTH_API_KEYS", raising=False)
+    (tmp_path / "a-file").write_text("")
+    code, message = serve_refusal(tmp_path, tmp_path / "a-file" / "data", capsys)
+    assert code == 2
+    assert str(tmp_path / "a-file" / "data") in message and "Not a directory" in message
+    assert "port" not in message and "serve on" not in message
+
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "journal").write_text("")  # where the journal directory must go
+    code, message = serve_refusal(tmp_path, used, capsys)
+    assert code == 2
+    assert str(used) in message and "File exists" in message and str(used / "journal") in message
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any directory")
+def test_an_unwritable_data_dir_stops_the_server_naming_the_path_and_the_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        restore_logging: None) -> None:
+    monkeypatch.delenv("CASCADE_AUTH_API_KEYS", raising=False)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        code, message = serve_refusal(tmp_path, locked / "data", capsys)
+    finally:
+        locked.chmod(0o755)
+    assert code == 2
+    assert str(locked / "data") in message and "Permission denied" in message and "port" not in message
 
 
 def test_cli_version_help_and_unknown_flags(capsys: pytest.CaptureFixture[str]) -> None:

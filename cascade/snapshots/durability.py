@@ -13,22 +13,38 @@ import threading
 import time
 from typing import Any
 
+from ..domain.records import ClockMoved
 from ..engine.errors import Overloaded
 from .coordinator import SnapshotCoordinator
 from .journal import FileJournal
 from .recovery import RecoveryResult, recover
 
-__all__ = ["Durability"]
+__all__ = ["DataDirError", "Durability"]
 
 log = logging.getLogger("cascade.durability")
+
+
+class DataDirError(Exception):
+    """The data directory cannot be made or used (it lies under a file, is
+    not writable, ...): names the directory and the reason."""
+
+    def __init__(self, data_dir: str, cause: OSError) -> None:
+        self.data_dir = data_dir
+        self.cause = cause
+        reason = cause.strerror or str(cause)
+        where = f" ({cause.filename})" if cause.filename not in (None, data_dir) else ""
+        super().__init__(f"storage.data_dir {data_dir} cannot be used: {reason}{where}")
 
 
 class Durability:
     def __init__(self, data_dir: str, fsync: str = "batch", keep: int = 3, interval_s: float = 60.0) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.snapshot_dir = os.path.join(self.data_dir, "snapshots")
-        os.makedirs(self.snapshot_dir, exist_ok=True)
-        self.journal = FileJournal(os.path.join(self.data_dir, "journal"), fsync=fsync)
+        try:
+            os.makedirs(self.snapshot_dir, exist_ok=True)
+            self.journal = FileJournal(os.path.join(self.data_dir, "journal"), fsync=fsync)
+        except OSError as exc:
+            raise DataDirError(self.data_dir, exc) from exc
         report = self.journal.recovery_report
         if not report.clean:
             for issue in report.issues:
@@ -84,7 +100,7 @@ class Durability:
         starts, so a restart before anything else is journaled keeps it too."""
         if getattr(engine.clock, "mode", "real") != "real":
             done = threading.Event()
-            self.journal.append([("C", engine.clock.now())], done.set)
+            self.journal.append([ClockMoved(engine.clock.now())], done.set)
             done.wait()
 
     # -- figures for /metrics ---------------------------------------------------------
