@@ -34,6 +34,7 @@ class Route:
     body: Any = None  # request body type, or a tuple of them (any one of)
     ok: int = 200
     response: Any = None  # response body type
+    also_ok: tuple[tuple[int, str], ...] = ()  # other success answers (status, when), with the same body
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, str, dict[str, Any]], ...] = ()  # (name, description, schema)
     ndjson_item: Any = None  # the body may also be application/x-ndjson, one of these a line
@@ -227,6 +228,7 @@ VIEWS = (Error, TemplateView, TemplateList, RecipientView, SendView, EventsResul
 _REASONS = {400: "Malformed body", 401: "Missing or unknown API key", 403: "Scope does not allow it",
             404: "Not found", 409: "Conflict", 413: "Body too large", 415: "Unsupported content type",
             422: "Invalid value (details name the JSON path)", 503: "Overloaded or unavailable (Retry-After)"}
+_SUCCESS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content"}
 _PARAM = re.compile(r"\{(\w+)\}")
 
 
@@ -252,12 +254,15 @@ def _operation(route: Route, ref: Callable[[Any], dict[str, Any]]) -> dict[str, 
         for media, description in route.raw_body:
             content[media] = {"schema": {"type": "string", "description": description}}
         op["requestBody"] = {"required": True, "content": content}
-    ok: dict[str, Any] = {"description": "OK" if route.ok != 204 else "No content"}
+    content: dict[str, Any] | None = None
     if route.response is not None:
-        ok["content"] = {"application/json": {"schema": ref(route.response)}}
+        content = {"application/json": {"schema": ref(route.response)}}
     elif route.raw_response:
-        ok["content"] = {route.raw_response: {"schema": {"type": "string"}}}
-    responses: dict[str, Any] = {str(route.ok): ok}
+        content = {route.raw_response: {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {}
+    for status, description in sorted(((route.ok, _SUCCESS.get(route.ok, "OK")), *route.also_ok)):
+        responses[str(status)] = {"description": description} if content is None or status == 204 \
+            else {"description": description, "content": content}
     errors = set(route.errors)
     if route.need is not None:
         errors |= {401, 403}

@@ -50,7 +50,8 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
     return [
         Route("POST", "/v1/sends", create_send, WRITE,
               "Start a send (202); a repeated idempotencyKey answers 200 with the same send, or 409 "
-              "for another body", body=SendBody, response=SendView, ok=202, errors=(404, 409, 503)),
+              "for another body", body=SendBody, response=SendView, ok=202, errors=(404, 409, 503),
+              also_ok=((200, "The send an earlier request with this idempotencyKey and the same body made"),)),
         Route("GET", path, get_send, READ, "A send and its steps", response=SendView, errors=(404,)),
         Route("DELETE", path, cancel_send, WRITE, "Cancel a send (409 if it has already finished)",
               response=SendView, errors=(404, 409)),

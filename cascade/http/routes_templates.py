@@ -68,7 +68,8 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
     path = "/v1/templates/{id}"
     return [
         Route("PUT", path, put_template, ADMIN, "Create (201) or replace (200, a new version) a template",
-              body=TemplateBody, response=TemplateView, ok=201),
+              body=TemplateBody, response=TemplateView, ok=201,
+              also_ok=((200, "Replaced: the template's new version"),)),
         Route("GET", path, get_template, READ, "A template's current version", response=TemplateView,
               errors=(404,)),
         Route("GET", "/v1/templates", list_templates, READ, "Every template's current version",

@@ -128,6 +128,21 @@ async def test_openapi_document_is_3_1_and_covers_every_route(client: TestClient
     assert set(send_op["responses"]) >= {"202", "400", "401", "403", "404", "409", "413", "415", "422"}
 
 
+async def test_openapi_documents_both_answers_of_a_template_put_and_of_a_send(client: TestClient) -> None:
+    doc = await (await client.get("/openapi.json")).json()
+    view = {"$ref": "#/components/schemas/TemplateView"}
+    put = doc["paths"]["/v1/templates/{id}"]["put"]["responses"]
+    assert put["201"]["content"]["application/json"]["schema"] == view
+    assert put["200"]["content"]["application/json"]["schema"] == view
+    assert "replaced" in put["200"]["description"].lower()
+    send = doc["paths"]["/v1/sends"]["post"]["responses"]
+    view = {"$ref": "#/components/schemas/SendView"}
+    assert send["202"]["content"]["application/json"]["schema"] == view
+    assert send["200"]["content"]["application/json"]["schema"] == view
+    assert "idempotencyKey" in send["200"]["description"]
+    assert set(doc["paths"]["/v1/sends/{id}"]["get"]["responses"]) & {"201", "202"} == set()
+
+
 async def test_responses_match_the_documented_views(client: TestClient, put_shipped: Any) -> None:
     def conforms(body: Any, view: Any) -> None:
         msgspec.convert(body, view)  # raises on a missing field or a wrong type
