@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from cascade.engine import AlreadyFinished, Engine, EngineConfig, InvalidInput, ManualClock, MemoryProvider, NotFound
 from cascade.engine.campaign_rows import MAX_REPORTED_ERRORS, Upload
 from cascade.engine.campaigns import Campaign
-from cascade.engine.sequence import CANCELLED
+from cascade.domain.send import CANCELLED
 from cascade.http.metrics import HttpMetrics
 
 T0 = 1_800_000_000.0

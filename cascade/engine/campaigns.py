@@ -6,18 +6,16 @@ Owns the campaign records and their lifecycle; the fan-out thread
 - a campaign is `scheduled` until the clock reaches `scheduledAt`, then
   `running` until every row has started (`completed`) or it is cancelled;
   `running` is derived (from the clock), the two ends are journaled;
-- the campaign record ("CM") is appended to the journal before the campaign
+- the campaign record (`CampaignCreated`) is appended to the journal before the campaign
   is visible to the fan-out, so every send record of a campaign comes after
   its campaign record; the answer waits until that record is durable;
 - a cancel first stops the fan-out (status, under the lock the fan-out
   submits under, so no chunk slips past it), then has every shard cancel
-  the campaign's active sends, and only then journals "CS": a durable
+  the campaign's active sends, and only then journals `CampaignEnded`: a durable
   cancel never leaves a send of the campaign active after recovery.
 
-Journal/snapshot records (front):
-    ("CM", id, template, version, name, scheduled_at, created_at, rows, n_rows, rejected, data)
-    ("CS", id, status, at)        completed | cancelled
-`rows` is the rows file's name under the campaign directory, or the rows'
+Journal/snapshot records (front, in domain/records.py): `CampaignCreated`
+and `CampaignEnded` (completed | cancelled). `rows` is the rows file's name under the campaign directory, or the rows'
 frames inline when the engine has no directory (see campaign_rows.py).
 Which rows have started lives with the shards (see shard.py).
 """
@@ -29,6 +27,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from ..domain.records import CampaignCreated, CampaignEnded
 from .campaign_rows import Upload
 from .errors import AlreadyFinished, NotFound, Overloaded
 from .reply import Reply, resolve_batch
@@ -38,12 +37,12 @@ from .views import metrics_view
 if TYPE_CHECKING:
     from .supervisor import Engine
 
-__all__ = ["CAMPAIGN_OPS", "Campaign", "CampaignBook", "SCHEDULED", "RUNNING", "COMPLETED", "CANCELLED", "STATUSES"]
+__all__ = ["CAMPAIGN_RECORDS", "Campaign", "CampaignBook", "SCHEDULED", "RUNNING", "COMPLETED", "CANCELLED", "STATUSES"]
 
 _log = logging.getLogger("cascade.campaigns")
 SCHEDULED, RUNNING, COMPLETED, CANCELLED = "scheduled", "running", "completed", "cancelled"
 STATUSES = (SCHEDULED, RUNNING, COMPLETED, CANCELLED)
-CAMPAIGN_OPS = ("CM", "CS")
+CAMPAIGN_RECORDS = (CampaignCreated, CampaignEnded)
 
 
 class Campaign:
@@ -66,8 +65,8 @@ class Campaign:
     def group(self) -> str:
         return f"c:{self.id}"
 
-    def record(self) -> tuple[Any, ...]:
-        return ("CM", self.id, self.template, self.version, self.name, self.scheduled_at, self.created_at,
+    def record(self) -> CampaignCreated:
+        return CampaignCreated(self.id, self.template, self.version, self.name, self.scheduled_at, self.created_at,
                 self.rows, self.n_rows, self.rejected, self.data)
 
 
@@ -192,7 +191,7 @@ class CampaignBook:
             if c.status == CANCELLED:
                 raise AlreadyFinished(f"campaign {cid} has already been cancelled")
             at = engine.clock.now()
-            record = ("CS", c.id, CANCELLED, at)
+            record = CampaignEnded(c.id, CANCELLED, at)
 
             def then(_: Any, error: BaseException | None) -> None:
                 if error is not None:
@@ -216,10 +215,10 @@ class CampaignBook:
                 return
             c.status, c.finished_at = COMPLETED, self.engine.clock.now()
             self.cond.notify_all()
-        self._finish(c, ("CS", c.id, COMPLETED, c.finished_at), None)
+        self._finish(c, CampaignEnded(c.id, COMPLETED, c.finished_at), None)
         self.prune_started_rows()
 
-    def _finish(self, c: Campaign, record: tuple[Any, ...], done: Callable[[], None] | None) -> None:
+    def _finish(self, c: Campaign, record: CampaignEnded, done: Callable[[], None] | None) -> None:
         """Journal the end; once durable, the rows are no longer needed."""
 
         def durable() -> None:
@@ -263,27 +262,26 @@ class CampaignBook:
     def front_records(self) -> list[tuple[Any, ...]]:
         with self.cond:
             ordered = sorted(self._by_id.values(), key=lambda c: c.seq)
-            out: list[tuple[Any, ...]] = []
+            out: list[Any] = []
             for c in ordered:
                 out.append(c.record())
                 if c.status in (COMPLETED, CANCELLED):
-                    out.append(("CS", c.id, c.status, c.finished_at))
+                    out.append(CampaignEnded(c.id, c.status, c.finished_at or c.created_at))
             return out
 
-    def apply(self, record: Any) -> None:
-        if record[0] == "CM":
-            _, cid, template, version, name, scheduled_at, created_at, rows, n_rows, rejected, data = record
+    def apply(self, record: CampaignCreated | CampaignEnded) -> None:
+        if isinstance(record, CampaignCreated):
             with self.cond:
-                if cid not in self._by_id:
-                    c = Campaign(cid, template, version, name, scheduled_at, created_at, rows, n_rows, rejected, data)
+                if record.campaign not in self._by_id:
+                    c = Campaign(record.campaign, record.template, record.version, record.name, record.scheduled_at,
+                                 record.created_at, record.rows, record.n_rows, record.rejected, record.data)
                     c.recovered = True
                     self._add(c)
         else:
-            _, cid, status, at = record
             with self.cond:
-                found = self._by_id.get(cid)
+                found = self._by_id.get(record.campaign)
                 if found is not None:
-                    found.status, found.finished_at = status, at
+                    found.status, found.finished_at = record.status, record.at
 
     def orphan_files(self) -> Iterable[str]:
         """Rows files no campaign still needs (a crash between upload and record, or after the end)."""

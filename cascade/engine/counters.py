@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .sequence import STEP_COLUMNS, Counters
+from ..domain.send import STEP_COLUMNS, Counters
 from .templates import TemplateVersion
 
 __all__ = ["CounterBook", "GroupTotals", "SEND_COLUMNS", "STEP_COLUMNS", "merge_totals"]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
-from .campaigns import CAMPAIGN_OPS
+from ..domain.records import ClockMoved, IdempotencyKept, TemplateDeleted, TemplatePut
+from .campaigns import CAMPAIGN_RECORDS
 from .clock import ManualClock
 from .errors import InvalidInput, NotFound
 from .ids import slot_of_key
@@ -50,47 +51,40 @@ class EngineDurability:
         def _tell(self, i: int, commands: list[Command]) -> None: ...
 
     # -- durability: what the snapshot coordinator and recovery call ---------------
-    def front_records(self) -> list[tuple[Any, ...]]:
+    def front_records(self) -> list[Any]:
         """The front door's state: every template version, deletions,
-        idempotency keys and the clock."""
+        idempotency keys, campaigns and the clock."""
         versions = sorted(self.templates.all_versions(), key=lambda tv: (tv.id, tv.version))
-        records: list[tuple[Any, ...]] = [template_record(tv) for tv in versions]
+        records: list[Any] = [template_record(tv) for tv in versions]
         current = {tv.id for tv in self.templates.all()}
-        records += [("TD", tid) for tid in sorted({tv.id for tv in versions} - current)]
+        records += [TemplateDeleted(tid) for tid in sorted({tv.id for tv in versions} - current)]
         now = self.clock.now()
-        records += [("I", c.key, c.digest, c.send_key, c.expires) for c in self.idempotency.live(now)]
+        records += [IdempotencyKept(c.key, c.digest, c.send_key, c.expires) for c in self.idempotency.live(now)]
         records += self.campaigns.front_records()
-        records.append(("C", now))
+        records.append(ClockMoved(now))
         return records
 
     def apply_front(self, record: Any) -> None:
-        op = record[0]
-        if op == "T":
-            _, tid, version, body, created, updated = record
-            self.templates.restore(tid, version, dict(body), created, updated)
-        elif op == "TD":
+        kind = type(record)
+        if kind is TemplatePut:
+            self.templates.restore(record.template, record.version, dict(record.body), record.created,
+                                   record.updated)
+        elif kind is TemplateDeleted:
             try:
-                self.templates.delete(record[1])
+                self.templates.delete(record.template)
             except NotFound:
                 pass
-        elif op == "I":
-            _, key, digest, send_key, expires = record
-            self.idempotency.restore(key, digest, send_key, expires)
-        elif op in CAMPAIGN_OPS:
+        elif kind is IdempotencyKept:
+            self.idempotency.restore(record.key, record.digest, record.send, record.expires)
+        elif kind in CAMPAIGN_RECORDS:
             self.campaigns.apply(record)
-        # "C" (the clock) is recovery's business: it resumes at the latest time seen.
+        # ClockMoved is recovery's business: it resumes at the latest time seen.
 
     def shard_of_key(self, key: int) -> int:
         return self.shard_of_slot(slot_of_key(key))
 
     def shard_of_recipient(self, rid: str) -> int:
         return self._recipient_shard(rid)
-
-    def shard_of_record(self, record: Any) -> int:
-        """Where a journal record of a shard belongs now: by send key, or recipient id."""
-        if record[0] == "R":
-            return self._recipient_shard(record[2])
-        return self.shard_of_slot(slot_of_key(record[2]))
 
     def snapshot_shards(self, directory: str, set_position: int, write: Callable[..., Any],
                         pack: Callable[[Any], Any]) -> list[Any]:
@@ -136,7 +130,7 @@ class EngineDurability:
             self._fire_all(target)
             if self.journal is not None:
                 done = threading.Event()
-                self.journal.append([("C", target)], done.set)
+                self.journal.append([ClockMoved(target)], done.set)
                 done.wait()
             return target
 

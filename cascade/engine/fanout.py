@@ -218,7 +218,7 @@ class Fanout:
             slot = slot_of(rid)
             batches[slot * n // SLOTS].append(("start", (
                 new_send_key(slot), tpl, rid, trusted(fields) if fields else None,
-                default if data is None else data, groups, (cid, None, i), False, None), None))
+                default if data is None else data, groups, (cid, i), False, None), None))
         return batches
 
     def _await(self, job: _Job) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from .errors import InvalidInput
 from .ids import format_message_id
 from .recipients import Recipient
-from .sequence import Send
+from ..domain.send import Send
 from .views import inbox_message_view
 
 __all__ = ["MAX_LIMIT", "page_of", "page_view", "remove_from_inbox"]

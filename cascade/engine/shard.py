@@ -2,15 +2,15 @@
 recipients' inboxes and their counters.
 
 The shard processes one batch of commands at a time on its own thread, so a
-send never sees two messages at once. For each command it runs the pure
-state machine (`sequence.py`) and carries out the effects: in-app delivery
-into the inbox, synchronous providers inline, asynchronous ones handed to
-the delivery dispatcher in one submission per batch, timers on its wheel.
-Every state change is also a journal record (see `state_records.py`);
+send never sees two messages at once. Each command is *decided* by the pure
+rules (`domain/sequence.py`), which emit records; `apply` is the one place
+where a record changes state (the send through `domain/evolve.py`, and what
+the shard derives from it: timers, the active count, retention, inboxes,
+and the snapshot's copy-on-write). Live, each emitted record is also
+journaled, and a fired step of a provider channel is handed to its provider;
 replies are resolved, and asynchronous deliveries handed over, only once the
-batch's records are durable. Recovery feeds the same records back through
-the same handlers (`replay`, in shard_recovery.py), with deliveries to
-providers suppressed.
+batch's records are durable. Recovery applies the journal's records and
+nothing else (`durability/loader.py`).
 `ShardState` is plain data plus behaviour; the actor is a thin wrapper, so
 the supervisor can restart a crashed actor over the same state.
 """
@@ -24,6 +24,10 @@ from typing import Any, Callable, Mapping
 
 import pykka
 
+from ..domain.evolve import count_started, evolve
+from ..domain.records import RecipientPut, SendStarted, ShardBatch, StepFired
+from ..domain.send import ACTIVE, Send
+from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
 from .campaign_rows import set_bit
 from .channels import SIGNALS
 from .counters import CounterBook
@@ -31,13 +35,8 @@ from .errors import AlreadyFinished, CascadeError, NotFound
 from .ids import format_message_id, format_send_id
 from .inbox import page_of, page_view, remove_from_inbox
 from .providers.base import DeliveryOutcome, OutgoingMessage, Provider
-from .recipients import Recipient
+from .recipients import Recipient, RecipientUpdate
 from .reply import Reply, resolve_batch
-from .sequence import (
-    ACTIVE, DELIVER, SCHEDULE, UNSCHEDULE, Send, SignalOutcome,
-    cancel, delivery_result, signal, start, window_ended,
-)
-from .shard_recovery import ShardRecovery
 from .shard_snapshot import ShardSnapshot
 from .shard_stats import LATENESS_BUCKETS, ShardStats
 from .templates import TemplateRegistry, TemplateVersion
@@ -47,7 +46,6 @@ from .views import decode_data, send_view
 __all__ = ["Command", "ShardActor", "ShardState", "SubmitJobs"]
 
 _log = logging.getLogger("cascade.shard")
-_INBOX_OK = DeliveryOutcome(True)
 _SEND_ID_LEN = len(format_send_id(0))
 _ACCEPTED, _DUPLICATE = SignalOutcome.ACCEPTED, SignalOutcome.DUPLICATE
 _UNKNOWN, _UNSUPPORTED = SignalOutcome.UNKNOWN_MESSAGE, SignalOutcome.UNSUPPORTED
@@ -63,22 +61,20 @@ Command = tuple[str, Any, Any]
 SubmitJobs = Callable[[list[tuple[str, OutgoingMessage, Any]], Callable[[list[tuple[Any, DeliveryOutcome]]], None]], None]
 
 
-class ShardState(ShardRecovery):
+class ShardState:
     def __init__(self, index: int, clock: Any, providers: Mapping[str, Provider], retain_s: float,
                  submit_jobs: SubmitJobs | None, on_async_results: Callable[[list[tuple[Any, DeliveryOutcome]]], None],
                  inbox_listener: Callable[[str], None] | None = None, journal: Any = None,
                  templates: TemplateRegistry | None = None) -> None:
         self.index = index
         self.journal = journal
-        self.templates = templates
-        self.replaying = False
+        self.templates = templates if templates is not None else TemplateRegistry()
         self.send_mark = 0  # the snapshot mark of the latest snapshot (see shard_snapshot.py)
         self.rcpt_mark = 0
         self._snap: ShardSnapshot | None = None
         self._records: list[Any] | None = None
         self._appended = 0  # journal appends made, and made durable: equal when nothing is pending
         self._durable = 0
-        self._inbox_order: dict[str, list[int]] = {}  # recovery: inboxes as the snapshot had them
         self.clock = clock
         self.providers = providers
         self.retain_s = retain_s
@@ -94,6 +90,9 @@ class ShardState(ShardRecovery):
         self.stats = ShardStats()
         self.active = 0
         self.processed = 0
+        self.unanswered: list[tuple[int, int]] = []  # after recovery: messages to hand over again
+        self._shape: tuple[Any, ...] = ()  # (template, version, groups) of the last send started
+        self._shape_of: tuple[TemplateVersion | None, Any] = (None, None)
         self._local: deque[tuple[Send, int, DeliveryOutcome]] = deque()
         self._jobs: list[tuple[str, OutgoingMessage, Any]] = []
         self._ops: dict[str, Callable[[Any, float], Any]] = {
@@ -106,6 +105,84 @@ class ShardState(ShardRecovery):
             "redrive": self._redrive, "cancel_campaign": self._cancel_campaign,
             "campaign_rows": self._campaign_rows, "keep_campaign_rows": self._keep_campaign_rows,
         }
+
+    # -- the one apply path -------------------------------------------------------
+    def apply(self, rec: Any) -> Send | None:
+        """Change state by one record; the send it concerns (None: unknown)."""
+        kind = type(rec)
+        if kind is SendStarted:
+            return self._apply_started(rec)
+        if kind is RecipientPut:
+            rcpt = self.recipient(rec.recipient)
+            if self._snap is not None:
+                self._snap.touch_recipient(rcpt)
+            RecipientUpdate.trusted(rec.fields).merge_into(rcpt, replace=rec.replace)
+            return None
+        send = self.sends.get(rec.send)
+        if send is None:
+            return None
+        if self._snap is not None:
+            self._snap.touch_send(send)  # copy on write: the snapshot gets it as it was
+        before = send.deadline
+        active = send.status == ACTIVE
+        evolve(send, rec)
+        after = send.deadline
+        if before != after:
+            if before is not None:
+                self.wheel.cancel(send, before)
+            if after is not None:
+                self.wheel.schedule(send, after)
+        if active and send.status != ACTIVE:
+            self.active -= 1
+            self.retained.append((rec.at + self.retain_s, send))
+        if kind is StepFired and send.tpl.steps[rec.step].channel == "inapp":
+            rcpt = send.recipient
+            if self._snap is not None:
+                self._snap.touch_recipient(rcpt)  # its inbox is part of it
+            if rcpt.inbox is None:
+                rcpt.inbox = []
+            rcpt.inbox.append(send)  # one in-app step per template: the send names the message
+        return send
+
+    def _apply_started(self, rec: SendStarted) -> Send | None:
+        if rec.send in self.sends:
+            return None
+        shape = (rec.template, rec.version, rec.groups)
+        if shape != self._shape:  # most sends repeat the shape of the one before
+            tpl = self.templates.version(rec.template, rec.version)
+            self._shape = shape
+            self._shape_of = (tpl, self.book.counters_of(tuple(rec.groups), tpl) if tpl is not None else None)
+        tpl, counters = self._shape_of
+        if tpl is None:
+            return None
+        if rec.campaign_row is not None:
+            campaign, row = rec.campaign_row
+            bits = self.campaign_rows.get(campaign)
+            if bits is None:
+                bits = self.campaign_rows[campaign] = bytearray()
+            set_bit(bits, row)
+        send = Send(rec.send, tpl, self.recipient(rec.recipient), rec.data, rec.at, counters)
+        send.answers = self.send_mark  # born after any snapshot in progress began
+        self.sends[rec.send] = send
+        self.active += 1
+        count_started(send)
+        return send
+
+    def _emit(self, rec: Any) -> None:
+        """Live: apply a decided record, journal it, and carry out what it asks of the world."""
+        send = self.apply(rec)
+        if self._records is not None:
+            self._records.append(rec)
+        if type(rec) is StepFired and send is not None:
+            self._deliver(send, rec.step)
+
+    def _answer_local(self, now: float) -> None:
+        """Answers of channels that answered at once (synchronous providers),
+        decided after the transition that asked for them, not inside it."""
+        local = self._local
+        while local:
+            send, i, outcome = local.popleft()
+            delivery_result(send, i, outcome.ok, outcome.reason, now, self._emit)
 
     # -- the batch loop -------------------------------------------------
     def process(self, commands: list[Command]) -> None:
@@ -136,7 +213,7 @@ class ShardState(ShardRecovery):
         if records or (self.journal is not None and self._appended != self._durable and replies):
             self._appended += 1
             try:
-                self.journal.append([("B", self.index, records)] if records else [],
+                self.journal.append([ShardBatch(self.index, tuple(records))] if records else [],
                                     lambda: self._durable_release(replies, jobs))
             except Exception as exc:
                 assert records is not None  # entered with records, or with a journal (so records == [])
@@ -160,49 +237,13 @@ class ShardState(ShardRecovery):
                 _log.exception("shard %d could not hand over %d deliveries", self.index, len(jobs))
         resolve_batch(replies)
 
-    def _record(self, record: tuple[Any, ...]) -> None:
-        if self._records is not None:
-            self._records.append(record)
-
-    # -- effects --------------------------------------------------------
-    def _run(self, send: Send, effects: list[Any], now: float) -> None:
-        """Carry out a transition's effects, then the answers of the channels
-        that answered at once (in-app, synchronous providers): queued rather
-        than nested, so every transition sees the effects before it done."""
-        local = self._local
-        while True:
-            for tag, arg in effects:
-                if tag == DELIVER:
-                    self._deliver(send, arg)
-                elif tag == SCHEDULE:
-                    self.wheel.schedule(send, arg)
-                elif tag == UNSCHEDULE:
-                    self.wheel.cancel(send, arg)
-                else:  # FINISH
-                    self.active -= 1
-                    self.retained.append((now + self.retain_s, send))
-            if not local:
-                return
-            send, i, outcome = local.popleft()
-            if outcome is not _INBOX_OK and self._records is not None:
-                self._records.append(("D", self.index, send.key, i, outcome.ok, outcome.reason, now))
-            effects = delivery_result(send, i, outcome.ok, outcome.reason, now)
-
+    # -- delivery -------------------------------------------------------------
     def _deliver(self, send: Send, i: int) -> None:
         step = send.tpl.steps[i]
-        if step.channel == "inapp":
-            rcpt = send.recipient
-            if self._snap is not None:
-                self._snap.touch_recipient(rcpt)  # its inbox is part of it
-            if rcpt.inbox is None:
-                rcpt.inbox = []
-            rcpt.inbox.append(send)  # one in-app step per template: the send names the message
+        if step.channel == "inapp":  # `apply` put it in the inbox
             if self.inbox_listener is not None:
                 self.inbox_listener(format_message_id(send.key, i + 1))
-            self._local.append((send, i, _INBOX_OK))
             return
-        if self.replaying:
-            return  # it was handed over before the crash; its answer is in the journal
         provider = self.providers[step.channel]
         message_id = format_message_id(send.key, i + 1)
         content = step.content
@@ -220,18 +261,14 @@ class ShardState(ShardRecovery):
     def _fire_due(self, now: float) -> None:
         due = self.wheel.pop_due(now)
         if due:
-            if self._records is not None:
-                self._records.append(("F", self.index, now))
             counts = self.stats.lateness_counts
             late = 0.0
-            snap = self._snap
             for send in due:
                 lateness = now - send.deadline  # type: ignore[operator]
                 late += lateness
                 counts[bisect_left(LATENESS_BUCKETS, lateness)] += 1
-                if snap is not None:
-                    snap.touch_send(send)
-                self._run(send, window_ended(send, now), now)
+                window_ended(send, now, self._emit)
+                self._answer_local(now)
             self.stats.lateness_sum += late
         retained = self.retained
         while retained and retained[0][0] <= now:
@@ -260,34 +297,16 @@ class ShardState(ShardRecovery):
         return r
 
     def _start(self, payload: tuple[Any, ...], now: float) -> Any:
-        key, tpl, rid, update, data, groups, origin, want_view, idem = payload
+        key, tpl, rid, update, data, groups, campaign_row, want_view, idem = payload
         tpl_v: TemplateVersion = tpl
-        if self._records is not None:
-            self._records.append(("S", self.index, key, tpl_v.id, tpl_v.version, rid,
-                                  update.fields if update else None, data, groups, origin, now, idem))
-        if origin is not None and len(origin) == 3:
-            self._row_started(origin)
-            origin = None
-        rcpt = self.recipient(rid)
+        emit = self._emit
         if update is not None:
-            if self._snap is not None:
-                self._snap.touch_recipient(rcpt)
-            update.merge_into(rcpt)
-        send = Send(key, tpl_v, rcpt, data, now, self.book.counters_of(groups, tpl_v), origin)
-        send.answers = self.send_mark  # born after any snapshot in progress began
-        self.sends[key] = send
-        self.active += 1
-        self._run(send, start(send, now), now)
+            emit(RecipientPut(rid, update.fields, False, now))
+        emit(SendStarted(key, tpl_v.id, tpl_v.version, rid, data, groups, now, idem, campaign_row))
+        send = self.sends[key]
+        start(send, now, emit)
+        self._answer_local(now)
         return send_view(send) if want_view else None
-
-    def _row_started(self, origin: tuple[str, None, int]) -> None:
-        """A campaign row's send, (campaign, None, row): its bit here says the
-        row has started (recovery rebuilds the bits from these records). The
-        send needs no note of it: its counters say which campaign it is of."""
-        bits = self.campaign_rows.get(origin[0])
-        if bits is None:
-            bits = self.campaign_rows[origin[0]] = bytearray()
-        set_bit(bits, origin[2])
 
     def _find(self, key: int) -> Send:
         send = self.sends.get(key)
@@ -300,13 +319,8 @@ class ShardState(ShardRecovery):
 
     def _cancel(self, key: int, now: float) -> dict[str, Any]:
         send = self._find(key)
-        if self._snap is not None:
-            self._snap.touch_send(send)
-        effects = cancel(send, now)
-        if effects is None:
+        if not cancel(send, now, self._emit):
             raise AlreadyFinished(f"send {format_send_id(key)} has already finished ({send_view(send)['status']})")
-        self._record(("X", self.index, key, now))
-        self._run(send, effects, now)
         return send_view(send)
 
     def _cancel_campaign(self, group: str, now: float) -> int:
@@ -314,12 +328,7 @@ class ShardState(ShardRecovery):
         mine = self.book.sets_with(group)
         doomed = [s for s in self.sends.values() if s.status == ACTIVE and id(s.counters) in mine] if mine else []
         for send in doomed:
-            if self._snap is not None:
-                self._snap.touch_send(send)
-            effects = cancel(send, now)
-            if effects is not None:
-                self._record(("X", self.index, send.key, now))
-                self._run(send, effects, now)
+            cancel(send, now, self._emit)
         return len(doomed)
 
     def _campaign_rows(self, campaign_id: str, now: float) -> bytes:
@@ -334,6 +343,7 @@ class ShardState(ShardRecovery):
         problems = []
         sends = self.sends
         counts = self.stats.signals
+        emit = self._emit
         for index, key, i, channel, kind, at in items:
             send = sends.get(key)
             if send is None:
@@ -351,16 +361,11 @@ class ShardState(ShardRecovery):
                 counts[kind][_UNSUPPORTED] += 1
                 problems.append((index, _UNSUPPORTED, f"{steps[i].channel} emits no {SIGNALS[kind]} signal"))
                 continue
-            if self._snap is not None:
-                self._snap.touch_send(send)
-            at = now if at is None else at
-            outcome, effects = signal(send, i, kind, at, now)
+            outcome = signal(send, i, kind, now if at is None else at, now, emit)
             counts[kind][outcome] += 1
             if outcome == _ACCEPTED:
-                if self._records is not None:
-                    self._records.append(("G", self.index, key, i, kind, at, now))
-                if effects:
-                    self._run(send, effects, now)
+                if self._local:
+                    self._answer_local(now)
             elif outcome == _DUPLICATE:
                 problems.append((index, outcome, ""))
             else:
@@ -371,20 +376,13 @@ class ShardState(ShardRecovery):
         for (key, i), outcome in results:
             send = self.sends.get(key)
             if send is not None:
-                if self._snap is not None:
-                    self._snap.touch_send(send)
-                if self._records is not None:
-                    self._records.append(("D", self.index, key, i, outcome.ok, outcome.reason, now))
-                self._run(send, delivery_result(send, i, outcome.ok, outcome.reason, now), now)
+                delivery_result(send, i, outcome.ok, outcome.reason, now, self._emit)
+                self._answer_local(now)
 
     def _put_recipient(self, payload: tuple[str, Any, bool], now: float) -> dict[str, Any]:
         rid, update, replace = payload
-        self._record(("R", self.index, rid, update.fields, replace))
-        rcpt = self.recipient(rid)
-        if self._snap is not None:
-            self._snap.touch_recipient(rcpt)
-        update.merge_into(rcpt, replace=replace)
-        return rcpt.view()
+        self._emit(RecipientPut(rid, update.fields, replace, now))
+        return self.recipients[rid].view()
 
     def _get_recipient(self, rid: str, now: float) -> dict[str, Any]:
         rcpt = self.recipients.get(rid)
@@ -397,16 +395,9 @@ class ShardState(ShardRecovery):
         rcpt = self.recipients.get(rid)
         listed, more = page_of(rcpt, limit, before)
         for send, i in listed:  # listing a message marks it delivered
-            if send.has_signal(i, 0):
-                continue
-            if self._snap is not None:
-                self._snap.touch_send(send)
-            outcome, effects = signal(send, i, 0, now, now)
-            if outcome == SignalOutcome.ACCEPTED:
-                self._record(("G", self.index, send.key, i, 0, now, now))
-                self.stats.signal(0, outcome)
-                if effects:
-                    self._run(send, effects, now)
+            if not send.has_signal(i, 0):
+                self.stats.signal(0, signal(send, i, 0, now, now, self._emit))
+                self._answer_local(now)
         return page_view(rcpt, listed, more)
 
     def _inbox_signal(self, payload: tuple[str, int, int, int], now: float) -> None:
@@ -415,14 +406,8 @@ class ShardState(ShardRecovery):
         if (send is None or send.recipient.id != rid or not 0 <= i < len(send.tpl.steps)
                 or send.tpl.steps[i].channel != "inapp" or send.step_status(i) == 0):
             raise NotFound(f"message {format_message_id(key, i + 1)} is not in the inbox of {rid!r}")
-        if self._snap is not None:
-            self._snap.touch_send(send)
-        outcome, effects = signal(send, i, kind, now, now)
-        self.stats.signal(kind, outcome)
-        if outcome == SignalOutcome.ACCEPTED:
-            self._record(("G", self.index, key, i, kind, now, now))
-        if effects:
-            self._run(send, effects, now)
+        self.stats.signal(kind, signal(send, i, kind, now, now, self._emit))
+        self._answer_local(now)
 
     def _totals(self, groups: list[str] | None, now: float) -> Any:
         return self.book.totals(groups)
@@ -431,6 +416,22 @@ class ShardState(ShardRecovery):
         return self.stats.snapshot(active=self.active, timers=len(self.wheel), stored=len(self.sends),
                                    recipients=len(self.recipients))
 
+
+    # -- recovery ---------------------------------------------------------------
+    def _redrive(self, _: Any, now: float) -> int:
+        """After recovery: hand over again every message whose answer had not
+        come before the crash (at least once: providers see the same
+        Idempotency-Key). Only those: a timer that fell due while the server
+        was down fires live, and hands over its own message once."""
+        n = 0
+        for key, i in self.unanswered:
+            send = self.sends.get(key)
+            if send is not None and send.status == ACTIVE and not send.answered(i):
+                self._deliver(send, i)
+                self._answer_local(now)
+                n += 1
+        self.unanswered = []
+        return n
 
     # -- snapshots ----------------------------------------------------------
     def _snapshot_begin(self, payload: tuple[str, int, int, Any, Any], now: float) -> ShardSnapshot:
@@ -447,6 +448,7 @@ class ShardState(ShardRecovery):
             self._snap = None
             return True
         return False
+
 
 class ShardActor(pykka.ThreadingActor):
     """The thread a `ShardState` runs on; a message is a batch of commands."""

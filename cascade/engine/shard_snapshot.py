@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .sequence import SNAPSHOT_MARK, Send
+from ..domain.send import SNAPSHOT_MARK, Send
 from .state_records import recipient_record, send_record, shape_record
 
 if TYPE_CHECKING:

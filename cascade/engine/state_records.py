@@ -1,33 +1,13 @@
-"""Engine state as msgpack-ready records, and back: what journals and
-snapshots hold. Pure functions; no files, no threads.
-
-Journal records (one per accepted state change, in the order applied; `w`
-is the shard that wrote it, so recovery knows which snapshot covers it):
-
-    ("T", id, version, body, created, updated)   template version stored
-    ("TD", id)                                   template deleted
-    ("C", now)                                   manual/scaled clock moved
-    ("R", w, rid, fields, replace)               recipient written
-    ("S", w, key, tpl, version, rid, fields, data, groups, origin, now, idem)
-    ("G", w, key, step, kind, at, now)           signal accepted
-    ("D", w, key, step, ok, reason, now)         provider answered
-    ("X", w, key, now)                           send cancelled
-    ("F", w, now)                                timers fired at `now`
-    ("CM", id, template, version, name, scheduled_at, created_at, rows, n_rows, rejected, data)
-                                                 campaign created (engine/campaigns.py)
-    ("CS", id, status, at)                       campaign completed or cancelled
-
-A campaign's send has `origin` = (campaign id, None, row index): replay sets
-that row's bit in the shard's started-rows bitmap, which is how a restart
-during fan-out resumes without starting a row twice.
-
-A shard appends each batch's records as one ("B", w, [records]) journal
-record: one frame, one checksum a batch.
+"""Engine state as snapshot records, and back: what snapshot files hold.
+Pure functions; no files, no threads. (What the journal holds, every state
+change, is in domain/records.py.)
 
 Snapshot records of a shard: ("counters", ...), ("rows", campaign, bitmap)
 per campaign that may still fan out, then ("R*", [recipient, ...]) and
-("S*", [send, ...]) in slices; of the front: "T", "TD", ("I", ...)
-idempotency keys, "CM" and "CS" per campaign, ("C", now).
+("S*", [send, ...]) in slices, and a ("shape", ...) record before the first
+send of each template version and group set; of the front: `TemplatePut`,
+`TemplateDeleted`, `IdempotencyKept`, `CampaignCreated`, `CampaignEnded`,
+`ClockMoved`.
 """
 
 from __future__ import annotations
@@ -36,15 +16,16 @@ from typing import Any
 
 from .counters import CounterBook
 from .recipients import Recipient
-from .sequence import SNAPSHOT_MARK, Send
+from ..domain.records import TemplatePut
+from ..domain.send import SNAPSHOT_MARK, Send
 from .templates import TemplateRegistry, TemplateVersion
 
 __all__ = ["recipient_record", "restore_recipient", "restore_send", "restore_shape", "send_record", "shape_record",
            "template_record"]
 
 
-def template_record(tv: TemplateVersion) -> tuple[Any, ...]:
-    return ("T", tv.id, tv.version, dict(tv.body), tv.created_at, tv.updated_at)
+def template_record(tv: TemplateVersion) -> TemplatePut:
+    return TemplatePut(tv.id, tv.version, dict(tv.body), tv.created_at, tv.updated_at)
 
 
 def recipient_record(r: Recipient) -> tuple[Any, ...]:

@@ -35,7 +35,8 @@ from .providers.base import DeliveryOutcome, Provider
 from .providers.log import LogProvider
 from .recipients import RECIPIENT_ID, RecipientUpdate
 from .reply import Gather, Reply, resolve_batch
-from .sequence import SignalOutcome
+from ..domain.records import TemplateDeleted
+from ..domain.sequence import SignalOutcome
 from .shard import Command, ShardActor, ShardState, SubmitJobs
 from .state_records import template_record
 from .templates import TemplateRegistry, TemplateVersion
@@ -203,7 +204,7 @@ class Engine(EngineDurability):
         return parent
 
     # -- templates (front-door state, shared read-only by shards) ------------------
-    def _durable(self, record: tuple[Any, ...], value: Any) -> Reply:
+    def _durable(self, record: Any, value: Any) -> Reply:
         """A front-door write: answered once its journal record is durable."""
         if self.journal is None:
             return Reply.resolved(value)
@@ -229,7 +230,7 @@ class Engine(EngineDurability):
         """The reply is the deleted TemplateVersion; active sends finish on it."""
         self._check_open()
         tv = self.templates.delete(template_id)
-        return self._durable(("TD", template_id), tv)
+        return self._durable(TemplateDeleted(template_id), tv)
 
     # -- recipients ---------------------------------------------------------------
     def _recipient_shard(self, rid: str) -> int:
@@ -244,7 +245,7 @@ class Engine(EngineDurability):
 
     # -- sends --------------------------------------------------------------------
     def send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None = None,
-             idempotency_key: str | None = None, campaign: str | None = None) -> tuple[Reply, bool]:
+             idempotency_key: str | None = None) -> tuple[Reply, bool]:
         """Start a send; (reply with the send view, created). created is False when
         an idempotency key repeats an earlier request: the reply is that send."""
         tpl = self.templates.get(template)
@@ -261,7 +262,7 @@ class Engine(EngineDurability):
         claim = idem = None
         if idempotency_key is not None:
             digest = hashlib.sha256(msgpack.packb(
-                IdempotencyKeys.canonical([template, recipient, data or {}, campaign]))).digest()
+                IdempotencyKeys.canonical([template, recipient, data or {}]))).digest()
             claim, fresh = self.idempotency.claim(idempotency_key, digest, self.clock.now())
             idem = (idempotency_key, digest, claim.expires)
             if not fresh:
@@ -270,11 +271,10 @@ class Engine(EngineDurability):
                 return self.get_send_by_key(claim.send_key), False
         i = self._recipient_shard(rid)
         key = new_send_key(slot_of(rid))
-        groups = (f"t:{template}",) if campaign is None else (f"t:{template}", f"c:{campaign}")
-        origin = (campaign, idempotency_key) if campaign is not None or idempotency_key is not None else None
+        groups = (f"t:{template}",)
         reply = Reply.here()
         try:
-            self._submit(i, ("start", (key, tpl, rid, update, data_bytes, groups, origin, True, idem), reply))
+            self._submit(i, ("start", (key, tpl, rid, update, data_bytes, groups, None, True, idem), reply))
         except Exception:
             if claim is not None:
                 self.idempotency.release(claim)

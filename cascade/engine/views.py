@@ -9,7 +9,7 @@ import msgpack
 from .channels import CHANNEL_SIGNALS, ENGAGEMENT
 from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
 from .ids import format_message_id, format_send_id
-from .sequence import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
+from ..domain.send import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
 from .templates import TemplateVersion
 from .timefmt import iso
 

@@ -21,14 +21,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..domain.records import ClockMoved, SendStarted, ShardBatch, UnknownRecord, decode
 from .codec import CorruptSnapshot, UnsupportedFormat
 from .files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
+from .loader import ShardLoader, owner_of
 
 __all__ = ["RecoveryRefused", "RecoveryResult", "recover"]
 
 log = logging.getLogger("cascade.recovery")
-_FRONT_OPS = ("T", "TD", "C", "CM", "CS")  # CM, CS: campaigns (engine/campaigns.py)
-_NOW_AT = {"S": 10, "G": 6, "D": 6, "X": 3, "F": 2}  # where a shard record keeps its `now`
 
 
 class RecoveryRefused(RuntimeError):
@@ -73,29 +73,26 @@ def _newest_loadable(directory: str, result: RecoveryResult) -> tuple[SnapshotSe
     return None
 
 
-def _replay_routed(engine: Any, states: list[Any], records: Any, writer: int, same_layout: bool) -> None:
+def _replay_routed(engine: Any, loaders: list[ShardLoader], records: list[Any], writer: int,
+                   same_layout: bool) -> None:
     """Records of one writer shard, each to the shard that owns it now."""
-    if same_layout:  # a shard writes records of its own sends only
-        states[writer].replay(records)
+    if same_layout:  # a shard writes records of its own sends and recipients only
+        loaders[writer].replay(records)
         return
     for rec in records:
-        if rec[0] == "F":  # its timers now live on every shard: fire them all
-            for st in states:
-                st.replay((rec,))
-        else:
-            states[engine.shard_of_record(rec)].replay((rec,))
+        rid, key = owner_of(rec)
+        target = engine.shard_of_recipient(rid) if rid is not None else engine.shard_of_key(key)
+        loaders[target].replay((rec,))
 
 
-def _latest_and_claims(engine: Any, records: Any, latest: float | None) -> float | None:
+def _latest_and_claims(engine: Any, records: list[Any], latest: float | None) -> float | None:
     """The latest time the records have seen; idempotency keys of their sends."""
     for rec in records:
-        op = rec[0]
-        at = _NOW_AT.get(op)
-        if at is not None and (latest is None or rec[at] > latest):
-            latest = rec[at]
-        if op == "S" and rec[11] is not None:
-            key, digest, expires = rec[11]
-            engine.idempotency.restore(key, digest, rec[2], expires)
+        if latest is None or rec.at > latest:
+            latest = rec.at
+        if type(rec) is SendStarted and rec.idempotency is not None:
+            key, digest, expires = rec.idempotency
+            engine.idempotency.restore(key, digest, rec.send, expires)
     return latest
 
 
@@ -124,6 +121,7 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
     began = time.perf_counter()
     result = RecoveryResult()
     states = engine.states
+    loaders = [ShardLoader(st) for st in states]
     positions: dict[Any, int] = {}
     same_layout = True
     latest = None
@@ -134,11 +132,12 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
         same_layout = front["shards"] == len(states)
         header, records = read_snapshot(chosen.paths[0])
         positions["front"] = header["shard_position"]
-        for rec in records:
-            if rec[0] == "C":
-                latest = rec[1]
+        for raw in records:
+            front_rec = decode(raw)
+            if type(front_rec) is ClockMoved:
+                latest = front_rec.at
             else:
-                engine.apply_front(rec)
+                engine.apply_front(front_rec)
         for k in range(1, front["shards"] + 1):
             header, records = read_snapshot(chosen.paths[k])
             writer = header["engine_shard"]
@@ -149,25 +148,25 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
                 tag = rec[0]
                 if tag == "S*":
                     if same_layout:
-                        states[writer].restore_sends(rec[1], shapes[writer])
+                        loaders[writer].restore_sends(rec[1], shapes[writer])
                     else:
                         for send in rec[1]:
                             t = by_key(send[0])
-                            states[t].restore_sends((send,), shapes[t])
+                            loaders[t].restore_sends((send,), shapes[t])
                     result.snapshot_records += len(rec[1])
                 elif tag == "shape":
-                    for t, st in enumerate(states):
-                        shapes[t][rec[1]] = st.restore_shape(rec)
+                    for t, loader in enumerate(loaders):
+                        shapes[t][rec[1]] = loader.restore_shape(rec)
                 elif tag == "R*":
                     for rcpt in rec[1]:
-                        states[by_rid(rcpt[0])].restore_recipient(rcpt)
+                        loaders[by_rid(rcpt[0])].restore_recipient(rcpt)
                     result.snapshot_records += len(rec[1])
                 elif tag == "counters":
-                    states[writer % len(states)].restore_counters(rec[1])
+                    loaders[writer % len(states)].restore_counters(rec[1])
                 elif tag == "rows":  # a campaign's started rows: any shard may hold them
-                    states[writer % len(states)].restore_campaign_rows(rec[1], rec[2])
-        for st in states:
-            st.rebuild()
+                    loaders[writer % len(states)].restore_campaign_rows(rec[1], rec[2])
+        for loader in loaders:
+            loader.rebuild()
     after = min(positions.values()) if positions else 0
     if found is None and result.skipped_sets:
         first = next(iter(journal.replay(after=0)), None)
@@ -181,32 +180,32 @@ def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
             f"the journal ends at position {journal.position()} but the snapshot set needs it up to "
             f"{max(positions.values())}: the journal was lost or cut short. Restore it, or move the "
             "snapshots away to start from them alone at the risk of losing what came after.")
-    for st in states:
-        st.replaying = True
-    try:
-        for position, rec in journal.replay(after=after):
-            op = rec[0]
-            if op in _FRONT_OPS:
-                if position > positions.get("front", 0):
-                    if op == "C":
-                        latest = max(latest or 0.0, rec[1])
-                    else:
-                        engine.apply_front(rec)
-                    result.replayed += 1
-                continue
-            writer = rec[1]
-            inner = rec[2] if op == "B" else (rec,)
-            if position > positions.get("front", 0):
-                # Idempotency keys belong to the front, whose snapshot may be
-                # older than this shard's: take them from every send after it.
-                latest = _latest_and_claims(engine, inner, latest)
-            if position <= positions.get(writer, 0):
-                continue
-            _replay_routed(engine, states, inner, writer, same_layout)
-            result.replayed += len(inner)
-    finally:
-        for st in states:
-            st.replaying = False
+    front_at = positions.get("front", 0)
+    for position, raw in journal.replay(after=after):
+        try:
+            rec = decode(raw)
+            inner = [decode(r) for r in rec.records] if type(rec) is ShardBatch else None
+        except UnknownRecord as exc:
+            raise RecoveryRefused(f"journal position {position}: {exc}. Start the version of cascade that "
+                                  "wrote this data directory, or move it away.") from None
+        if inner is None:
+            if position > front_at:
+                if type(rec) is ClockMoved:
+                    latest = max(latest or 0.0, rec.at)
+                else:
+                    engine.apply_front(rec)
+                result.replayed += 1
+            continue
+        if position > front_at:
+            # Idempotency keys belong to the front, whose snapshot may be
+            # older than this shard's: take them from every send after it.
+            latest = _latest_and_claims(engine, inner, latest)
+        if position <= positions.get(rec.writer, 0):
+            continue
+        _replay_routed(engine, loaders, inner, rec.writer, same_layout)
+        result.replayed += len(inner)
+    for loader in loaders:
+        loader.finish()
     _drop_dangling_claims(engine)
     if latest is not None and hasattr(engine.clock, "restore"):
         engine.clock.restore(latest)

@@ -1,0 +1,132 @@
+"""Apply a send record to its send: the only code that changes a `Send`.
+
+`evolve(send, record)` is what live traffic, journal replay and a standby
+replica all run, so recovery cannot diverge from what happened live. It
+never decides and never fails on a valid record: every choice was made in
+`sequence.py` when the record was emitted. What a shard keeps beside its
+sends (timers, the active count, retention, inboxes) is derived from the
+send's state after the record by the shard's own `apply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .records import (
+    DeliveryAnswered, SendCancelled, SendFinished, SendStopped, SignalApplied, StepFailed, StepFired, StepSkipped,
+    WindowEnded,
+)
+from .send import (
+    C_ESCALATED, C_FAILED, C_SKIPPED, C_STOPPED, DELIVERED_ANY, FIRED, FIRED_KEY, REASON_KEY, REQUESTED, S_STARTED,
+    SKIPPED, STEP_CANCELLED, STEP_FAILED, STEP_STOPPED, STOPPED, CANCELLED, WAITING, Send,
+)
+
+__all__ = ["evolve", "count_started"]
+
+_FAILED = 3  # channels.FAILED: the signal kind a refusal also sets
+
+
+def count_started(send: Send) -> None:
+    for c in send.counters:
+        c.sends[S_STARTED] += 1
+
+
+def _count(send: Send, i: int, column: int) -> None:
+    for c in send.counters:
+        c.steps[i][column] += 1
+
+
+def _finish(send: Send, status: int, at: float) -> None:
+    send.status = status
+    send.deadline = None
+    send.note("finished", at)
+    for c in send.counters:
+        c.sends[status] += 1
+
+
+def _step_fired(send: Send, rec: StepFired) -> None:
+    i = rec.step
+    tpl = send.tpl
+    step = tpl.steps[i]
+    waits = step.stop_rank >= 0 and tpl.sequence
+    shift = 4 * i
+    send.steps = (send.steps & ~(15 << shift)) | ((WAITING if waits else FIRED) << shift)
+    send.current = i
+    if i:
+        send.note(FIRED_KEY + i, rec.at)
+    for c in send.counters:
+        c.steps[i][REQUESTED] += 1
+    send.deadline = rec.at + step.wait_s if waits else None
+    if step.channel == "inapp":  # the built-in inbox accepts at once
+        send.answers |= (1 << i) | DELIVERED_ANY
+
+
+def _step_skipped(send: Send, rec: StepSkipped) -> None:
+    send.set_step(rec.step, SKIPPED)
+    send.current = rec.step
+    send.note(REASON_KEY + rec.step, rec.reason)
+    _count(send, rec.step, C_SKIPPED)
+
+
+def _window_ended(send: Send, rec: WindowEnded) -> None:
+    send.set_step(rec.step, FIRED)
+    send.deadline = None
+    _count(send, rec.step, C_ESCALATED)
+
+
+def _delivery_answered(send: Send, rec: DeliveryAnswered) -> None:
+    i = rec.step
+    send.answers |= 1 << i
+    if rec.ok:
+        send.answers |= DELIVERED_ANY
+    elif not send.sig & (1 << (4 * i + _FAILED)):
+        # A refusal and a `failed` event are one failure of one message.
+        send.sig |= 1 << (4 * i + _FAILED)
+        _count(send, i, C_FAILED)
+
+
+def _step_failed(send: Send, rec: StepFailed) -> None:
+    if send.step_status(rec.step) == WAITING:
+        send.deadline = None
+    send.set_step(rec.step, STEP_FAILED)
+    send.note(REASON_KEY + rec.step, rec.reason)
+
+
+def _signal_applied(send: Send, rec: SignalApplied) -> None:
+    key = 4 * rec.step + rec.kind
+    send.sig |= 1 << key
+    send.note(key, rec.signalled_at)
+    _count(send, rec.step, rec.kind + 1)
+
+
+def _send_stopped(send: Send, rec: SendStopped) -> None:
+    cur = send.current
+    if cur != rec.step and send.step_status(cur) == WAITING:
+        send.set_step(cur, STEP_CANCELLED)  # rule 3: what waits now stops too
+    send.set_step(rec.step, STEP_STOPPED)
+    send.note("stoppedBy", 4 * rec.step + rec.kind)
+    _count(send, rec.step, C_STOPPED)
+    _finish(send, STOPPED, rec.at)
+
+
+def _send_cancelled(send: Send, rec: SendCancelled) -> None:
+    for i in range(len(send.tpl.steps)):
+        if send.step_status(i) == WAITING:
+            send.set_step(i, STEP_CANCELLED)
+    _finish(send, CANCELLED, rec.at)
+
+
+def _send_finished(send: Send, rec: SendFinished) -> None:
+    _finish(send, rec.status, rec.at)
+
+
+_EVOLVE: dict[type, Callable[[Send, Any], None]] = {
+    StepFired: _step_fired, StepSkipped: _step_skipped, WindowEnded: _window_ended,
+    DeliveryAnswered: _delivery_answered, StepFailed: _step_failed, SignalApplied: _signal_applied,
+    SendStopped: _send_stopped, SendCancelled: _send_cancelled, SendFinished: _send_finished,
+}
+
+
+def evolve(send: Send, record: Any) -> None:
+    """Apply one send record (not `SendStarted`, which creates the send) to `send`."""
+    _EVOLVE[type(record)](send, record)

@@ -1,0 +1,202 @@
+"""Every state change of cascade as a named, versioned record: a fact in the
+past tense. Shards and the front door *decide* what happened and emit these;
+*applying* them is the only way state changes, live and at recovery alike.
+
+Each record is a `NamedTuple` whose last field, `tag`, names its type and
+schema version (a new version of a record gets a new tag; `decode` keeps
+reading the old one). A record is its own msgpack encoding: an array of its
+fields with the tag last, so `decode(raw)` is one table lookup and one call,
+and nothing anywhere picks fields out by position.
+
+Shard records name their send by its key (an int carrying the hash slot) or
+their recipient by id; `route` says which. A shard journals one
+`ShardBatch` per batch of commands: one frame and one checksum a batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = [
+    "CampaignCreated", "CampaignEnded", "ClockMoved", "DeliveryAnswered", "IdempotencyKept", "RecipientPut",
+    "Record", "SendCancelled", "SendFinished", "SendStarted", "SendStopped", "ShardBatch", "SignalApplied",
+    "StepFailed", "StepFired", "StepSkipped", "TemplateDeleted", "TemplatePut", "UnknownRecord", "WindowEnded",
+    "decode", "SEND_RECORDS",
+]
+
+
+class UnknownRecord(ValueError):
+    """A record this version of cascade cannot read (written by a newer or
+    an incompatible older one)."""
+
+
+# -- shard records: one send or one recipient ----------------------------------------
+class SendStarted(NamedTuple):
+    send: int
+    template: str
+    version: int
+    recipient: str
+    data: bytes | None  # msgpack of the send's data
+    groups: tuple[str, ...]  # counter groups: "t:<template>", and "c:<campaign>" for a campaign's send
+    at: float
+    idempotency: tuple[str, bytes, float] | None  # (key, digest of the request, expiry)
+    campaign_row: tuple[str, int] | None  # (campaign, row): the row has started
+    tag: int = 1
+
+
+class StepFired(NamedTuple):
+    """Step `step` (0-based) was handed to its channel; if it waits, its window opens at `at`."""
+    send: int
+    step: int
+    at: float
+    tag: int = 2
+
+
+class StepSkipped(NamedTuple):
+    send: int
+    step: int
+    reason: str  # no_address | opted_out
+    at: float
+    tag: int = 3
+
+
+class WindowEnded(NamedTuple):
+    """The waiting step's window closed without its stop condition: it escalates."""
+    send: int
+    step: int
+    at: float
+    tag: int = 4
+
+
+class DeliveryAnswered(NamedTuple):
+    send: int
+    step: int
+    ok: bool
+    reason: str | None
+    at: float
+    tag: int = 5
+
+
+class SignalApplied(NamedTuple):
+    send: int
+    step: int
+    kind: int  # index into channels.SIGNALS
+    signalled_at: float  # the event's `at` (metrics and views)
+    at: float
+    tag: int = 6
+
+
+class StepFailed(NamedTuple):
+    """A fired step cannot reach the recipient (provider refused it, or a
+    `failed` signal came): it stops waiting (rule 5)."""
+    send: int
+    step: int
+    reason: str
+    at: float
+    tag: int = 7
+
+
+class SendStopped(NamedTuple):
+    """Signal `kind` on step `step` met its stop condition: the chain ends."""
+    send: int
+    step: int
+    kind: int
+    at: float
+    tag: int = 8
+
+
+class SendCancelled(NamedTuple):
+    send: int
+    at: float
+    tag: int = 9
+
+
+class SendFinished(NamedTuple):
+    """Every step has fired and answered: completed, or failed if none was delivered."""
+    send: int
+    status: int  # sequence.COMPLETED | sequence.FAILED_SEND
+    at: float
+    tag: int = 10
+
+
+class RecipientPut(NamedTuple):
+    recipient: str
+    fields: dict[str, Any]  # validated API fields
+    replace: bool  # PUT replaces every field; a send's inline recipient only those it names
+    at: float
+    tag: int = 11
+
+
+class ShardBatch(NamedTuple):
+    """What one shard applied in one batch, in order."""
+    writer: int  # the engine shard that wrote it (recovery: which snapshot covers it)
+    records: tuple[Any, ...]  # encoded shard records
+    tag: int = 19
+
+
+# -- front records: templates, the clock, campaigns, idempotency ------------------------
+class TemplatePut(NamedTuple):
+    template: str
+    version: int
+    body: dict[str, Any]
+    created: float
+    updated: float
+    tag: int = 20
+
+
+class TemplateDeleted(NamedTuple):
+    template: str
+    tag: int = 21
+
+
+class ClockMoved(NamedTuple):
+    """A manual or scaled clock reached `at` (it resumes there after a restart)."""
+    at: float
+    tag: int = 22
+
+
+class CampaignCreated(NamedTuple):
+    campaign: str
+    template: str
+    version: int
+    name: str | None
+    scheduled_at: float
+    created_at: float
+    rows: str | bytes  # rows file name, or the rows' frames inline
+    n_rows: int
+    rejected: int
+    data: bytes | None
+    tag: int = 23
+
+
+class CampaignEnded(NamedTuple):
+    campaign: str
+    status: str  # completed | cancelled
+    at: float
+    tag: int = 24
+
+
+class IdempotencyKept(NamedTuple):
+    """Snapshot only: a live idempotency key and the send it names."""
+    key: str
+    digest: bytes
+    send: int | None
+    expires: float
+    tag: int = 25
+
+
+Record = Any  # any of the above; typed loosely because NamedTuples share no base but tuple
+SEND_RECORDS = (SendStarted, StepFired, StepSkipped, WindowEnded, DeliveryAnswered, SignalApplied, StepFailed,
+                SendStopped, SendCancelled, SendFinished)
+_TYPES: dict[int, Any] = {cls._field_defaults["tag"]: cls for cls in (
+    *SEND_RECORDS, RecipientPut, ShardBatch, TemplatePut, TemplateDeleted, ClockMoved, CampaignCreated,
+    CampaignEnded, IdempotencyKept)}
+
+
+def decode(raw: Any) -> Record:
+    """A record from its encoding (a tuple, as the journal gives it back)."""
+    try:
+        cls = _TYPES[raw[-1]]
+        return cls(*raw)
+    except (KeyError, TypeError, IndexError):
+        raise UnknownRecord(f"unknown record {str(raw)[:80]}: written by another version of cascade") from None

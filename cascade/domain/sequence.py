@@ -1,0 +1,141 @@
+"""Every sequence rule of API.md, as decisions: given a send and what just
+happened, which records follow.
+
+Each function reads the send and calls `emit(record)` for every state
+change it decides on; `emit` applies the record at once (the shard's one
+apply path: `evolve` plus what the shard derives), so the next decision
+sees the state the last one made. Nothing here changes a send itself, does
+I/O, reads a clock or takes a lock: the shard passes `now`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .records import (
+    DeliveryAnswered, SendCancelled, SendFinished, SendStopped, SignalApplied, StepFailed, StepFired, StepSkipped,
+    WindowEnded,
+)
+from .send import (
+    ACTIVE, COMPLETED, DELIVERED_ANY, FAILED_SEND, FIRED, PENDING, SKIPPED, STEP_FAILED, WAITING, Send,
+)
+
+__all__ = ["Emit", "SignalOutcome", "cancel", "delivery_result", "signal", "start", "window_ended"]
+
+Emit = Callable[[Any], None]
+_FAILED = 3  # channels.FAILED
+
+
+class SignalOutcome:
+    ACCEPTED, DUPLICATE, UNKNOWN_MESSAGE, UNSUPPORTED = range(4)
+
+
+def _fire(send: Send, i: int, now: float, emit: Emit) -> bool:
+    """Fire step i; False if it was skipped (no address, opted out)."""
+    reason = send.recipient.unreachable(send.tpl.steps[i].channel)
+    if reason is None:
+        emit(StepFired(send.key, i, now))
+        return True
+    emit(StepSkipped(send.key, i, reason, now))
+    return False
+
+
+def _settle(send: Send, now: float, emit: Emit) -> None:
+    """Finish once the last step has fired and every fired step has its answer (rule 6)."""
+    answers = send.answers
+    steps = send.steps
+    for i in range(len(send.tpl.steps)):
+        if not (answers >> i) & 1:  # cheaper first: most fired steps have answered
+            st = (steps >> (4 * i)) & 15
+            if st == FIRED or st == WAITING or st == STEP_FAILED:
+                return
+    emit(SendFinished(send.key, COMPLETED if answers & DELIVERED_ANY else FAILED_SEND, now))
+
+
+def _advance(send: Send, first: int, now: float, emit: Emit) -> None:
+    """Fire steps from `first` until one waits or none are left (rules 4, 5)."""
+    for i in range(first, len(send.tpl.steps)):
+        if _fire(send, i, now, emit) and send.deadline is not None:
+            return
+    _settle(send, now, emit)
+
+
+def _escalate_now(send: Send, i: int, reason: str, now: float, emit: Emit) -> None:
+    """Rule 5: a step that cannot be delivered does not wait its window."""
+    emit(StepFailed(send.key, i, reason, now))
+    if i < len(send.tpl.steps) - 1 and send.tpl.sequence:
+        _advance(send, i + 1, now, emit)
+    else:
+        _settle(send, now, emit)
+
+
+def start(send: Send, now: float, emit: Emit) -> None:
+    """Step 1 fires at once; without a sequence every step does."""
+    if send.tpl.sequence:
+        _advance(send, 0, now, emit)
+        return
+    for i in range(len(send.tpl.steps)):
+        _fire(send, i, now, emit)
+    _settle(send, now, emit)
+
+
+def window_ended(send: Send, now: float, emit: Emit) -> None:
+    """The waiting step's deadline has come (rule 4); nothing if it has not."""
+    i = send.current
+    if send.status != ACTIVE or send.step_status(i) != WAITING or send.deadline is None or send.deadline > now:
+        return
+    emit(WindowEnded(send.key, i, now))
+    _advance(send, i + 1, now, emit)
+
+
+def delivery_result(send: Send, i: int, ok: bool, reason: str | None, now: float, emit: Emit) -> None:
+    """The channel's answer for step i: accepted (requested) or refused (failed)."""
+    if send.answers & (1 << i):
+        return
+    emit(DeliveryAnswered(send.key, i, ok, reason, now))
+    if send.status != ACTIVE:
+        return
+    if not ok:
+        if send.step_status(i) == WAITING:
+            _escalate_now(send, i, reason or "provider_failed", now, emit)
+            return
+        emit(StepFailed(send.key, i, reason or "provider_failed", now))
+    if send.deadline is None and send.current == len(send.tpl.steps) - 1:
+        _settle(send, now, emit)
+
+
+def signal(send: Send, i: int, kind: int, at: float, now: float, emit: Emit) -> int:
+    """An engagement (or failed) signal on step i; answers a `SignalOutcome`."""
+    steps = send.tpl.steps
+    if i < 0 or i >= len(steps):
+        return SignalOutcome.UNKNOWN_MESSAGE
+    st = (send.steps >> (4 * i)) & 15
+    if st == PENDING or st == SKIPPED:
+        return SignalOutcome.UNKNOWN_MESSAGE
+    if send.sig & (1 << (4 * i + kind)):
+        return SignalOutcome.DUPLICATE  # rule 8
+    emit(SignalApplied(send.key, i, kind, at, now))
+    if send.status != ACTIVE or not send.tpl.sequence:
+        return SignalOutcome.ACCEPTED  # rule 7: counted, changes nothing
+    if kind == _FAILED:
+        if i == send.current and st in (WAITING, FIRED):
+            _escalate_now(send, i, "failed_signal", now, emit)
+        return SignalOutcome.ACCEPTED
+    rank = steps[i].stop_rank
+    if rank < 0 or kind < rank:
+        return SignalOutcome.ACCEPTED  # rule 1: below this step's condition
+    cur = send.current
+    # Rule 2 (the waiting step's own condition) or rule 3 (an earlier step's,
+    # while a later one waits). Once the terminal step has fired there is
+    # nothing left to stop.
+    if (i == cur and st == WAITING) or (i < cur and send.step_status(cur) == WAITING):
+        emit(SendStopped(send.key, i, kind, now))
+    return SignalOutcome.ACCEPTED
+
+
+def cancel(send: Send, now: float, emit: Emit) -> bool:
+    """False when the send has already finished (the caller answers 409)."""
+    if send.status != ACTIVE:
+        return False
+    emit(SendCancelled(send.key, now))
+    return True
