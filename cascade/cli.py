@@ -20,8 +20,9 @@ __all__ = ["main"]
 _EPILOG = """\
 configuration: one TOML file (--config), then CASCADE_<SECTION>_<KEY>
 environment variables (e.g. CASCADE_SERVER_PORT=9090,
-CASCADE_AUTH_API_KEYS="k1=admin,k2=events"), then these flags; every key has
-a default, so `cascade serve` alone runs on 127.0.0.1:8080 with a real clock.
+CASCADE_AUTH_API_KEYS="k1=admin,k2=events", CASCADE_CHANNELS_PUSH_URL=...),
+then these flags; every key has a default, so `cascade serve` alone runs on
+127.0.0.1:8080 with a real clock.
 Logging: CASCADE_LOG_LEVEL (default INFO), CASCADE_LOG_FORMAT=json|logfmt,
 CASCADE_ACCESS_LOG=1 for one line a request.
 """

@@ -5,22 +5,32 @@ single-node server. Validation names the key and the allowed values.
 
 Environment variables are `CASCADE_<SECTION>_<KEY>` (e.g.
 `CASCADE_SERVER_PORT=9090`, `CASCADE_CLOCK_MODE=manual`); API keys as
-`CASCADE_AUTH_API_KEYS="k1=admin,k2=events"`.
+`CASCADE_AUTH_API_KEYS="k1=admin,k2=events"`; a channel's provider as
+`CASCADE_CHANNELS_<CHANNEL>_<KEY>` (`CASCADE_CHANNELS_PUSH_URL=...`).
+An environment value is text, read as its key's type; a file value must
+already have its key's type (`port = "8080"` is an error, as is
+`CASCADE_SERVER_PORT=http`). `CASCADE_LOG_FORMAT` is checked here too,
+though logging reads it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import tomllib
+import types
 from pathlib import Path
-from typing import Any, Literal, Mapping, cast
+from typing import Any, Literal, Mapping, Union, cast, get_args, get_origin, get_type_hints
 
 import msgspec
+
+from .logs import LOG_FORMATS
 
 __all__ = ["ChannelSettings", "ConfigError", "Settings", "load_settings"]
 
 Scope = Literal["admin", "send", "events", "read"]
+ProviderChannel = Literal["push", "email", "sms"]
 
 
 class ConfigError(Exception):
@@ -84,7 +94,7 @@ class Settings(_Section, frozen=True):
     storage: StorageSettings = StorageSettings()
     auth: AuthSettings = AuthSettings()
     clock: ClockSettings = ClockSettings()
-    channels: dict[Literal["push", "email", "sms"], ChannelSettings] = {}
+    channels: dict[ProviderChannel, ChannelSettings] = {}
     engine: EngineSettings = EngineSettings()
     campaigns: CampaignSettings = CampaignSettings()
 
@@ -129,13 +139,130 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+_PREFIX = "CASCADE_"
+
+
+def _describe(tp: Any) -> str:
+    """What a value of type `tp` looks like, for messages."""
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(f'"{v}"' for v in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(tp) if a is not type(None))
+    if get_origin(tp) is dict:
+        return f"a table of name = {_describe(get_args(tp)[1])}"
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def _field_type(parts: list[str]) -> Any:
+    """The type of the setting at `parts` (e.g. ["channels", "push", "url"])."""
+    tp: Any = Settings
+    for part in parts:
+        if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+            tp = get_type_hints(tp).get(part)
+        elif get_origin(tp) is dict:
+            tp = get_args(tp)[1]
+        else:
+            return None
+        if get_origin(tp) in (Union, types.UnionType):
+            tp = next((a for a in get_args(tp) if a is not type(None)), tp)
+    return tp
+
+
+def _lookup(raw: Any, parts: list[str]) -> Any:
+    for part in parts:
+        if not isinstance(raw, Mapping) or part not in raw:
+            return None
+        raw = raw[part]
+    return raw
+
+
+def _resolve(parts: list[str], raw: Any) -> list[str]:
+    """`parts` with each "*" (msgspec's `[...]`: some key of a table) replaced
+    by the key whose value is wrong."""
+    out: list[str] = []
+    for part in parts:
+        node = _lookup(raw, out)
+        if part == "*" and isinstance(node, Mapping):
+            value_type = get_args(_field_type(out))[1] if get_origin(_field_type(out)) is dict else Any
+            for key, value in node.items():
+                try:
+                    msgspec.convert(value, value_type, strict=True)
+                except msgspec.ValidationError:
+                    part = key
+                    break
+        out.append(part)
+    return out
+
+
+def _spell(value: Any) -> str:
+    """A value as TOML would write it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
+
+
+def _problem(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
+    """A msgspec error about the merged settings, in the settings' own terms:
+    the dotted key, the value, and what the key takes."""
+    text = str(exc)
+    message, sep, at = text.rpartition(" - at `")
+    if not sep:
+        message, at = text, "$"
+    at = at.rstrip("`")
+    table_key = at.startswith("key` in `")  # a key of a table is wrong, e.g. a channel's name
+    if table_key:
+        at = at[len("key` in `"):]
+    parts = _resolve([p for p in at.lstrip("$").replace("[...]", ".*").split(".") if p], raw)
+    dotted = ".".join(parts)
+    field = _field_type(parts)
+    if table_key:
+        key_type = get_args(field)[0] if get_origin(field) is dict else None
+        name = message.removeprefix("Invalid enum value ").strip("'")
+        return f"{dotted}.{name} is not allowed: the keys of {dotted} are {_describe(key_type).removeprefix('one of ')}"
+    if message.startswith("Object contains unknown field `"):
+        name = message.removeprefix("Object contains unknown field `").rstrip("`")
+        known = ", ".join(field.__struct_fields__) if isinstance(field, type) and issubclass(
+            field, msgspec.Struct) else "no such key"
+        return f"{dotted + '.' if dotted else ''}{name} is not a setting; {dotted or 'the file'} has {known}"
+    return f"{dotted} = {_spell(_lookup(raw, parts))} is not allowed: it must be {_describe(field)}"
+
+
+def _env_value(name: str, parts: list[str], value: str) -> Any:
+    """An environment value (text) read as the type of the setting at `parts`."""
+    *parent, key = parts
+    section = _field_type(parent)
+    fields: tuple[str, ...] = getattr(section, "__struct_fields__", ())
+    if key not in fields:
+        raise ConfigError(f"{name} names no setting: [{'.'.join(parent)}] has no key {key!r} "
+                          f"(it has {', '.join(fields)})")
+    try:
+        converted = msgspec.convert({key: value}, section, strict=False)
+    except msgspec.ValidationError:
+        raise ConfigError(f"{name}={value!r} is not allowed: {'.'.join(parts)} must be "
+                          f"{_describe(_field_type(parts))}") from None
+    return msgspec.to_builtins(getattr(converted, key))
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    sections = {f: getattr(Settings, f) for f in Settings.__struct_fields__ if f != "channels"}
+    sections = [f for f in Settings.__struct_fields__ if f != "channels"]
+    channels = get_args(ProviderChannel)
     for name, value in environ.items():
-        if not name.startswith("CASCADE_"):
+        if not name.startswith(_PREFIX):
             continue
-        rest = name[len("CASCADE_"):].lower()
+        rest = name[len(_PREFIX):].lower()
+        if rest.startswith("channels_"):
+            channel, _, key = rest[len("channels_"):].partition("_")
+            if channel not in channels:
+                raise ConfigError(f"{name}: {channel!r} is not a channel with a provider; use "
+                                  f"CASCADE_CHANNELS_<{'|'.join(c.upper() for c in channels)}>_<KEY>")
+            out.setdefault("channels", {}).setdefault(channel, {})[key] = \
+                _env_value(name, ["channels", channel, key], value)
+            continue
         for section in sections:
             if rest.startswith(section + "_"):
                 key = rest[len(section) + 1:]
@@ -145,9 +272,15 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
                         raise ConfigError(f"{name} must look like \"key1=admin,key2=events\"; got {value!r}")
                     out.setdefault(section, {})[key] = {k.strip(): v.strip() for k, v in pairs}
                 else:
-                    out.setdefault(section, {})[key] = value
+                    out.setdefault(section, {})[key] = _env_value(name, [section, key], value)
                 break
     return out
+
+
+def _check_log_format(environ: Mapping[str, str]) -> None:
+    fmt = environ.get("CASCADE_LOG_FORMAT")
+    if fmt is not None and fmt.strip().lower() not in LOG_FORMATS:
+        raise ConfigError(f"CASCADE_LOG_FORMAT {fmt!r} is not allowed; use one of {', '.join(LOG_FORMATS)}")
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,14 +301,18 @@ def load_settings(path: str | Path | None = None, flags: Mapping[str, Any] | Non
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    raw = _merge(raw, _env_overrides(os.environ if environ is None else environ))
+    env = os.environ if environ is None else environ
+    _check_log_format(env)
+    raw = _merge(raw, _env_overrides(env))
     for dotted, value in (flags or {}).items():
         if value is not None:
             section, key = dotted.split(".", 1)
             raw = _merge(raw, {section: {key: value}})
     try:
-        settings = msgspec.convert(raw, Settings, strict=False)
+        # Strict: the file's values must have their key's type (the
+        # environment's were read as that type above; flags are typed).
+        settings = msgspec.convert(raw, Settings, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from None
+        raise ConfigError(f"invalid configuration: {_problem(exc, raw)}") from None
     _check(settings)
     return settings

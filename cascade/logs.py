@@ -22,7 +22,9 @@ import time
 from contextvars import ContextVar
 from typing import IO, Any, Mapping
 
-__all__ = ["JsonFormatter", "LogfmtFormatter", "request_id_var", "setup_logging"]
+__all__ = ["JsonFormatter", "LOG_FORMATS", "LogfmtFormatter", "request_id_var", "setup_logging"]
+
+LOG_FORMATS = ("json", "logfmt")  # CASCADE_LOG_FORMAT; another value is a config error (config.py)
 
 request_id_var: ContextVar[str | None] = ContextVar("cascade_request_id", default=None)
 

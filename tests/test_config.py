@@ -131,6 +131,99 @@ def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], nam
     assert names in str(info.value)
 
 
+@pytest.mark.parametrize(("text", "names"), [
+    ('[server]\nport = "8080"\n', 'server.port = "8080" is not allowed: it must be an integer'),
+    ('[server]\nport = 8080.0\n', "server.port = 8080.0 is not allowed: it must be an integer"),
+    ('[server]\nport = true\n', "server.port = true is not allowed: it must be an integer"),
+    ('[server]\nhost = 127\n', "server.host = 127 is not allowed: it must be a string"),
+    ('[clock]\nrate = "60"\n', 'clock.rate = "60" is not allowed: it must be a number'),
+    ('[clock]\nrate = true\n', "clock.rate = true is not allowed: it must be a number"),
+    ('[storage]\njournal_fsync = 1\n', 'storage.journal_fsync = 1 is not allowed: it must be one of "batch"'),
+    ('[auth]\ninbox_secret = 5\n', "auth.inbox_secret = 5 is not allowed: it must be a string"),
+    ('[auth]\napi_keys = { "a" = "admin", "b" = "root" }\n', 'auth.api_keys.b = "root" is not allowed'),
+    ('[channels.email]\n[channels.push]\nmax_attempts = "3"\n',
+     'channels.push.max_attempts = "3" is not allowed: it must be an integer'),
+    ('[channels.push]\nprovider = "fax"\n', 'channels.push.provider = "fax" is not allowed: it must be one of'),
+    ('[channels.fax]\nprovider = "log"\n', 'channels.fax is not allowed: the keys of channels are "push"'),
+    ('[channels]\npush = 1\n', "channels.push = 1 is not allowed: it must be a table"),
+])
+def test_a_file_value_of_the_wrong_type_is_a_config_error_naming_the_key_and_its_type(
+        tmp_path: Path, text: str, names: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text), environ={})
+    assert names in str(info.value)
+
+
+def test_environment_values_are_read_as_the_type_of_their_key() -> None:
+    s = load_settings(environ={"CASCADE_SERVER_PORT": "9092", "CASCADE_CLOCK_RATE": "1.5",
+                               "CASCADE_STORAGE_SNAPSHOTS_KEPT": "5", "CASCADE_STORAGE_JOURNAL_FSYNC": "off"})
+    assert (s.server.port, s.clock.rate, s.storage.snapshots_kept, s.storage.journal_fsync) == (9092, 1.5, 5, "off")
+    for env, names in [({"CASCADE_CLOCK_RATE": "fast"}, "CASCADE_CLOCK_RATE='fast' is not allowed: clock.rate must "
+                                                         "be a number"),
+                       ({"CASCADE_CLOCK_MODE": "sundial"}, "CASCADE_CLOCK_MODE='sundial' is not allowed: clock.mode "
+                                                           'must be one of "real", "manual", "scaled"'),
+                       ({"CASCADE_SERVER_HOTS": "x"}, "CASCADE_SERVER_HOTS names no setting")]:
+        with pytest.raises(ConfigError) as info:
+            load_settings(environ=env)
+        assert names in str(info.value)
+
+
+def test_cascade_channels_environment_variables_configure_a_channel_like_the_file(tmp_path: Path) -> None:
+    env = {"CASCADE_CHANNELS_PUSH_PROVIDER": "webhook", "CASCADE_CHANNELS_PUSH_URL": "http://127.0.0.1:9000/push",
+           "CASCADE_CHANNELS_PUSH_SECRET": "whsec", "CASCADE_CHANNELS_PUSH_TIMEOUT_S": "2.5",
+           "CASCADE_CHANNELS_PUSH_MAX_ATTEMPTS": "5", "CASCADE_CHANNELS_PUSH_MAX_IN_FLIGHT": "64",
+           "CASCADE_CHANNELS_SMS_PROVIDER": "memory"}
+    from_env = load_settings(environ=env)
+    from_file = load_settings(write(tmp_path, """
+[channels.push]
+provider = "webhook"
+url = "http://127.0.0.1:9000/push"
+secret = "whsec"
+timeout_s = 2.5
+max_attempts = 5
+max_in_flight = 64
+
+[channels.sms]
+provider = "memory"
+"""), environ={})
+    assert from_env.channels == from_file.channels
+    assert from_env.channel("push").max_in_flight == 64 and from_env.channel("email").provider == "log"
+    # the environment overrides the file key by key, like any other section
+    over = load_settings(write(tmp_path, '[channels.push]\nprovider = "webhook"\n'
+                                         'url = "http://a/push"\nsecret = "s"\n'),
+                         environ={"CASCADE_CHANNELS_PUSH_URL": "http://b/push"})
+    assert (over.channel("push").provider, over.channel("push").url, over.channel("push").secret) == (
+        "webhook", "http://b/push", "s")
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"CASCADE_CHANNELS_PUSH_PROVIDER": "webhook"}, "channels.push.url must be an http(s) URL"),
+    ({"CASCADE_CHANNELS_FAX_URL": "http://x"}, "CASCADE_CHANNELS_FAX_URL: 'fax' is not a channel"),
+    ({"CASCADE_CHANNELS_PUSH_COLOUR": "red"}, "CASCADE_CHANNELS_PUSH_COLOUR names no setting"),
+    ({"CASCADE_CHANNELS_PUSH_MAX_ATTEMPTS": "many"}, "CASCADE_CHANNELS_PUSH_MAX_ATTEMPTS='many' is not allowed: "
+                                                     "channels.push.max_attempts must be an integer"),
+    ({"CASCADE_CHANNELS_EMAIL_PROVIDER": "pigeon"}, 'channels.email.provider must be one of "log", "webhook"'),
+])
+def test_a_bad_cascade_channels_environment_variable_is_a_config_error_naming_it(
+        env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ=env)
+    assert names in str(info.value)
+
+
+def test_an_unknown_log_format_is_a_config_error_naming_the_allowed_values(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, restore_logging: None) -> None:
+    for fmt in ("xml", "", "json5"):
+        with pytest.raises(ConfigError, match="CASCADE_LOG_FORMAT .* is not allowed; use one of json, logfmt"):
+            load_settings(environ={"CASCADE_LOG_FORMAT": fmt})
+    for fmt in ("json", "logfmt", " LOGFMT "):
+        load_settings(environ={"CASCADE_LOG_FORMAT": fmt})
+    monkeypatch.delenv("CASCADE_AUTH_API_KEYS", raising=False)
+    monkeypatch.setenv("CASCADE_LOG_FORMAT", "xml")
+    assert main(["serve"]) == 2
+    assert "json, logfmt" in capsys.readouterr().err
+
+
 def test_unreadable_or_broken_files_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_settings(tmp_path / "missing.toml", environ={})
