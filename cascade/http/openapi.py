@@ -254,15 +254,15 @@ def _operation(route: Route, ref: Callable[[Any], dict[str, Any]]) -> dict[str, 
         for media, description in route.raw_body:
             content[media] = {"schema": {"type": "string", "description": description}}
         op["requestBody"] = {"required": True, "content": content}
-    content: dict[str, Any] | None = None
+    answer: dict[str, Any] | None = None
     if route.response is not None:
-        content = {"application/json": {"schema": ref(route.response)}}
+        answer = {"application/json": {"schema": ref(route.response)}}
     elif route.raw_response:
-        content = {route.raw_response: {"schema": {"type": "string"}}}
+        answer = {route.raw_response: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {}
     for status, description in sorted(((route.ok, _SUCCESS.get(route.ok, "OK")), *route.also_ok)):
-        responses[str(status)] = {"description": description} if content is None or status == 204 \
-            else {"description": description, "content": content}
+        responses[str(status)] = {"description": description} if answer is None or status == 204 \
+            else {"description": description, "content": answer}
     errors = set(route.errors)
     if route.need is not None:
         errors |= {401, 403}
