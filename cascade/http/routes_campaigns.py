@@ -58,13 +58,15 @@ def _created(c: Campaign, upload: Upload) -> web.Response:
     }, 201)
 
 
-def _time(text: str | None, path: str) -> float | None:
+def _time(text: str | None, param: str) -> float | None:
+    """A query parameter's RFC 3339 time; errors name the parameter bare, as
+    every query parameter is named in error details (`$.` is the body)."""
     if text is None or text == "":
         return None
     try:
         return parse_iso(text)
     except ValueError as exc:
-        raise ApiError(422, "invalid", f"invalid value at {path}: {exc}", [(path, str(exc))]) from None
+        raise ApiError(422, "invalid", f"invalid query parameter {param}: {exc}", [(param, str(exc))]) from None
 
 
 def routes(engine: Engine, settings: Settings) -> list[Route]:
@@ -115,12 +117,13 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
         template = query.get("template")
         if not template:
             raise ApiError(422, "invalid", "a CSV campaign names its template: ?template=<id>",
-                           [("?template", "required")])
+                           [("template", "required: the template id")])
         engine.get_template(template)  # 404 before reading the body
-        scheduled = _time(query.get("scheduledAt"), "?scheduledAt")
+        scheduled = _time(query.get("scheduledAt"), "scheduledAt")
         name = query.get("name") or None
         if name is not None and len(name) > 200:
-            raise ApiError(422, "invalid", "name is longer than 200 characters", [("?name", "at most 200")])
+            raise ApiError(422, "invalid", "name is longer than 200 characters",
+                           [("name", "at most 200 characters")])
         length = request.content_length
         if length is not None and length > csv_max:
             raise ApiError(413, "payload_too_large", f"the CSV is {length} bytes; the limit is {csv_max} "
@@ -158,19 +161,21 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
         status = query.get("status")
         if status is not None and status not in STATUSES:
             raise ApiError(422, "invalid", f"status {status!r} is not one of {', '.join(STATUSES)}",
-                           [("?status", "unknown status")])
+                           [("status", f"one of {', '.join(STATUSES)}")])
         try:
             limit = int(query.get("limit", "100"))
         except ValueError:
             limit = 0
         if not 1 <= limit <= 1000:
-            raise ApiError(422, "invalid", "limit must be an integer from 1 to 1000", [("?limit", "1-1000")])
+            raise ApiError(422, "invalid", "limit must be an integer from 1 to 1000",
+                           [("limit", "an integer from 1 to 1000")])
         found = book.newest_first(status)
         before = query.get("before")
         if before:
             at = next((k for k, c in enumerate(found) if c.id == before), None)
             if at is None:
-                raise ApiError(422, "invalid", f"cursor {before!r} names no campaign", [("?before", "unknown")])
+                raise ApiError(422, "invalid", f"cursor {before!r} names no campaign",
+                               [("before", "use the `next` value of the previous page")])
             found = found[at + 1:]
         page = found[:limit]
         totals: dict[str, Any] = await engine.totals([c.group for c in page]) if page else {}

@@ -215,7 +215,7 @@ async def test_unknown_template_missing_template_and_bad_times(client: TestClien
     resp = await client.post("/v1/campaigns", data=b"recipient\nu1\n", headers=CSV)
     assert resp.status == 422
     err = error_of(await post_csv(client, "recipient\nu1\n", status=422, scheduledAt="tomorrow"), "invalid")
-    assert err["details"][0]["path"] == "?scheduledAt"
+    assert err["details"][0]["path"] == "scheduledAt"
     err = error_of(await post_json(client, {"template": "order-shipped", "recipients": ["u1"],
                                             "scheduledAt": "2026-11-27T10:00:00"}, status=422), "invalid")
     assert err["details"][0]["path"] == "$.scheduledAt"
@@ -284,6 +284,26 @@ async def test_the_list_is_newest_first_filters_by_status_and_pages(client: Test
     assert [c["id"] for c in rest["campaigns"]] == [ids[0]] and rest["next"] is None
     for bad in ("?status=nope", "?limit=0", "?limit=x", "?before=cmp_nope"):
         assert (await client.get("/v1/campaigns" + bad)).status == 422
+
+
+async def test_query_parameter_errors_name_the_parameter_bare_as_the_api_docs_say(client: TestClient,
+                                                                                    error_of: Any) -> None:
+    """api.md: "`$` is the body ...; query parameters are named bare, e.g. `limit`"."""
+    await client.put("/v1/templates/order-shipped", json={"channels": [{"channel": "inapp"}]})
+    upload = {"data": b"recipient\nu1\n", "headers": CSV}
+    bad: list[tuple[str, str, dict[str, Any], str]] = [
+        ("POST", "/v1/campaigns", upload, "template"),
+        ("POST", "/v1/campaigns?template=order-shipped&scheduledAt=tomorrow", upload, "scheduledAt"),
+        ("POST", f"/v1/campaigns?template=order-shipped&name={'n' * 201}", upload, "name"),
+        ("GET", "/v1/campaigns?status=nope", {}, "status"),
+        ("GET", "/v1/campaigns?limit=0", {}, "limit"),
+        ("GET", "/v1/campaigns?before=cmp_nope", {}, "before"),
+        ("GET", "/v1/recipients/u1/inbox?limit=201", {}, "limit"),
+        ("GET", "/v1/recipients/u1/inbox?before=snd_000000000000001.1", {}, "before")]
+    for method, url, kwargs, param in bad:
+        resp = await client.request(method, url, **kwargs)
+        assert resp.status == 422, url
+        assert [d["path"] for d in error_of(await resp.json(), "invalid")["details"]] == [param]
 
 
 # -- auth and documentation ----------------------------------------------------------------------
