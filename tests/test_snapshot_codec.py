@@ -187,9 +187,14 @@ def test_header_carries_format_version_position_counts_and_extra_keys() -> None:
 
 
 def test_unknown_version_is_refused_naming_it_and_the_supported_one() -> None:
-    with pytest.raises(UnsupportedFormat, match=r"version 2.*reads 'cascade-snapshot' version 1") as info:
-        check_header(header(version=2))
-    assert info.value.found_version == 2
+    with pytest.raises(UnsupportedFormat, match=rf"version 99.*reads 'cascade-snapshot' version {VERSION}") as info:
+        check_header(header(version=99))
+    assert info.value.found_version == 99
+
+
+def test_a_snapshot_of_an_earlier_format_is_refused_too() -> None:
+    with pytest.raises(UnsupportedFormat, match=rf"version 1.*reads 'cascade-snapshot' version {VERSION}"):
+        check_header(header(version=1))
 
 
 def test_unknown_format_name_is_refused_naming_it() -> None:

@@ -24,7 +24,7 @@ import msgpack
 import pytest
 
 from cascade.server import Server
-from cascade.snapshots import FileJournal
+from cascade.snapshots import VERSION, FileJournal
 from cascade.snapshots import durability as durability_module
 from serverproc import (
     ADMIN, ROOT, ServerProc, api, crash_image, inproc_settings, journal_segments, running, small_workload,
@@ -262,7 +262,7 @@ async def test_cascade_snapshot_verify_and_inspect(serve: ServerProc) -> None:
         assert ok.returncode == 0 and ok.stdout.startswith("ok:"), ok
         shown = cli("snapshot", "inspect", str(path))
         assert shown.returncode == 0, shown
-        assert '"format": "cascade-snapshot"' in shown.stdout and '"version": 1' in shown.stdout, shown.stdout
+        assert '"format": "cascade-snapshot"' in shown.stdout and f'"version": {VERSION}' in shown.stdout, shown.stdout
         assert f'"shard": {shard}' in shown.stdout and "journal_position" in shown.stdout, shown.stdout
         assert "status: ok" in shown.stdout, shown.stdout
 

@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 FORMAT = "cascade-snapshot"
-VERSION = 1
+VERSION = 2  # 2: front records are domain/records.py types
 MAX_FRAME_BYTES = 64 << 20
 CHUNK_BYTES = 1 << 20
 FRAME_HEADER = _HEAD = struct.Struct("<II")  # payload length, crc32(payload)
