@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +260,53 @@ def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["frobnicate", "x"]) == 2
     assert "usage: cascade snapshot" in capsys.readouterr().err
+
+
+# -- periodic snapshots of a running server ------------------------------------------------
+
+async def test_an_idle_server_skips_its_periodic_snapshots_until_something_is_journaled(tmp_path: Path) -> None:
+    from cascade.config import load_settings
+    from serverproc import config_text, eventually, free_port, running, snapshot_files
+
+    data = tmp_path / "data"
+    config = tmp_path / "cascade.toml"
+    config.write_text(config_text(data, free_port(), snapshot_interval_s=0.02, shards=2), encoding="utf-8")
+    async with running(load_settings(config, environ={})) as (server, http):
+        assert server.durability is not None and server.durability.coordinator is not None
+        coordinator = server.durability.coordinator
+
+        async def listing() -> list[dict[str, Any]]:
+            body = await (await http.get("/v1/admin/snapshots")).json()
+            return body["snapshots"]  # type: ignore[no-any-return]
+
+        def files() -> list[tuple[str, int, int]]:
+            return [(p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in snapshot_files(data)]
+
+        async def skips_beyond(n: int) -> bool:
+            return coordinator.skipped > n
+
+        async def last_snapshot_time() -> float:
+            text = await (await http.get("/metrics")).text()
+            line = next(x for x in text.splitlines() if x.startswith("cascade_last_snapshot_timestamp_seconds "))
+            return float(line.split()[1])
+
+        # Start-up journals the manual clock, so the first period writes a set; then nothing happens.
+        await eventually(lambda: skips_beyond(2), "periodic snapshots skipped on an idle server")
+        sets, on_disk, taken = await listing(), files(), coordinator.taken
+        assert len(sets) == 1 and taken == 1 and on_disk
+        idle_since, skipped = time.time(), coordinator.skipped
+        await eventually(lambda: skips_beyond(skipped + 10), "ten more idle periods")
+        assert await listing() == sets and files() == on_disk and coordinator.taken == taken
+        assert await last_snapshot_time() >= idle_since  # the newest set is still current: no stale alarm
+
+        # Something journaled: the next period writes a new set, then idleness resumes.
+        assert (await http.put("/v1/templates/t", json={"channels": [{"channel": "inapp"}]})).status == 201
+
+        async def new_set() -> bool:
+            now = await listing()
+            return bool(now) and now[0]["journalPosition"] > sets[0]["journalPosition"] and coordinator.taken > taken
+
+        await eventually(new_set, "a periodic snapshot after a write")
+        taken, skipped = coordinator.taken, coordinator.skipped
+        await eventually(lambda: skips_beyond(skipped + 5), "idle periods after the write")
+        assert coordinator.taken == taken

@@ -262,7 +262,8 @@ class HttpMetrics:
         yield GaugeMetricFamily("cascade_snapshot_bytes", "Size of the last snapshot",
                                 value=figures.get("bytes", 0))
         yield GaugeMetricFamily("cascade_last_snapshot_timestamp_seconds",
-                                "Unix time the last snapshot was completed (0: none yet)",
+                                "Unix time the newest snapshot was last known current: completed, or found "
+                                "unchanged by a skipped periodic snapshot (0: neither yet)",
                                 value=figures.get("last_timestamp_seconds", 0.0))
         buckets: tuple[tuple[float, int], ...] | None = figures.get("fsync_buckets")
         if buckets:

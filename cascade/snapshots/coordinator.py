@@ -6,6 +6,12 @@ began. Shards write theirs
 in slices between their own work (`engine/shard_snapshot.py`), so there is
 no global pause. Afterwards the newest `keep` sets are kept and journal
 segments older than the oldest kept set are deleted.
+
+A periodic snapshot is skipped when nothing was journaled since the newest
+set began (an idle server would only write the same state again): every
+change of state is journaled, so an unchanged journal position means an
+unchanged state. A scaled clock moves without being journaled, so under it
+every period writes. On demand and at shutdown a set is always written.
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ log = logging.getLogger("cascade.snapshots")
 
 
 class SnapshotCoordinator:
-    def __init__(self, engine: Any, journal: Any, directory: str, keep: int = 3, interval_s: float = 60.0) -> None:
+    def __init__(self, engine: Any, journal: Any, directory: str, keep: int = 3, interval_s: float = 60.0,
+                 covered: int | None = None) -> None:
+        """`covered`: the journal position of the set on disk that holds the
+        current state (the one recovery loaded), if any."""
         self.engine = engine
         self.journal = journal
         self.directory = directory
@@ -34,7 +43,10 @@ class SnapshotCoordinator:
         self.interval_s = interval_s
         self.last: dict[str, Any] | None = None  # the latest set written: for /metrics and the admin API
         self.taken = 0
-        self._lock = threading.Lock()
+        self.skipped = 0  # periodic snapshots not written: nothing had changed
+        self.current_at = 0.0  # Unix time the newest set was last known current (written, or a skip found it so)
+        self._covered = covered  # journal position at which the newest set began
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,13 +63,29 @@ class SnapshotCoordinator:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             try:
-                self.take()
+                self.take_if_changed()
             except Exception:
                 log.exception("periodic snapshot failed; the journal keeps everything meanwhile")
 
+    def changed(self) -> bool:
+        """Whether a snapshot now would hold anything the newest set lacks."""
+        if self._covered is None or getattr(self.engine.clock, "mode", "real") == "scaled":
+            return True
+        return bool(self.journal.position() != self._covered)
+
+    def take_if_changed(self) -> dict[str, Any] | None:
+        """`take()`, unless nothing was journaled since the newest set began
+        (then None: that set is still the current state)."""
+        with self._lock:
+            if not self.changed():
+                self.skipped += 1
+                self.current_at = time.time()
+                return None
+            return self.take()
+
     def take(self) -> dict[str, Any]:
         """Write a snapshot set now (blocking; call from a thread)."""
-        with self._lock:
+        with self._lock:  # reentrant: take_if_changed holds it already
             began = time.perf_counter()
             position = self.journal.position()
             engine = self.engine
@@ -84,6 +112,8 @@ class SnapshotCoordinator:
                 "seconds": round(seconds, 3), "createdAt": iso(time.time()), "createdAtSeconds": time.time(),
             }
             self.taken += 1
+            self._covered = position
+            self.current_at = self.last["createdAtSeconds"]
             log.info("snapshot written: position %d, %d sends, %d bytes, %.3f s",
                      position, sends, self.last["bytes"], seconds)
             return self.last
