@@ -1,4 +1,5 @@
-"""The webhook provider against a scripted local endpoint (API.md § Delivery)."""
+"""The webhook provider against a scripted local endpoint (API.md § Delivery),
+and a raw one (test_http11_client.RawServer) for what aiohttp would not do."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import hashlib
 import hmac
 import json
 import random
+import re
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
+from test_http11_client import CLOSE, OK, raw_server, tls_files  # noqa: F401 (fixtures)
 
 from cascade.engine.providers.base import OutgoingMessage
 from cascade.engine.providers.webhook import WebhookProvider
@@ -30,8 +34,8 @@ MESSAGE = OutgoingMessage(
 
 
 class Endpoint:
-    """Answers with `script` in order (a status, (status, headers), or "hang"),
-    then 200; records every request it sees."""
+    """Answers with `script` in order (a status, (status, headers), "hang" or
+    "chunked"), then 200; records every request it sees."""
 
     def __init__(self) -> None:
         self.script: list[Any] = []
@@ -45,6 +49,14 @@ class Endpoint:
         if step == "hang":
             await self.release.wait()
             return web.Response(status=200)
+        if step == "chunked":
+            resp = web.StreamResponse(status=200)
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            for part in (b"a" * 10, b"b" * 70_000, b"c"):
+                await resp.write(part)
+            await resp.write_eof()
+            return resp
         status, headers = step if isinstance(step, tuple) else (step, {})
         return web.Response(status=status, headers=headers, text="ok")
 
@@ -218,6 +230,77 @@ async def test_close_is_idempotent_and_a_later_delivery_opens_a_new_session(endp
     await provider.close()
     await provider.close()
     assert (await provider.deliver(MESSAGE)).ok
+
+
+async def test_concurrent_deliveries_use_at_most_max_in_flight_connections_and_reuse_them(
+        endpoint, make_provider) -> None:
+    ep, url = endpoint
+    provider = make_provider(url, max_in_flight=4)
+    for _ in range(3):
+        outcomes = await asyncio.gather(*(provider.deliver(MESSAGE) for _ in range(20)))
+        assert all(o.ok and o.attempts == 1 for o in outcomes)
+    assert len(ep.requests) == 60 and len({peer for _, _, peer in ep.requests}) <= 4
+
+
+async def test_a_connection_close_answer_is_honoured_and_the_next_delivery_connects_anew(
+        endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = [(200, {"Connection": "close"}), (200, {"Connection": "close"})]
+    provider = make_provider(url)
+    for _ in range(3):
+        assert (await provider.deliver(MESSAGE)).attempts == 1
+    assert len({peer for _, _, peer in ep.requests}) == 3
+
+
+async def test_a_chunked_answer_is_read_through_and_its_connection_reused(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = ["chunked", "chunked"]
+    provider = make_provider(url)
+    for _ in range(3):
+        assert (await provider.deliver(MESSAGE)).ok
+    assert len(ep.requests) == 3 and len({peer for _, _, peer in ep.requests}) == 1
+
+
+async def test_an_endpoint_closing_idle_connections_between_posts_costs_no_attempt(raw_server, make_provider) -> None:
+    server = await raw_server(lambda conn, number, request: (OK, CLOSE))  # answers, then hangs up
+    provider = make_provider(server.url())
+    for _ in range(3):
+        outcome = await provider.deliver(MESSAGE)
+        assert outcome.ok and outcome.attempts == 1
+    assert server.connections == 3
+
+
+async def test_a_post_lost_to_the_keep_alive_race_is_sent_again_within_the_attempt(raw_server, make_provider) -> None:
+    # The endpoint takes the second post on the kept-alive connection and
+    # closes it without a byte of answer, as one timing out idle connections
+    # does just as the post arrives.
+    server = await raw_server(lambda conn, number, request: CLOSE if number == 2 else OK)
+    sleep = RecordingSleep()
+    provider = make_provider(server.url(), sleep=sleep)
+    assert (await provider.deliver(MESSAGE)).attempts == 1
+    outcome = await provider.deliver(MESSAGE)
+    assert outcome.ok and outcome.attempts == 1 and sleep.delays == []
+    assert [(r.conn, r.number) for r in server.requests] == [(1, 1), (1, 2), (2, 1)]
+    assert {re.search(rb"Idempotency-Key: (.*)\r\n", r.head).group(1) for r in server.requests} == {b"msg-1"}  # type: ignore[union-attr]
+
+
+async def test_an_endpoint_that_drops_every_post_fails_after_max_attempts(raw_server, make_provider) -> None:
+    server = await raw_server(lambda conn, number, request: CLOSE)
+    outcome = await make_provider(server.url(), max_attempts=3).deliver(MESSAGE)
+    assert not outcome.ok and outcome.attempts == 3
+    assert outcome.reason is not None and outcome.reason.startswith("retries_exhausted: ConnectionClosed")
+    assert len(server.requests) == 3  # fresh connections: never sent twice within an attempt
+
+
+async def test_https_endpoints_work(raw_server, make_provider, tls_files) -> None:
+    cert, key = tls_files
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    server = await raw_server(lambda conn, number, request: OK, ssl_context=server_ctx)
+    provider = make_provider(server.url(scheme="https"), ssl_context=ssl.create_default_context(cafile=str(cert)))
+    for _ in range(2):
+        assert (await provider.deliver(MESSAGE)).ok
+    assert server.connections == 1
 
 
 @pytest.mark.parametrize(

@@ -8,30 +8,28 @@ Owns the HTTP side of API.md § Delivery to providers. Invariants:
   `max_attempts` attempts in all, sleeping with capped exponential backoff and
   full jitter (or the server's `Retry-After`, capped too) between them;
 - `deliver` never raises for network trouble: it answers a `DeliveryOutcome`.
-One `aiohttp.ClientSession` (keep-alive, at most `max_in_flight` connections)
-is created lazily on the loop that first delivers, and closed by `close()`.
+The posts go through `httpclient.HttpClient` (keep-alive, at most
+`max_in_flight` connections, `timeout_s` per attempt as a whole), created
+lazily on the loop that first delivers and closed by `close()`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from .base import DeliveryOutcome, OutgoingMessage
+from .httpclient import HttpClient, HttpClientError, Target
 
 __all__ = ["WebhookProvider"]
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
-# Connection trouble of every kind: refused, reset, DNS, TLS, broken payloads.
-_NETWORK_ERRORS = (aiohttp.ClientError, OSError)
 
 
 class WebhookProvider:
@@ -52,6 +50,7 @@ class WebhookProvider:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         *,
         max_in_flight: int = 256,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -76,26 +75,38 @@ class WebhookProvider:
         self._secret = secret.encode("utf-8") if secret is not None else None
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
-        self._session: aiohttp.ClientSession | None = None
+        self._ssl_context = ssl_context  # for https://; None: the system's trust store
+        try:
+            self._target = Target(url, {"Content-Type": "application/json"}, user_agent="cascade-webhook")
+        except ValueError as exc:
+            raise ValueError(f"webhook url {url!r} is not allowed: {exc}") from None
+        self._client: HttpClient | None = None
 
     def deliver_now(self, message: OutgoingMessage) -> DeliveryOutcome:
         raise TypeError(f"provider {self.name!r} is asynchronous; await deliver() on the delivery loop")
 
     async def deliver(self, message: OutgoingMessage) -> DeliveryOutcome:
         body = json.dumps(message.payload(), separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
-        headers = {"Content-Type": "application/json", "Idempotency-Key": message.message_id}
+        key = message.message_id
+        if "\r" in key or "\n" in key:
+            return DeliveryOutcome(False, "invalid_message_id", attempts=0)
+        headers = b"Idempotency-Key: %s\r\n" % key.encode("utf-8")
         if self._secret is not None:
             digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
-            headers["X-Cascade-Signature"] = f"sha256={digest}"
-        session = self._get_session()
+            headers += b"X-Cascade-Signature: sha256=%s\r\n" % digest.encode("ascii")
+        client = self._client
+        if client is None:
+            client = self._client = HttpClient(timeout_s=self.timeout_s, max_connections=self.max_in_flight,
+                                               ssl_context=self._ssl_context)
+        target = self._target
         last = ""
         for attempt in range(1, self.max_attempts + 1):
-            retry_after: str | None = None
+            retry_after: bytes | None = None
             try:
-                status, retry_after = await self._post(session, body, headers)
-            except asyncio.TimeoutError:  # also aiohttp.ServerTimeoutError
+                status, retry_after = await client.post(target, body, headers)
+            except TimeoutError:
                 last = "timeout"
-            except _NETWORK_ERRORS as exc:
+            except (OSError, HttpClientError) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
                 if 200 <= status < 300:
@@ -108,32 +119,11 @@ class WebhookProvider:
         return DeliveryOutcome(False, f"retries_exhausted: {last}", attempts=self.max_attempts)
 
     async def close(self) -> None:
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        # Created here rather than in __init__: a session belongs to the loop
-        # it is made on, and the provider is built before the loop runs.
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self.max_in_flight)
-            self._session = aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-            )
-        return self._session
-
-    async def _post(
-        self, session: aiohttp.ClientSession, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, str | None]:
-        # No redirects: aiohttp would turn a 302'd POST into a GET, losing the body.
-        async with session.post(self.url, data=body, headers=headers, allow_redirects=False) as resp:
-            # The answer is in the status line; reading the body only returns
-            # the connection to the keep-alive pool, so its failure is moot.
-            with contextlib.suppress(asyncio.TimeoutError, *_NETWORK_ERRORS):
-                await resp.read()
-            return resp.status, resp.headers.get("Retry-After")
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
+    def _delay(self, attempt: int, retry_after: bytes | None) -> float:
         if retry_after is not None:
             try:
                 seconds = float(retry_after)
