@@ -1,9 +1,13 @@
 """The `webhook` provider: POST each message to the user's endpoint.
 
 Owns the HTTP side of API.md § Delivery to providers. Invariants:
-- the body is compact UTF-8 JSON of `OutgoingMessage.payload()`, signed (when
-  a secret is set) over exactly the bytes that are sent, and every attempt of
-  one message carries the same `Idempotency-Key`, so re-posts are harmless;
+- the body is compact UTF-8 JSON of `OutgoingMessage.payload()`, encoded by
+  msgspec at a fraction of `json.dumps`'s cost: the bytes of
+  `json.dumps(separators=(",", ":"), ensure_ascii=False)`, except that a
+  float in exponent form reads `1e16` rather than `1e+16` (the same number);
+- the body is signed (when a secret is set) over exactly the bytes that are
+  sent, and every attempt of one message carries the same `Idempotency-Key`,
+  so re-posts are harmless;
 - 408, 429, 5xx, timeouts and connection errors are retried, at most
   `max_attempts` attempts in all, sleeping with capped exponential backoff and
   full jitter (or the server's `Retry-After`, capped too) between them;
@@ -18,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import random
 import ssl
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
+
+import msgspec
 
 from .base import DeliveryOutcome, OutgoingMessage
 from .httpclient import HttpClient, HttpClientError, Target
@@ -30,6 +35,9 @@ from .httpclient import HttpClient, HttpClientError, Target
 __all__ = ["WebhookProvider"]
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
+_ACCEPTED_AT_ONCE = DeliveryOutcome(True, attempts=1)  # the common answer, made once (it is frozen)
+# Anything msgspec cannot encode natively becomes its str(), as json.dumps(default=str) did.
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 
 class WebhookProvider:
@@ -86,7 +94,7 @@ class WebhookProvider:
         raise TypeError(f"provider {self.name!r} is asynchronous; await deliver() on the delivery loop")
 
     async def deliver(self, message: OutgoingMessage) -> DeliveryOutcome:
-        body = json.dumps(message.payload(), separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8")
+        body = _encode(message.payload())
         key = message.message_id
         if "\r" in key or "\n" in key:
             return DeliveryOutcome(False, "invalid_message_id", attempts=0)
@@ -110,7 +118,7 @@ class WebhookProvider:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
                 if 200 <= status < 300:
-                    return DeliveryOutcome(True, attempts=attempt)
+                    return _ACCEPTED_AT_ONCE if attempt == 1 else DeliveryOutcome(True, attempts=attempt)
                 if status not in _RETRYABLE_STATUSES and not 500 <= status < 600:
                     return DeliveryOutcome(False, f"http_{status}", attempts=attempt)
                 last = f"http_{status}"
