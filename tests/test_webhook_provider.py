@@ -11,7 +11,9 @@ import random
 import re
 import socket
 import ssl
+import textwrap
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +22,8 @@ from test_http11_client import CLOSE, OK, raw_server, tls_files  # noqa: F401 (f
 
 from cascade.engine.providers.base import OutgoingMessage
 from cascade.engine.providers.webhook import WebhookProvider
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
 MESSAGE = OutgoingMessage(
     message_id="msg-1",
@@ -113,12 +117,57 @@ async def test_posts_the_compact_json_payload_with_its_idempotency_key(endpoint,
     assert "X-Cascade-Signature" not in headers
 
 
-async def test_signature_is_the_hmac_sha256_of_the_exact_body_when_a_secret_is_set(endpoint, make_provider) -> None:
+def documented_signature_check() -> Callable[..., bool]:
+    """The verification snippet of docs/operations.md § Webhooks, run as is."""
+    text = DOCS.read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)\n *```", text, re.S) if "def signature_ok" in b]
+    assert len(blocks) == 1, "docs/operations.md has one signature_ok snippet"
+    namespace: dict[str, Any] = {}
+    exec(compile(textwrap.dedent(blocks[0]), str(DOCS), "exec"), namespace)  # the documentation's own code
+    assert namespace["TOLERANCE_S"] == 300
+    return namespace["signature_ok"]  # type: ignore[no-any-return]
+
+
+async def test_signature_is_the_hmac_sha256_of_the_time_and_the_exact_body_when_a_secret_is_set(
+        endpoint, make_provider) -> None:
     ep, url = endpoint
-    assert (await make_provider(url, secret="whsec").deliver(MESSAGE)).ok
+    assert (await make_provider(url, secret="whsec", clock=lambda: 1_796_000_000.7).deliver(MESSAGE)).ok
     headers, body, _ = ep.requests[0]
-    expected = hmac.new(b"whsec", body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(headers["X-Cascade-Signature"], f"sha256={expected}")
+    expected = hmac.new(b"whsec", b"1796000000." + body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Cascade-Signature"], f"t=1796000000,sha256={expected}")
+
+
+async def test_the_documented_check_accepts_a_fresh_signature_and_refuses_stale_or_forged_ones(
+        endpoint, make_provider) -> None:
+    ep, url = endpoint
+    signature_ok = documented_signature_check()
+    assert (await make_provider(url, secret="whsec").deliver(MESSAGE)).ok  # the real clock
+    headers, body, _ = ep.requests[0]
+    header = headers["X-Cascade-Signature"]
+    t = int(re.fullmatch(r"t=(\d+),sha256=[0-9a-f]{64}", header).group(1))  # type: ignore[union-attr]
+    assert signature_ok(b"whsec", body, header)  # now
+    assert signature_ok(b"whsec", body, header, now=t + 299) and signature_ok(b"whsec", body, header, now=t - 299)
+    assert not signature_ok(b"whsec", body, header, now=t + 301)  # a replay, 5 minutes on
+    assert not signature_ok(b"whsec", body, header, now=t - 301)
+    assert not signature_ok(b"other", body, header, now=t)
+    assert not signature_ok(b"whsec", body + b" ", header, now=t)
+    forged_time = header.replace(f"t={t}", f"t={t + 100}")  # a fresh time on an old signature
+    assert not signature_ok(b"whsec", body, forged_time, now=t + 100)
+    assert not signature_ok(b"whsec", body, header.split(",")[1], now=t)  # no time at all
+    assert not signature_ok(b"whsec", body, "", now=t)
+
+
+async def test_every_attempt_is_signed_afresh_with_its_own_time(endpoint, make_provider) -> None:
+    ep, url = endpoint
+    ep.script = [503]
+    times = iter([1_796_000_000.0, 1_796_000_004.0])
+    assert (await make_provider(url, secret="whsec", clock=lambda: next(times)).deliver(MESSAGE)).ok
+    signature_ok = documented_signature_check()
+    (h1, b1, _), (h2, b2, _) = ep.requests
+    assert b1 == b2 and h1["Idempotency-Key"] == h2["Idempotency-Key"] == "msg-1"
+    assert h1["X-Cascade-Signature"].startswith("t=1796000000,") and h2["X-Cascade-Signature"].startswith("t=1796000004,")
+    assert signature_ok(b"whsec", b1, h1["X-Cascade-Signature"], now=1_796_000_004)
+    assert signature_ok(b"whsec", b2, h2["X-Cascade-Signature"], now=1_796_000_004)
 
 
 @pytest.mark.parametrize("status", [500, 503, 429, 408])

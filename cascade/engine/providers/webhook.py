@@ -5,9 +5,11 @@ Owns the HTTP side of API.md § Delivery to providers. Invariants:
   msgspec at a fraction of `json.dumps`'s cost: the bytes of
   `json.dumps(separators=(",", ":"), ensure_ascii=False)`, except that a
   float in exponent form reads `1e16` rather than `1e+16` (the same number);
-- the body is signed (when a secret is set) over exactly the bytes that are
-  sent, and every attempt of one message carries the same `Idempotency-Key`,
-  so re-posts are harmless;
+- every attempt of one message carries the same `Idempotency-Key`, so
+  re-posts are harmless;
+- with a secret, every attempt is signed afresh over exactly the bytes that
+  are sent: `X-Cascade-Signature: t=<unix seconds>,sha256=<hex HMAC-SHA256
+  of "<t>.<body>">`, so a receiver can refuse stale or replayed posts;
 - 408, 429, 5xx, timeouts and connection errors are retried, at most
   `max_attempts` attempts in all, sleeping with capped exponential backoff and
   full jitter (or the server's `Retry-After`, capped too) between them;
@@ -20,10 +22,10 @@ lazily on the loop that first delivers and closed by `close()`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
@@ -32,12 +34,24 @@ import msgspec
 from .base import DeliveryOutcome, OutgoingMessage
 from .httpclient import HttpClient, HttpClientError, Target
 
-__all__ = ["WebhookProvider"]
+__all__ = ["WebhookProvider", "sign"]
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
 _ACCEPTED_AT_ONCE = DeliveryOutcome(True, attempts=1)  # the common answer, made once (it is frozen)
 # Anything msgspec cannot encode natively becomes its str(), as json.dumps(default=str) did.
 _encode = msgspec.json.Encoder(enc_hook=str).encode
+
+
+def sign(secret: bytes | hmac.HMAC, body: bytes, timestamp: int) -> bytes:
+    """The `X-Cascade-Signature` value for `body` made at `timestamp`:
+    `t=<timestamp>,sha256=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
+    `secret` may be `hmac.new(secret, digestmod="sha256")` made once: a copy
+    of it costs less than keying a new one."""
+    mac = hmac.new(secret, digestmod="sha256") if isinstance(secret, bytes) else secret.copy()
+    stamp = b"%d" % timestamp
+    mac.update(stamp + b".")
+    mac.update(body)
+    return b"t=%s,sha256=%s" % (stamp, mac.hexdigest().encode("ascii"))
 
 
 class WebhookProvider:
@@ -58,6 +72,7 @@ class WebhookProvider:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         *,
         max_in_flight: int = 256,
+        clock: Callable[[], float] = time.time,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(url)
@@ -80,9 +95,10 @@ class WebhookProvider:
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
         self.max_in_flight = max_in_flight
-        self._secret = secret.encode("utf-8") if secret is not None else None
+        self._hmac = hmac.new(secret.encode("utf-8"), digestmod="sha256") if secret is not None else None
         self._rng = rng if rng is not None else random.Random()
         self._sleep = sleep
+        self._clock = clock  # the signature's time
         self._ssl_context = ssl_context  # for https://; None: the system's trust store
         try:
             self._target = Target(url, {"Content-Type": "application/json"}, user_agent="cascade-webhook")
@@ -98,18 +114,18 @@ class WebhookProvider:
         key = message.message_id
         if "\r" in key or "\n" in key:
             return DeliveryOutcome(False, "invalid_message_id", attempts=0)
-        headers = b"Idempotency-Key: %s\r\n" % key.encode("utf-8")
-        if self._secret is not None:
-            digest = hmac.new(self._secret, body, hashlib.sha256).hexdigest()
-            headers += b"X-Cascade-Signature: sha256=%s\r\n" % digest.encode("ascii")
+        head = b"Idempotency-Key: %s\r\n" % key.encode("utf-8")
         client = self._client
         if client is None:
             client = self._client = HttpClient(timeout_s=self.timeout_s, max_connections=self.max_in_flight,
                                                ssl_context=self._ssl_context)
-        target = self._target
+        mac, target = self._hmac, self._target
         last = ""
         for attempt in range(1, self.max_attempts + 1):
             retry_after: bytes | None = None
+            headers = head
+            if mac is not None:
+                headers += b"X-Cascade-Signature: %s\r\n" % sign(mac, body, int(self._clock()))
             try:
                 status, retry_after = await client.post(target, body, headers)
             except TimeoutError:
@@ -140,3 +156,4 @@ class WebhookProvider:
             if seconds >= 0:  # also rejects NaN
                 return min(seconds, self.backoff_max_s)
         return self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+
