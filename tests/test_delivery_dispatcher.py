@@ -275,3 +275,42 @@ def test_own_loop_thread_serves_shard_threads_and_stop_drains_it() -> None:
     assert len(results.tokens) == 400 and set(results.tokens.values()) == {1}
     assert results.threads == {"cascade-delivery"} and memory.accepted == 400
     assert not any(t.name == "cascade-delivery" for t in threading.enumerate())
+
+
+async def test_every_failed_delivery_is_logged_as_a_warning_with_its_message_id_attempts_and_reason(
+        dispatchers, caplog) -> None:
+    down = GatedProvider("down", DeliveryOutcome(False, "retries_exhausted: http_503", attempts=3))
+    up = GatedProvider("up")
+    down.gate.set()
+    up.gate.set()
+    d = dispatchers({"down": down, "up": up})
+    with caplog.at_level(logging.INFO, logger="cascade.engine.delivery"):
+        d.submit([("down", message(1), 1), ("up", message(2), 2), ("nowhere", message(3), 3)], Results())
+        await d.wait_idle()
+    failed = [r for r in caplog.records if getattr(r, "event", None) == "delivery_failed"]
+    assert sorted((r.levelno, r.messageId, r.attempt, r.reason) for r in failed) == [  # type: ignore[attr-defined]
+        (logging.WARNING, "m-1", 3, "retries_exhausted: http_503"),
+        (logging.WARNING, "m-3", 0, "unknown_provider: nowhere"),
+    ]
+    text = next(r.getMessage() for r in failed if r.messageId == "m-1")  # type: ignore[attr-defined]
+    assert "m-1" in text and "3 attempts" in text and "http_503" in text
+
+
+async def test_a_webhook_answer_that_is_not_retried_is_logged_once_as_the_final_failure(
+        aiohttp_server, dispatchers, caplog) -> None:
+    async def refuse(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=400)
+
+    app = web.Application()
+    app.router.add_post("/push", refuse)
+    server = await aiohttp_server(app)
+    d = dispatchers({"push": WebhookProvider("push", str(server.make_url("/push")))})
+    results = Results()
+    with caplog.at_level(logging.INFO):
+        d.submit([("push", message(7), 7)], results)
+        await d.wait_idle()
+    assert results.by_token[7] == DeliveryOutcome(False, "http_400", attempts=1)
+    logged = [(r.levelno, r.event, r.messageId, r.attempt, r.reason)  # type: ignore[attr-defined]
+              for r in caplog.records if getattr(r, "messageId", None) == "m-7"]
+    assert logged == [(logging.WARNING, "delivery_failed", "m-7", 1, "http_400")]

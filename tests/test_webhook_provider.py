@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import random
 import re
 import socket
@@ -350,6 +351,19 @@ async def test_https_endpoints_work(raw_server, make_provider, tls_files) -> Non
     for _ in range(2):
         assert (await provider.deliver(MESSAGE)).ok
     assert server.connections == 1
+
+
+async def test_each_retried_attempt_is_logged_with_the_message_id_the_attempt_and_the_reason(
+        endpoint, make_provider, caplog) -> None:
+    ep, url = endpoint
+    ep.script = [503, "hang"]
+    with caplog.at_level(logging.INFO, logger="cascade.engine.providers.webhook"):
+        outcome = await make_provider(url, timeout_s=0.05, max_attempts=3).deliver(MESSAGE)
+    assert outcome.ok and outcome.attempts == 3
+    records = [r for r in caplog.records if getattr(r, "event", None) == "delivery_attempt_failed"]
+    assert [(r.levelno, r.messageId, r.attempt, r.reason) for r in records] == [  # type: ignore[attr-defined]
+        (logging.INFO, "msg-1", 1, "http_503"), (logging.INFO, "msg-1", 2, "timeout")]
+    assert "msg-1" in records[0].getMessage() and "attempt 1 of 3" in records[0].getMessage()
 
 
 @pytest.mark.parametrize(

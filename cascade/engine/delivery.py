@@ -189,6 +189,12 @@ class DeliveryDispatcher:
     def _finish(
         self, on_results: OnResults, token: Any, message: OutgoingMessage, provider: str, outcome: DeliveryOutcome
     ) -> None:
+        if not outcome.ok:
+            _log.warning("%s delivery of %s failed after %d attempt%s: %s", message.channel, message.message_id,
+                         outcome.attempts, "" if outcome.attempts == 1 else "s", outcome.reason,
+                         extra={"event": "delivery_failed", "channel": message.channel,
+                                "messageId": message.message_id, "attempt": outcome.attempts,
+                                "reason": outcome.reason})
         with self._cond:
             self._counts[(message.channel, provider, "ok" if outcome.ok else "failed")] += 1
             if outcome.attempts > 1:

@@ -12,7 +12,9 @@ Owns the HTTP side of API.md § Delivery to providers. Invariants:
   of "<t>.<body>">`, so a receiver can refuse stale or replayed posts;
 - 408, 429, 5xx, timeouts and connection errors are retried, at most
   `max_attempts` attempts in all, sleeping with capped exponential backoff and
-  full jitter (or the server's `Retry-After`, capped too) between them;
+  full jitter (or the server's `Retry-After`, capped too) between them; each
+  attempt that is retried is logged (info) with the message id, the attempt
+  and the reason; the final outcome is logged by the dispatcher;
 - `deliver` never raises for network trouble: it answers a `DeliveryOutcome`.
 The posts go through `httpclient.HttpClient` (keep-alive, at most
 `max_in_flight` connections, `timeout_s` per attempt as a whole), created
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import random
 import ssl
 import time
@@ -38,6 +41,7 @@ __all__ = ["WebhookProvider", "sign"]
 
 _RETRYABLE_STATUSES = frozenset({408, 429})
 _ACCEPTED_AT_ONCE = DeliveryOutcome(True, attempts=1)  # the common answer, made once (it is frozen)
+_log = logging.getLogger(__name__)
 # Anything msgspec cannot encode natively becomes its str(), as json.dumps(default=str) did.
 _encode = msgspec.json.Encoder(enc_hook=str).encode
 
@@ -139,7 +143,12 @@ class WebhookProvider:
                     return DeliveryOutcome(False, f"http_{status}", attempts=attempt)
                 last = f"http_{status}"
             if attempt < self.max_attempts:
-                await self._sleep(self._delay(attempt, retry_after))
+                delay = self._delay(attempt, retry_after)
+                _log.info("%s delivery of %s failed on attempt %d of %d (%s); retrying in %.3f s",
+                          message.channel, key, attempt, self.max_attempts, last, delay,
+                          extra={"event": "delivery_attempt_failed", "channel": message.channel, "messageId": key,
+                                 "attempt": attempt, "reason": last, "retry_in_s": round(delay, 3)})
+                await self._sleep(delay)
         return DeliveryOutcome(False, f"retries_exhausted: {last}", attempts=self.max_attempts)
 
     async def close(self) -> None:
@@ -156,4 +165,3 @@ class WebhookProvider:
             if seconds >= 0:  # also rejects NaN
                 return min(seconds, self.backoff_max_s)
         return self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
-
