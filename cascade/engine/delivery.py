@@ -64,7 +64,8 @@ class DeliveryDispatcher:
         self._closed = False
         self._abandoned = False
         self._counts: Counter[tuple[str, str, str]] = Counter()
-        self._done: list[tuple[OnResults, Any, DeliveryOutcome]] = []
+        # (on_results, token, outcome, channel, provider), counted and handed back by _flush
+        self._done: list[tuple[OnResults, Any, DeliveryOutcome, str, str]] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -166,12 +167,12 @@ class DeliveryDispatcher:
             self._pump(lane)
 
     def _pump(self, lane: _Lane) -> None:
-        while lane.queue and lane.in_flight < lane.limit and not self._abandoned:
-            message, token, on_results = lane.queue.popleft()
+        queue, loop, tasks = lane.queue, self._loop, self._tasks
+        assert loop is not None
+        while queue and lane.in_flight < lane.limit and not self._abandoned:
+            message, token, on_results = queue.popleft()
             lane.in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._run(lane, message, token, on_results))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            tasks.add(loop.create_task(self._run(lane, message, token, on_results)))
 
     async def _run(self, lane: _Lane, message: OutgoingMessage, token: Any, on_results: OnResults) -> None:
         try:
@@ -182,6 +183,9 @@ class DeliveryDispatcher:
             _log.exception("delivery provider %r failed on message %s", lane.provider.name, message.message_id)
             outcome = DeliveryOutcome(False, f"provider_error: {exc!r}")
         finally:  # also on cancellation, so the lane never leaks a slot
+            task = asyncio.current_task(self._loop)
+            if task is not None:
+                self._tasks.discard(task)
             lane.in_flight -= 1
             self._pump(lane)
         self._finish(on_results, token, message, lane.provider.name, outcome)
@@ -195,21 +199,34 @@ class DeliveryDispatcher:
                          extra={"event": "delivery_failed", "channel": message.channel,
                                 "messageId": message.message_id, "attempt": outcome.attempts,
                                 "reason": outcome.reason})
-        with self._cond:
-            self._counts[(message.channel, provider, "ok" if outcome.ok else "failed")] += 1
-            if outcome.attempts > 1:
-                self._counts[(message.channel, provider, "retried")] += outcome.attempts - 1
-        self._done.append((on_results, token, outcome))
+        self._done.append((on_results, token, outcome, message.channel, provider))
         if not self._flush_scheduled:
             # Next iteration: every result finishing in this one rides along.
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         done, self._done, self._flush_scheduled = self._done, [], False
         by_callback: dict[OnResults, list[tuple[Any, DeliveryOutcome]]] = {}
-        for on_results, token, outcome in done:
-            by_callback.setdefault(on_results, []).append((token, outcome))
+        counts: dict[tuple[str, str, bool], list[int]] = {}  # (channel, provider, ok) -> [jobs, extra attempts]
+        for on_results, token, outcome, channel, provider in done:
+            results = by_callback.get(on_results)
+            if results is None:
+                results = by_callback[on_results] = []
+            results.append((token, outcome))
+            key = (channel, provider, outcome.ok)
+            count = counts.get(key)
+            if count is None:
+                count = counts[key] = [0, 0]
+            count[0] += 1
+            if outcome.attempts > 1:
+                count[1] += outcome.attempts - 1
+        with self._cond:
+            for (channel, provider, ok), (jobs, retried) in counts.items():
+                self._counts[(channel, provider, "ok" if ok else "failed")] += jobs
+                if retried > 0:
+                    self._counts[(channel, provider, "retried")] += retried
         for on_results, results in by_callback.items():
             try:
                 on_results(results)
