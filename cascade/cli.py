@@ -9,7 +9,6 @@ written, with its path and the reason; a corrupt journal or snapshot).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 
@@ -62,12 +61,12 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("refusing to start: %s", exc, extra={"event": "config_error"})
         return 2
-    from .server import run_server
+    from .server import serve
     from .snapshots import JournalError, SnapshotError
     from .snapshots.durability import DataDirError
 
     try:
-        asyncio.run(run_server(settings))
+        serve(settings)
     except (SnapshotError, JournalError, RecoveryRefused, DataDirError) as exc:
         # The data cannot be trusted or kept as it is: say why, plainly, and stop.
         log.error("refusing to start: %s", exc, extra={"event": "refused", "data_dir": settings.storage.data_dir})
