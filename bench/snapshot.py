@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider  # noqa: E402
+from cascade.engine.commands import Command  # noqa: E402
 from cascade.engine.reply import Reply  # noqa: E402
 from cascade.snapshots import FileJournal  # noqa: E402
 from cascade.snapshots.coordinator import SnapshotCoordinator  # noqa: E402
@@ -64,7 +65,7 @@ class Probe(threading.Thread):
             replies = []
             for i in range(len(self.engine.states)):
                 reply = Reply()
-                self.engine._tell(i, [("tick", None, reply)])
+                self.engine.router.post(i, [Command("tick", None, reply)])
                 replies.append(reply)
             for r in replies:
                 r.wait(None)

@@ -46,7 +46,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cascade.engine import Engine
+from cascade.engine.router import Router
 from cascade.engine.timefmt import parse_iso
 from cascade.snapshots import FileJournal
 from cascade.snapshots import coordinator as coordinator_module
@@ -845,19 +845,19 @@ async def test_a_retry_after_a_crash_never_finds_a_key_pointing_at_no_send(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression (d95e218): a snapshot taken while a send's start command still waited in its shard's
     mailbox kept its idempotency key; after a crash before the send was journaled, every retry answered 404."""
-    held_back: list[tuple[Any, int, Any]] = []
-    submit = Engine._submit
+    held_back: list[tuple[Any, int, Any, int]] = []
+    submit = Router.submit
 
-    def slow_start(self: Any, i: int, command: Any) -> None:
-        if command[0] == "start" and not held_back:  # the shard is busy: this start waits in its mailbox
-            held_back.append((self, i, command))
+    def slow_start(self: Any, i: int, command: Any, kind: int) -> None:
+        if command.op == "start" and not held_back:  # the shard is busy: this start waits in its mailbox
+            held_back.append((self, i, command, kind))
             return
-        submit(self, i, command)
+        submit(self, i, command, kind)
 
     async with running(inproc_settings(tmp_path, tmp_path / "data")) as (server, http):
         await api(http, "PUT", "/v1/templates/seq-a", TEMPLATES["seq-a"](0))
         await api(http, "PUT", "/v1/recipients/u1", {"pushTokens": ["t"]})
-        monkeypatch.setattr(Engine, "_submit", slow_start)
+        monkeypatch.setattr(Router, "submit", slow_start)
         first = asyncio.create_task(api(http, "POST", "/v1/sends", SEND))
         await eventually(lambda: asyncio.sleep(0, bool(held_back)), "the start command")
         await api(http, "POST", "/v1/admin/snapshots")

@@ -34,7 +34,9 @@ CHAIN = {"channels": [
 class Node:
     """One engine over one data directory, which outlives crashes."""
 
-    def __init__(self, kind: str, root: Path, providers: dict[str, Any] | None = None) -> None:
+    def __init__(self, kind: str, root: Path, providers: dict[str, Any] | None = None,
+                 answer_wait_s: float = 120.0) -> None:
+        self.answer_wait_s = answer_wait_s
         self.kind, self.root = kind, root
         self.storage: dict[int, bytearray] = {}
         self.providers = providers or {c: MemoryProvider(c) for c in ("push", "email", "sms")}
@@ -44,7 +46,7 @@ class Node:
     def open(self) -> Engine:
         self.journal = (FileJournal(self.root / "journal", fsync="batch") if self.kind == "file"
                         else MemoryJournal(self.storage))
-        engine = Engine(ManualClock(T0), self.providers, EngineConfig(shards=3, gc_freeze_interval_s=0),
+        engine = Engine(ManualClock(T0), self.providers, EngineConfig(shards=3, gc_freeze_interval_s=0, answer_wait_s=self.answer_wait_s),
                         journal=self.journal)
         self.result = recover(engine, str(self.root / "snapshots"), self.journal)
         self.engine = engine.start()
@@ -202,7 +204,7 @@ class SilentProvider:
 def test_a_message_no_provider_answered_is_handed_over_again_after_recovery(tmp_path: Path) -> None:
     handed: list[str] = []
     node = Node("file", tmp_path, {"push": MemoryProvider("push"), "email": MemoryProvider("email"),
-                                   "sms": MemoryProvider("sms")})
+                                   "sms": MemoryProvider("sms")}, answer_wait_s=0)  # the answer never comes
     e = node.open()
     e.put_template("chain", CHAIN).wait()
     e.put_recipient("u", {"pushTokens": ["t"]}).wait()

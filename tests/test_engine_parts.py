@@ -126,9 +126,9 @@ def test_an_idempotency_key_answers_the_same_send_and_refuses_another_body(engin
 def test_a_crashed_shard_is_restarted_over_its_state(engine: Engine) -> None:
     sid = engine.send("pair", "u")[0].wait()["id"]
     shard = engine.shard_of_recipient("u")
-    engine._refs[shard].stop()  # the actor dies; its sends must not
+    engine.router.kill(shard)  # the actor dies; its sends must not
     assert engine.get_send(sid).wait()["status"] == "active"
-    assert engine._refs[shard].is_alive()
+    assert engine.router.alive(shard)
 
 
 def test_a_full_shard_queue_is_refused_with_overloaded_instead_of_growing() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from cascade.snapshots.cli import main
-from cascade.snapshots.codec import CorruptSnapshot, UnsupportedFormat, encode_record, encode_records
+from cascade.snapshots.codec import VERSION, CorruptSnapshot, UnsupportedFormat, encode_record, encode_records
 from cascade.snapshots.files import (
     list_snapshots,
     newest_valid_set,
@@ -49,7 +49,7 @@ def test_a_written_snapshot_reads_back_its_header_and_records(tmp_path: Path) ->
     assert (info.shard, info.journal_position, info.records) == (1, 77, 3)
     assert info.bytes == os.path.getsize(info.path)
     header, body = read_snapshot(info.path)
-    assert header["format"] == "cascade-snapshot" and header["version"] == 1
+    assert header["format"] == "cascade-snapshot" and header["version"] == VERSION
     assert (header["shard"], header["journal_position"], header["counts"], header["clock"]) == (1, 77, {"sends": 3}, 5.0)
     assert list(body) == list(sends(3))
     assert verify_snapshot(info.path).records == 3
@@ -215,7 +215,7 @@ def test_cli_verify_fails_with_the_reason(tmp_path: Path, capsys: pytest.Capture
 
 def test_cli_verify_names_an_unsupported_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(tmp_path / "x.msgpack")
-    write_raw(path, {"format": "cascade-snapshot", "version": 2, "shard": 0, "journal_position": 0,
+    write_raw(path, {"format": "cascade-snapshot", "version": VERSION + 1, "shard": 0, "journal_position": 0,
                      "counts": {}, "created_at": 1.0}, [])
     assert main(["verify", path]) == 1
     assert "version 2" in capsys.readouterr().err

@@ -102,7 +102,7 @@ class CampaignBook:
     # -- creating ------------------------------------------------------------------
     def new_upload(self) -> Upload:
         """A campaign's rows on their way in (503 while the engine cannot take one)."""
-        self.engine._check_open()
+        self.engine.check_open()
         return Upload("cmp_" + os.urandom(8).hex(), self.directory)
 
     def create(self, upload: Upload, rows: str | bytes, template: str, scheduled_at: float | None,
@@ -111,7 +111,7 @@ class CampaignBook:
         comes once its record is durable. NotFound if the template is gone."""
         engine = self.engine
         try:
-            engine._check_open()
+            engine.check_open()
             tpl = engine.templates.get(template)  # the version is fixed here
         except Exception:
             self._discard(rows)
@@ -184,7 +184,7 @@ class CampaignBook:
         """Stop the fan-out and cancel the campaign's active sends; the reply
         (the Campaign) comes once the cancel is durable."""
         engine = self.engine
-        engine._check_open()
+        engine.check_open()
         final = Reply.here()
         with self.cond:
             c = self.get(cid)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from .campaign_rows import Row, bit_is_set, iter_rows
 from .campaigns import RUNNING, Campaign, CampaignBook
 from .clock import ManualClock
+from .commands import Command
 from .errors import Overloaded
 from .ids import SLOTS, new_send_key, slot_of
 from .recipients import RecipientUpdate
@@ -216,9 +217,9 @@ class Fanout:
         cid = c.id
         for i, rid, fields, data in rows:
             slot = slot_of(rid)
-            batches[slot * n // SLOTS].append(("start", (
+            batches[slot * n // SLOTS].append(Command("start", (
                 new_send_key(slot), tpl, rid, trusted(fields) if fields else None,
-                default if data is None else data, groups, (cid, i), False, None), None))
+                default if data is None else data, groups, (cid, i), False, None)))
         return batches
 
     def _await(self, job: _Job) -> None:

@@ -30,10 +30,13 @@ from ..domain.send import ACTIVE, Send
 from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
 from .campaign_rows import set_bit
 from .channels import SIGNALS
+from .commands import Command
 from .counters import CounterBook
 from .errors import AlreadyFinished, CascadeError, NotFound
 from .ids import format_message_id, format_send_id
 from .inbox import page_of, page_view, remove_from_inbox
+from .mailbox import Mailbox
+from .outstanding import Outstanding
 from .providers.base import DeliveryOutcome, OutgoingMessage, Provider
 from .recipients import Recipient, RecipientUpdate
 from .reply import Reply, resolve_batch
@@ -43,7 +46,7 @@ from .templates import TemplateRegistry, TemplateVersion
 from .timers import TimerWheel
 from .views import decode_data, send_view
 
-__all__ = ["Command", "ShardActor", "ShardState", "SubmitJobs"]
+__all__ = ["ShardActor", "ShardState", "SubmitJobs"]
 
 _log = logging.getLogger("cascade.shard")
 _SEND_ID_LEN = len(format_send_id(0))
@@ -55,8 +58,6 @@ def _render(arg: tuple[Send, Any]) -> Any:
     send, content = arg
     return content.render(decode_data(send), send.recipient.view())
 
-# (operation, payload, reply or None)
-Command = tuple[str, Any, Any]
 # dispatcher.submit(jobs, on_results)
 SubmitJobs = Callable[[list[tuple[str, OutgoingMessage, Any]], Callable[[list[tuple[Any, DeliveryOutcome]]], None]], None]
 
@@ -65,8 +66,14 @@ class ShardState:
     def __init__(self, index: int, clock: Any, providers: Mapping[str, Provider], retain_s: float,
                  submit_jobs: SubmitJobs | None, on_async_results: Callable[[list[tuple[Any, DeliveryOutcome]]], None],
                  inbox_listener: Callable[[str], None] | None = None, journal: Any = None,
-                 templates: TemplateRegistry | None = None) -> None:
+                 templates: TemplateRegistry | None = None, mailbox: Mailbox | None = None,
+                 in_flight: Callable[[], float | None] = lambda: None,
+                 outstanding: Outstanding | None = None) -> None:
         self.index = index
+        self.mailbox = mailbox if mailbox is not None else Mailbox()
+        self.in_flight = in_flight  # oldest arrival of a request not yet admitted or answered
+        self.outstanding = outstanding if outstanding is not None else Outstanding()
+        self._answered = 0  # provider answers applied in this batch
         self.journal = journal
         self.templates = templates if templates is not None else TemplateRegistry()
         self.send_mark = 0  # the snapshot mark of the latest snapshot (see shard_snapshot.py)
@@ -89,7 +96,6 @@ class ShardState:
         self.retained: deque[tuple[float, Send]] = deque()
         self.stats = ShardStats()
         self.active = 0
-        self.processed = 0
         self.unanswered: list[tuple[int, int]] = []  # after recovery: messages to hand over again
         self._shape: tuple[Any, ...] = ()  # (template, version, groups) of the last send started
         self._shape_of: tuple[TemplateVersion | None, Any] = (None, None)
@@ -186,11 +192,17 @@ class ShardState:
 
     # -- the batch loop -------------------------------------------------
     def process(self, commands: list[Command]) -> None:
+        """Run one batch. Timers fire by the low watermark (API.md rule 11):
+        before a command, what fell due before it reached the server; after
+        the batch, what fell due before the oldest arrival still queued or
+        in flight, or before now if there is none. Late, never wrong."""
         now = self.clock.now()
         records = self._records = [] if self.journal is not None else None
-        self._fire_due(now)
+        fire_due = self._fire_due
         replies: list[Reply] = []
-        for op, payload, reply in commands:
+        for op, payload, reply, arrival in commands:
+            if arrival is not None:
+                fire_due(arrival if arrival < now else now)
             try:
                 result = self._ops[op](payload, now)
             except CascadeError as exc:
@@ -205,8 +217,17 @@ class ShardState:
                     reply.set(result)
             if reply is not None:
                 replies.append(reply)
-        self.processed += len(commands)
+        horizon = now
+        queued = self.mailbox.taken(len(commands))
+        if queued is not None and queued < horizon:
+            horizon = queued
+        flying = self.in_flight()
+        if flying is not None and flying < horizon:
+            horizon = flying
+        self.stats.watermark_lag = now - horizon
+        fire_due(horizon)
         jobs, self._jobs = self._jobs, []
+        answered, self._answered = self._answered, 0
         self._records = None
         # A batch that changed nothing still waits for the batches before it
         # to be durable: its answers may show what they did.
@@ -214,27 +235,31 @@ class ShardState:
             self._appended += 1
             try:
                 self.journal.append([ShardBatch(self.index, tuple(records))] if records else [],
-                                    lambda: self._durable_release(replies, jobs))
+                                    lambda: self._durable_release(replies, jobs, answered))
             except Exception as exc:
                 assert records is not None  # entered with records, or with a journal (so records == [])
                 _log.critical("shard %d could not journal %d records: %s", self.index, len(records), exc)
                 for reply in replies:
                     reply.set_error(exc)
-                self._durable_release(replies, jobs)
+                self._durable_release(replies, jobs, answered)
         else:
-            self._release(replies, jobs)
+            self._release(replies, jobs, answered)
 
-    def _durable_release(self, replies: list[Reply], jobs: list[tuple[str, OutgoingMessage, Any]]) -> None:
+    def _durable_release(self, replies: list[Reply], jobs: list[tuple[str, OutgoingMessage, Any]],
+                         answered: int) -> None:
         self._durable += 1  # only this callback writes it; only the shard writes _appended
-        self._release(replies, jobs)
+        self._release(replies, jobs, answered)
 
-    def _release(self, replies: list[Reply], jobs: list[tuple[str, OutgoingMessage, Any]]) -> None:
+    def _release(self, replies: list[Reply], jobs: list[tuple[str, OutgoingMessage, Any]], answered: int) -> None:
         """Once the batch is durable: hand over deliveries, answer callers."""
+        handed = 0
         if jobs and self.submit_jobs is not None:
             try:
                 self.submit_jobs(jobs, self.on_async_results)
+                handed = len(jobs)
             except Exception:  # stopping: these are re-driven after the next start
                 _log.exception("shard %d could not hand over %d deliveries", self.index, len(jobs))
+        self.outstanding.settle(handed, answered)  # handed first: the count cannot touch zero between
         resolve_batch(replies)
 
     # -- delivery -------------------------------------------------------------
@@ -373,6 +398,7 @@ class ShardState:
         return problems
 
     def _results(self, results: list[tuple[Any, DeliveryOutcome]], now: float) -> None:
+        self._answered += len(results)
         for (key, i), outcome in results:
             send = self.sends.get(key)
             if send is not None:

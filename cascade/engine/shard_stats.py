@@ -18,6 +18,7 @@ class ShardStats:
         self.signals = [[0] * len(_OUTCOMES) for _ in SIGNALS]  # [kind][outcome]
         self.lateness_counts = [0] * (len(LATENESS_BUCKETS) + 1)
         self.lateness_sum = 0.0
+        self.watermark_lag = 0.0  # now - the low watermark, at the end of the last batch
         # synchronous providers' answers: deliveries[channel][ok] (async ones: the dispatcher's stats)
         self.deliveries: dict[str, list[int]] = {c: [0, 0] for c in CHANNELS}
 
@@ -31,6 +32,7 @@ class ShardStats:
                         for o, n in enumerate(row) if n},
             "lateness_counts": list(self.lateness_counts),
             "lateness_sum": self.lateness_sum,
+            "watermark_lag": self.watermark_lag,
             "deliveries": {(c, "ok" if ok else "failed"): n for c, row in self.deliveries.items()
                            for ok, n in enumerate(row) if n},
         }

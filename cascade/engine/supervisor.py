@@ -1,16 +1,16 @@
-"""The engine's front: routes commands to shards by hash slot, batches them,
-bounds what is in flight, keeps shards alive, and drives timers.
+"""The engine's front: the API the HTTP layer and campaigns call.
 
-Everything a caller does goes through here and comes back as a `Reply`
-(wait on it from a thread, await it from asyncio). Commands issued on an
-event loop are batched per shard and flushed once per loop iteration; a pykka
-`tell` costs tens of microseconds, so one per event would cap throughput.
-What durability and the manual clock need lives in engine_durability.py.
+`Engine` composes the parts: a `Router` (shards, mailboxes, admission,
+batching), the `FrontState` (templates, idempotency keys, campaigns), the
+`ManualTime` driver, the campaign book and fan-out. Every call comes back as
+a `Reply` (wait on it from a thread, await it from asyncio). Calls that may
+carry an engagement signal (events, cancels, inbox reads and marks) take the
+time their request reached the server, which holds windows open until they
+are applied (API.md rule 11).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import threading
@@ -18,26 +18,31 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import msgpack
-import pykka
 
+from ..domain.records import TemplateDeleted
+from ..domain.sequence import SignalOutcome
+from .arrivals import InFlight
 from .background import Background
 from .campaigns import CampaignBook
 from .channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
+from .commands import Command
 from .counters import merge_totals
-from .engine_durability import EngineDurability
-from .gc_governor import GcGovernor
-from .errors import Conflict, InvalidInput, NotFound, Overloaded
+from .errors import Conflict, InvalidInput, NotFound
 from .fanout import Fanout
+from .front import FrontState
+from .gc_governor import GcGovernor
 from .idempotency import IdempotencyKeys
-from .ids import SLOTS, format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
+from .ids import format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
+from .mailbox import INTERNAL, SEND, SIGNAL, Admission, Mailbox
+from .manual_time import ManualTime
+from .outstanding import Outstanding
 from .providers.base import DeliveryOutcome, Provider
 from .providers.log import LogProvider
 from .recipients import RECIPIENT_ID, RecipientUpdate
 from .reply import Gather, Reply, resolve_batch
-from ..domain.records import TemplateDeleted
-from ..domain.sequence import SignalOutcome
-from .shard import Command, ShardActor, ShardState, SubmitJobs
+from .router import Router
+from .shard import ShardState, SubmitJobs
 from .state_records import template_record
 from .templates import TemplateRegistry, TemplateVersion
 from .views import metrics_view
@@ -57,8 +62,10 @@ class EngineConfig:
     shards: int = 4
     retain_finished_s: float = 7 * 86400.0
     idempotency_ttl_s: float = 86400.0
-    max_pending_per_shard: int = 100_000  # commands queued towards one shard
+    max_pending_per_shard: int = 100_000  # commands queued towards one shard (new sends: a quarter of it)
+    shed_lag_s: float = 0.05  # new sends are refused while the server is this far behind (0: never)
     tick_interval_s: float = 0.05
+    answer_wait_s: float = 120.0  # manual clock: the longest an advance waits at one instant for providers' answers
     gc_freeze_interval_s: float = 0.1  # see gc_governor.py; 0 turns it off
     campaign_dir: str | None = None  # campaigns' rows files; None: kept in memory and in the journal
     campaign_max_sends_per_s: float = 0.0  # fan-out pace; 0: unlimited
@@ -76,7 +83,7 @@ def pack_data(data: dict[str, Any] | None) -> bytes | None:
     return packed
 
 
-class Engine(EngineDurability):
+class Engine:
     def __init__(self, clock: Clock, providers: Mapping[str, Provider] | None = None,
                  config: EngineConfig | None = None, submit_jobs: SubmitJobs | None = None,
                  inbox_listener: Callable[[str], None] | None = None, journal: Any = None) -> None:
@@ -88,120 +95,108 @@ class Engine(EngineDurability):
         self.templates = TemplateRegistry()
         self.idempotency = IdempotencyKeys(self.config.idempotency_ttl_s)
         self.journal = journal
+        self.in_flight = InFlight()  # signal-carrying requests not yet answered (the HTTP front fills it)
+        self.loop_lag = 0.0  # how late the event loop runs its callbacks (the HTTP front measures it)
+        self.outstanding = Outstanding()
         n = self.config.shards
+        mailboxes = [Mailbox() for _ in range(n)]
         self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s, submit_jobs,
-                                  self.delivery_results, inbox_listener, journal, self.templates) for i in range(n)]
-        self._refs: list[pykka.ActorRef[Any]] = []
-        self._submitted = [0] * n
-        self._count_lock = threading.Lock()
-        self._outboxes: dict[asyncio.AbstractEventLoop, list[list[Command]]] = {}
-        self._advance_lock = threading.Lock()
+                                  self.delivery_results, inbox_listener, journal, self.templates, mailboxes[i],
+                                  self.in_flight.oldest, self.outstanding) for i in range(n)]
+        self.admission = Admission(mailboxes, self.config.max_pending_per_shard, self._behind)
+        self.router = Router(self.states, mailboxes, self.admission)
         self._stop = threading.Event()
-        self._stopped = False
         self._ticker: threading.Thread | None = None
         self.gc = GcGovernor(self.config.gc_freeze_interval_s)
         self.background = Background()  # fan-outs and uploads yield to requests through it
         self.campaigns = CampaignBook(self, self.config.campaign_dir)
         self.fanout = Fanout(self, self.campaigns, self.config.campaign_max_sends_per_s)
+        self.front = FrontState(clock, self.templates, self.idempotency, self.campaigns)
+        self.manual_time = ManualTime(clock, self.router, self.campaigns, self.outstanding, journal,
+                                      lambda: self.fanout.alive, self.config.answer_wait_s)
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> Engine:
-        self._refs = [ShardActor.start(state) for state in self.states]
+        self.router.start()
         self.gc.start()
         self.campaigns.remove_orphans()
         self.campaigns.prune_started_rows()
         self.fanout.start()  # resumes campaigns that were running
         if not isinstance(self.clock, ManualClock):
-            self._ticker = threading.Thread(target=self._tick_loop, name="cascade-ticker", daemon=True)
+            self._ticker = threading.Thread(target=self.router.ticker, args=(self.config.tick_interval_s, self._stop),
+                                            name="cascade-ticker", daemon=True)
             self._ticker.start()
         return self
 
     def stop(self) -> None:
-        self._stopped = True  # refuse new work; no shard is restarted from here on
+        self.router.stopped = True  # refuse new work; no shard is restarted from here on
         self.fanout.stop()
         self._stop.set()
         self.gc.stop()
         if self._ticker is not None:
             self._ticker.join()
-        for ref in self._refs:
-            try:
-                ref.stop(block=True, timeout=30)  # finishes what is queued first
-            except pykka.ActorDeadError:
-                pass
-
-    def _tick_loop(self) -> None:
-        while not self._stop.wait(self.config.tick_interval_s):
-            for i in range(len(self.states)):
-                self._tell(i, [("tick", None, None)])
-
-    def _restart(self, i: int) -> None:
-        _log.error("shard %d had died; restarting it over its state", i)
-        self._refs[i] = ShardActor.start(self.states[i])
+        self.router.stop()
 
     @property
     def started(self) -> bool:
-        return bool(self._refs) and not self._stopped
+        return self.router.running
 
-    # -- routing and batching -------------------------------------------------
-    def shard_of_slot(self, slot: int) -> int:
-        return slot * len(self.states) // SLOTS
+    def check_open(self) -> None:
+        self.router.check_open()
 
-    def _tell(self, i: int, commands: list[Command]) -> None:
-        try:
-            self._refs[i].tell(commands)
-        except pykka.ActorDeadError:
-            if self._stopped:
-                return  # late answers after stop: recovery re-drives what they were for
-            self._restart(i)
-            self._refs[i].tell(commands)
-
-    def _check_open(self) -> None:
-        if not self._refs or self._stopped:
-            raise Overloaded("the engine is " + ("stopping" if self._stopped else "still recovering"), retry_after_s=1)
-
-    def _check_room(self, i: int) -> None:
-        self._check_open()
-        if self._submitted[i] - self.states[i].processed >= self.config.max_pending_per_shard:
-            raise Overloaded(f"shard {i} has {self.config.max_pending_per_shard} commands queued; retry shortly")
-
-    def _admit(self, i: int, n: int = 1) -> None:
-        with self._count_lock:
-            self._check_room(i)
-            self._submitted[i] += n
-
-    def _submit(self, i: int, command: Command) -> None:
-        self._admit(i)
-        loop = asyncio._get_running_loop()
-        if loop is None:
-            self._tell(i, [command])
-            return
-        outbox = self._outboxes.get(loop)
-        if outbox is None:
-            outbox = self._outboxes[loop] = [[] for _ in self.states]
-            loop.call_soon(self._flush, loop)
-        outbox[i].append(command)
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        outbox = self._outboxes.pop(loop, None) or []
-        for i, commands in enumerate(outbox):
-            if commands:
-                self._tell(i, commands)
+    def _behind(self) -> str | None:
+        """Why new sends must wait (the server is behind on what it was sent), or None."""
+        limit = self.config.shed_lag_s
+        if limit <= 0:
+            return None
+        if self.loop_lag > limit:
+            return f"the server is {self.loop_lag * 1000:.0f} ms behind; retry shortly"
+        oldest = self.in_flight.oldest()
+        if oldest is not None and self.clock.now() - oldest > limit * _clock_rate(self.clock):
+            return "signals are waiting to be applied; retry shortly"
+        return None
 
     def pending(self) -> int:
-        """Commands submitted and not yet processed (the shards' mailbox depth)."""
-        return sum(s - st.processed for s, st in zip(self._submitted, self.states))
+        """Commands admitted and not yet processed (the shards' mailbox depth)."""
+        return self.router.pending()
 
-    def _ask(self, i: int, op: str, payload: Any) -> Reply:
-        reply = Reply.here()
-        self._submit(i, (op, payload, reply))
+    def shard_of_key(self, key: int) -> int:
+        return self.router.shard_of_slot(slot_of_key(key))
+
+    def shard_of_recipient(self, rid: str) -> int:
+        return self.router.shard_of_slot(slot_of(rid))
+
+    def _ask(self, i: int, op: str, payload: Any, kind: int = INTERNAL, arrival: float | None = None) -> Reply:
+        return self.router.ask(i, op, payload, kind, arrival)
+
+    # -- durability and time: what the snapshot coordinator, recovery and the admin API call ----
+    def front_records(self) -> list[Any]:
+        return self.front.records()
+
+    def apply_front(self, record: Any) -> None:
+        self.front.apply(record)
+
+    def snapshot_shards(self, directory: str, set_position: int, write: Callable[..., Any],
+                        pack: Callable[[Any], Any]) -> list[Any]:
+        """Write every shard's snapshot in slices (blocking; call from a thread).
+        One shard slices at a time: shards share one interpreter lock, so
+        slicing them all at once would stall them all at once."""
+        n = self.router.shards
+        snaps = [self._ask(i, "snapshot_begin", (directory, set_position, i + 1, write, pack)).wait(None)
+                 for i in range(n)]
+        pending = list(range(n))
+        while pending:
+            pending = [i for i in pending if not self._ask(i, "snapshot_slice", None).wait(None)]
+        return snaps
+
+    def redrive(self) -> Reply:
+        """After recovery: hand over again what no provider answered."""
+        reply: Reply = self.router.ask_all("redrive", None, sum)
         return reply
 
-    def _ask_all(self, op: str, payload: Any, combine: Callable[[list[Any]], Any]) -> Reply:
-        parent = Reply.here()
-        gather = Gather(len(self.states), combine, parent)
-        for i in range(len(self.states)):
-            self._submit(i, (op, payload, gather.part(i)))
-        return parent
+    def advance(self, seconds: float) -> float:
+        """Move a manual clock (see manual_time.py). Blocking: call it from a thread."""
+        return self.manual_time.advance(seconds)
 
     # -- templates (front-door state, shared read-only by shards) ------------------
     def _durable(self, record: Any, value: Any) -> Reply:
@@ -216,7 +211,7 @@ class Engine(EngineDurability):
     def put_template(self, template_id: str, body: Any) -> Reply:
         """Validate (raising TemplateInvalid at once) and store a new version;
         the reply is (TemplateVersion, created) once the write is durable."""
-        self._check_open()
+        self.check_open()
         tv, created = self.templates.put(template_id, body, self.clock.now())
         return self._durable(template_record(tv), (tv, created))
 
@@ -228,20 +223,17 @@ class Engine(EngineDurability):
 
     def delete_template(self, template_id: str) -> Reply:
         """The reply is the deleted TemplateVersion; active sends finish on it."""
-        self._check_open()
+        self.check_open()
         tv = self.templates.delete(template_id)
         return self._durable(TemplateDeleted(template_id), tv)
 
     # -- recipients ---------------------------------------------------------------
-    def _recipient_shard(self, rid: str) -> int:
-        return self.shard_of_slot(slot_of(rid))
-
     def put_recipient(self, rid: str, body: Any) -> Reply:
         update = RecipientUpdate(rid, body)
-        return self._ask(self._recipient_shard(rid), "put_recipient", (rid, update, True))
+        return self._ask(self.shard_of_recipient(rid), "put_recipient", (rid, update, True), SEND)
 
     def get_recipient(self, rid: str) -> Reply:
-        return self._ask(self._recipient_shard(rid), "get_recipient", rid)
+        return self._ask(self.shard_of_recipient(rid), "get_recipient", rid)
 
     # -- sends --------------------------------------------------------------------
     def send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None = None,
@@ -269,12 +261,13 @@ class Engine(EngineDurability):
                 if claim.send_key is None:
                     raise Conflict(f"a request with idempotencyKey {idempotency_key!r} is still in progress")
                 return self.get_send_by_key(claim.send_key), False
-        i = self._recipient_shard(rid)
+        i = self.shard_of_recipient(rid)
         key = new_send_key(slot_of(rid))
         groups = (f"t:{template}",)
         reply = Reply.here()
         try:
-            self._submit(i, ("start", (key, tpl, rid, update, data_bytes, groups, None, True, idem), reply))
+            self.router.submit(i, Command("start", (key, tpl, rid, update, data_bytes, groups, None, True, idem), reply),
+                               SEND)
         except Exception:
             if claim is not None:
                 self.idempotency.release(claim)
@@ -290,42 +283,20 @@ class Engine(EngineDurability):
         tpl = self.templates.get(template)
         data_bytes = pack_data(data)
         groups = (f"t:{template}",)
-        batches: list[list[Command]] = [[] for _ in self.states]
+        batches: list[list[Command]] = [[] for _ in range(self.router.shards)]
         keys = []
         for rid in recipients:
             slot = slot_of(rid)
             key = new_send_key(slot)
             keys.append(key)
-            batches[self.shard_of_slot(slot)].append(
-                ("start", (key, tpl, rid, None, data_bytes, groups, None, False, None), None))
-        parent = Reply.here()
-        gather = Gather(len(self.states), lambda _: len(recipients), parent)
-        for i, batch in enumerate(batches):
-            batch.append(("tick", None, gather.part(i)))
-            self._admit(i, len(batch))
-            self._tell(i, batch)
-        return parent, [format_send_id(k) for k in keys]
+            batches[self.router.shard_of_slot(slot)].append(
+                Command("start", (key, tpl, rid, None, data_bytes, groups, None, False, None)))
+        reply = self.router.submit_bulk(batches, SEND, max_message=1 << 30)
+        return reply, [format_send_id(k) for k in keys]
 
     def submit_batches(self, batches: list[list[Command]], max_message: int) -> Reply:
-        """Bulk path (campaign fan-out): commands without replies, per shard, in
-        messages of at most `max_message` so other work interleaves. All or
-        nothing (Overloaded); the reply comes once every shard has done its part."""
-        busy = [i for i, b in enumerate(batches) if b]
-        with self._count_lock:
-            for i in busy:
-                self._check_room(i)
-            for i in busy:
-                self._submitted[i] += len(batches[i]) + 1
-        parent = Reply.here()
-        gather = Gather(len(busy), lambda _: None, parent)
-        for n, i in enumerate(busy):
-            batch = batches[i]
-            for k in range(0, len(batch), max_message):
-                message = batch[k:k + max_message]
-                if k + max_message >= len(batch):
-                    message.append(("tick", None, gather.part(n)))
-                self._tell(i, message)
-        return parent
+        """Bulk path (campaign fan-out): see Router.submit_bulk."""
+        return self.router.submit_bulk(batches, SEND, max_message)
 
     def _route_send_id(self, send_id: str) -> int:
         key = parse_send_id(send_id)
@@ -334,21 +305,25 @@ class Engine(EngineDurability):
         return key
 
     def get_send_by_key(self, key: int) -> Reply:
-        return self._ask(self.shard_of_slot(slot_of_key(key)), "get_send", key)
+        return self._ask(self.shard_of_key(key), "get_send", key)
 
     def get_send(self, send_id: str) -> Reply:
         return self.get_send_by_key(self._route_send_id(send_id))
 
-    def cancel_send(self, send_id: str) -> Reply:
+    def cancel_send(self, send_id: str, arrival: float | None = None) -> Reply:
         key = self._route_send_id(send_id)
-        return self._ask(self.shard_of_slot(slot_of_key(key)), "cancel", key)
+        return self._ask(self.shard_of_key(key), "cancel", key, SIGNAL, self._arrival(arrival))
+
+    def _arrival(self, arrival: float | None) -> float:
+        return self.clock.now() if arrival is None else arrival
 
     # -- signals ------------------------------------------------------------------
-    def signals(self, events: list[Event]) -> Reply:
-        """Apply engagement events; the reply is {accepted, duplicates, errors}."""
+    def signals(self, events: list[Event], arrival: float | None = None) -> Reply:
+        """Apply engagement events; the reply is {accepted, duplicates, errors}.
+        `arrival`: when the request reached the server (default: now)."""
         errors: list[dict[str, Any]] = []
-        batches: list[list[Any]] = [[] for _ in self.states]
-        n_shards = len(self.states)
+        n_shards = self.router.shards
+        batches: list[list[Any]] = [[] for _ in range(n_shards)]
         for index, (message_id, send_id, channel, kind_name, at) in enumerate(events):
             kind = _KIND.get(kind_name)
             if kind is None:
@@ -375,7 +350,7 @@ class Engine(EngineDurability):
                                    "message": f"sendId {send_id!r} with channel {channel!r} names no message"})
                     continue
                 key, step_index, ch = key2, None, channel
-            batches[self.shard_of_slot(slot_of_key(key))].append((index, key, step_index, ch, kind, at))
+            batches[self.router.shard_of_slot(slot_of_key(key))].append((index, key, step_index, ch, kind, at))
         busy = [i for i, b in enumerate(batches) if b]
         total = len(events)
 
@@ -391,38 +366,39 @@ class Engine(EngineDurability):
             errs.sort(key=lambda e: e["index"])
             return {"accepted": total - duplicates - len(errs), "duplicates": duplicates, "errors": errs}
 
-        for i in busy:  # all or nothing: a half-applied batch would never answer
-            self._check_room(i)
         parent = Reply.here()
         gather = Gather(len(busy), combine, parent)
-        for n, i in enumerate(busy):
-            self._submit(i, ("signals", batches[i], gather.part(n)))
+        arrival = self.clock.now() if arrival is None else arrival
+        # All or nothing: a half-applied batch would never answer.
+        self.router.submit_many([(i, Command("signals", batches[i], gather.part(n), arrival))
+                                 for n, i in enumerate(busy)], SIGNAL, arrival)
         return parent
 
     def delivery_results(self, results: list[tuple[Any, DeliveryOutcome]]) -> None:
         """Answers of asynchronous providers, routed back to their shards."""
-        batches: list[list[Any]] = [[] for _ in self.states]
+        batches: list[list[Any]] = [[] for _ in range(self.router.shards)]
         for token, outcome in results:
-            batches[self.shard_of_slot(slot_of_key(token[0]))].append((token, outcome))
+            batches[self.shard_of_key(token[0])].append((token, outcome))
         for i, batch in enumerate(batches):
             if batch:
-                with self._count_lock:
-                    self._submitted[i] += 1  # accepted work: never refused
-                self._tell(i, [("results", batch, None)])
+                self.router.post(i, [Command("results", batch)])  # accepted work: never refused
 
     # -- inbox ----------------------------------------------------------------------
-    def inbox(self, rid: str, limit: int = 50, before: str | None = None) -> Reply:
-        return self._ask(self._recipient_shard(rid), "inbox", (rid, limit, before))
+    def inbox(self, rid: str, limit: int = 50, before: str | None = None, arrival: float | None = None) -> Reply:
+        """A page of the inbox; listing marks its messages delivered (a signal)."""
+        return self._ask(self.shard_of_recipient(rid), "inbox", (rid, limit, before), SIGNAL, self._arrival(arrival))
 
-    def inbox_signal(self, rid: str, message_id: str, kind_name: str) -> Reply:
+    def inbox_signal(self, rid: str, message_id: str, kind_name: str, arrival: float | None = None) -> Reply:
         parsed = parse_message_id(message_id)
         if parsed is None:
             raise NotFound(f"message {message_id!r} is not in the inbox of {rid!r}")
-        return self._ask(self._recipient_shard(rid), "inbox_signal", (rid, parsed[0], parsed[1] - 1, _KIND[kind_name]))
+        return self._ask(self.shard_of_recipient(rid), "inbox_signal", (rid, parsed[0], parsed[1] - 1, _KIND[kind_name]),
+                         SIGNAL, self._arrival(arrival))
 
     # -- metrics and statistics -----------------------------------------------------
     def totals(self, groups: list[str] | None = None) -> Reply:
-        return self._ask_all("totals", groups, merge_totals)
+        reply: Reply = self.router.ask_all("totals", groups, merge_totals)
+        return reply
 
     def template_metrics(self, template_id: str) -> Reply:
         if not self.templates.known(template_id):
@@ -432,23 +408,18 @@ class Engine(EngineDurability):
             tpl: TemplateVersion | None = self.templates.get(template_id)
         except NotFound:
             tpl = None
-        return self._ask_all("totals", [group], lambda parts: metrics_view(
+        reply: Reply = self.router.ask_all("totals", [group], lambda parts: metrics_view(
             template_id, tpl, merge_totals(parts).get(group)))
+        return reply
 
     def stats(self) -> Reply:
-        return self._ask_all("stats", None, list)
+        reply: Reply = self.router.ask_all("stats", None, list)
+        return reply
 
     # -- campaigns (see campaigns.py, fanout.py) ------------------------------------
     def ask_shards(self, op: str, payload: Any, combine: Callable[[list[Any]], Any], parent: Any = None) -> Any:
         """Every shard runs `op`; the reply is `combine(answers)`. All or nothing (Overloaded)."""
-        with self._count_lock:
-            for i in range(len(self.states)):
-                self._check_room(i)
-        parent = parent if parent is not None else Reply.here()
-        gather = Gather(len(self.states), combine, parent)
-        for i in range(len(self.states)):
-            self._submit(i, (op, payload, gather.part(i)))
-        return parent
+        return self.router.ask_all(op, payload, combine, parent)
 
     def campaign_rows_started(self, campaign_id: str) -> Reply:
         """The union of the shards' started-rows bitmaps of a campaign (bytes)."""
@@ -460,3 +431,8 @@ class Engine(EngineDurability):
             return acc.to_bytes(n, "little")
         reply: Reply = self.ask_shards("campaign_rows", campaign_id, union)
         return reply
+
+
+def _clock_rate(clock: Clock) -> float:
+    """Clock seconds per real second (a scaled clock's lag limit is in real time)."""
+    return float(getattr(clock, "rate", 1.0))

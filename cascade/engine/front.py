@@ -1,0 +1,60 @@
+"""The front door's own state: template versions, idempotency keys and
+campaigns, as records for snapshots and from the journal.
+
+Templates are shared read-only with the shards; everything else here is
+touched only by the front (the event loop and the campaign threads).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..domain.records import ClockMoved, IdempotencyKept, TemplateDeleted, TemplatePut
+from .campaigns import CAMPAIGN_RECORDS
+from .clock import Clock
+from .errors import NotFound
+from .idempotency import IdempotencyKeys
+from .state_records import template_record
+from .templates import TemplateRegistry
+
+if TYPE_CHECKING:
+    from .campaigns import CampaignBook
+
+__all__ = ["FrontState"]
+
+
+class FrontState:
+    def __init__(self, clock: Clock, templates: TemplateRegistry, idempotency: IdempotencyKeys,
+                 campaigns: CampaignBook) -> None:
+        self.clock = clock
+        self.templates = templates
+        self.idempotency = idempotency
+        self.campaigns = campaigns
+
+    def records(self) -> list[Any]:
+        """Every template version, deletions, idempotency keys, campaigns and the clock."""
+        versions = sorted(self.templates.all_versions(), key=lambda tv: (tv.id, tv.version))
+        records: list[Any] = [template_record(tv) for tv in versions]
+        current = {tv.id for tv in self.templates.all()}
+        records += [TemplateDeleted(tid) for tid in sorted({tv.id for tv in versions} - current)]
+        now = self.clock.now()
+        records += [IdempotencyKept(c.key, c.digest, c.send_key, c.expires) for c in self.idempotency.live(now)]
+        records += self.campaigns.front_records()
+        records.append(ClockMoved(now))
+        return records
+
+    def apply(self, record: Any) -> None:
+        kind = type(record)
+        if kind is TemplatePut:
+            self.templates.restore(record.template, record.version, dict(record.body), record.created,
+                                   record.updated)
+        elif kind is TemplateDeleted:
+            try:
+                self.templates.delete(record.template)
+            except NotFound:
+                pass
+        elif kind is IdempotencyKept:
+            self.idempotency.restore(record.key, record.digest, record.send, record.expires)
+        elif kind in CAMPAIGN_RECORDS:
+            self.campaigns.apply(record)
+        # ClockMoved is recovery's business: it resumes at the latest time seen.

@@ -1,0 +1,103 @@
+"""One shard's mailbox as the front sees it, and admission to it.
+
+A `Mailbox` counts every command posted to its shard, on every path
+(requests, ticks, firings, delivery answers, bulk batches), from admission
+until the shard has processed it, so its depth can never drift or go
+negative. It also keeps the arrival times of the commands not yet processed
+as a monotonic queue, so the oldest is known in O(1): the shard's low
+watermark. A window with deadline `d` may close only once everything that
+reached the server before `d` has been applied (API.md rule 11).
+
+`Admission` decides, under one lock for all mailboxes (so a request that
+spans shards is admitted whole or not at all), what may enter: engagement
+and cancels are refused only at the hard bound; new sends are shed first,
+as soon as a mailbox is a quarter full or the server falls behind
+(`behind()`: the event loop's lag or the oldest unapplied signal's age).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Callable, Sequence
+
+from .errors import Overloaded
+
+__all__ = ["Admission", "Mailbox", "SEND", "SIGNAL", "INTERNAL"]
+
+SEND, SIGNAL, INTERNAL = range(3)  # admission classes, most sheddable first
+
+
+class Mailbox:
+    __slots__ = ("posted", "processed", "_arrivals", "_lock")
+
+    def __init__(self) -> None:
+        self.posted = 0
+        self.processed = 0
+        self._arrivals: deque[tuple[int, float]] = deque()  # (posted count after it, arrival), arrivals rising
+        self._lock = threading.Lock()
+
+    @property
+    def depth(self) -> int:
+        return self.posted - self.processed
+
+    def post(self, n: int, arrival: float | None) -> None:
+        """Count `n` commands in (the caller holds the admission lock)."""
+        with self._lock:
+            self.posted += n
+            if arrival is not None:
+                arrivals = self._arrivals
+                while arrivals and arrivals[-1][1] >= arrival:
+                    arrivals.pop()  # a later command that arrived earlier is the older one
+                arrivals.append((self.posted, arrival))
+
+    def taken(self, n: int) -> float | None:
+        """The shard processed `n` more; the oldest arrival still queued."""
+        with self._lock:
+            self.processed += n
+            arrivals = self._arrivals
+            while arrivals and arrivals[0][0] <= self.processed:
+                arrivals.popleft()
+            return arrivals[0][1] if arrivals else None
+
+    def oldest(self) -> float | None:
+        with self._lock:
+            return self._arrivals[0][1] if self._arrivals else None
+
+
+class Admission:
+    """What may enter the mailboxes; raises `Overloaded` (503) otherwise."""
+
+    def __init__(self, mailboxes: Sequence[Mailbox], limit: int, behind: Callable[[], str | None]) -> None:
+        self.mailboxes = mailboxes
+        self.limit = limit  # hard bound per mailbox: beyond it even signals are refused
+        self.send_limit = max(1, limit // 4) if limit > 0 else 0
+        self.behind = behind  # why the server is behind (shed new sends), or None
+        self.lock = threading.Lock()
+        self.shed_sends = 0  # sends refused, and why: for /metrics
+        self.shed_by_reason: dict[str, int] = {"queue": 0, "lag": 0}
+        self.refused_signals = 0
+
+    def admit(self, counts: Sequence[tuple[int, int]], kind: int, arrival: float | None) -> None:
+        """Admit (shard, n) pairs together, or none of them."""
+        mailboxes = self.mailboxes
+        with self.lock:
+            if kind == SEND:
+                for i, n in counts:
+                    if mailboxes[i].depth + n > self.send_limit:
+                        self._shed("queue", f"shard {i} has {mailboxes[i].depth} commands queued; retry shortly")
+                why = self.behind()
+                if why is not None:
+                    self._shed("lag", why)
+            elif kind == SIGNAL:
+                for i, n in counts:
+                    if mailboxes[i].depth + n > self.limit:
+                        self.refused_signals += 1
+                        raise Overloaded(f"shard {i} has {mailboxes[i].depth} commands queued; retry shortly")
+            for i, n in counts:
+                mailboxes[i].post(n, arrival)
+
+    def _shed(self, reason: str, message: str) -> None:
+        self.shed_sends += 1
+        self.shed_by_reason[reason] += 1
+        raise Overloaded(message, retry_after_s=1)
