@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cascade.engine.mailbox import Admission
 from cascade.engine import DeliveryOutcome, Engine, EngineConfig, ManualClock, MemoryProvider, OutgoingMessage
 from cascade.engine.delivery import DeliveryDispatcher
 from cascade.engine.errors import Overloaded
@@ -188,6 +189,11 @@ def test_mailbox_depth_and_snapshot_gauges(played: Any) -> None:
 
 class _BusyEngine:
     providers: dict[str, Any] = {}
+    loop_lag = 0.0
+    admission = Admission([], 100_000, lambda: None)
+
+    def watermark_lag(self) -> float:
+        return 0.0
 
     def totals(self) -> Any:
         raise Overloaded("shard 0 has 100000 commands queued; retry shortly")

@@ -40,10 +40,11 @@ class Webhook:
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
-        want = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        sig = dict(p.split("=", 1) for p in request.headers.get("X-Cascade-Signature", "").split(",") if "=" in p)
+        want = hmac.new(SECRET.encode(), sig.get("t", "").encode() + b"." + body, hashlib.sha256).hexdigest()
         self.received.append({
             "headers": dict(request.headers), "json": json.loads(body),
-            "signature_ok": hmac.compare_digest(request.headers.get("X-Cascade-Signature", ""), want),
+            "signature_ok": hmac.compare_digest(sig.get("sha256", ""), want),
         })
         return web.json_response({"ok": True})
 

@@ -97,7 +97,11 @@ class Admission:
             for i, n in counts:
                 mailboxes[i].post(n, arrival)
 
-    def _shed(self, reason: str, message: str) -> None:
+    def note_shed(self, reason: str) -> None:
+        """Count a send refused (here, or by the HTTP front before reading it)."""
         self.shed_sends += 1
         self.shed_by_reason[reason] += 1
+
+    def _shed(self, reason: str, message: str) -> None:
+        self.note_shed(reason)
         raise Overloaded(message, retry_after_s=1)

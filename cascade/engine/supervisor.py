@@ -103,7 +103,7 @@ class Engine:
         self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s, submit_jobs,
                                   self.delivery_results, inbox_listener, journal, self.templates, mailboxes[i],
                                   self.in_flight.oldest, self.outstanding) for i in range(n)]
-        self.admission = Admission(mailboxes, self.config.max_pending_per_shard, self._behind)
+        self.admission = Admission(mailboxes, self.config.max_pending_per_shard, self.behind)
         self.router = Router(self.states, mailboxes, self.admission)
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -144,7 +144,7 @@ class Engine:
     def check_open(self) -> None:
         self.router.check_open()
 
-    def _behind(self) -> str | None:
+    def behind(self) -> str | None:
         """Why new sends must wait (the server is behind on what it was sent), or None."""
         limit = self.config.shed_lag_s
         if limit <= 0:
@@ -155,6 +155,10 @@ class Engine:
         if oldest is not None and self.clock.now() - oldest > limit * _clock_rate(self.clock):
             return "signals are waiting to be applied; retry shortly"
         return None
+
+    def watermark_lag(self) -> float:
+        """How far the shards' windows trail the clock (the largest, in clock seconds)."""
+        return max((st.stats.watermark_lag for st in self.states), default=0.0)
 
     def pending(self) -> int:
         """Commands admitted and not yet processed (the shards' mailbox depth)."""

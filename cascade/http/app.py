@@ -8,7 +8,12 @@ microseconds on a path that must carry thousands of requests a second:
   fresh one) on every response;
 - back-pressure: beyond `server.max_inflight_requests` requests in flight,
   503 with `Retry-After` (operational endpoints are exempt), and the same
-  while recovery runs, so nothing answers from half-loaded state;
+  while recovery runs, so nothing answers from half-loaded state; a route
+  that starts sends is refused at once, before its body is read, while the
+  server is behind (mailbox.py), so signals keep their place;
+- arrival: a route that may carry a signal is stamped with the time it
+  reached the server and held in the engine's in-flight set until it is
+  answered, so no window closes on a deadline after it (API.md rule 11);
 - auth (auth.py) for the routes that need it;
 - the single exception -> error body mapping (errors.py);
 - one DEBUG log line per request: id, method, route, status, ms.
@@ -19,6 +24,7 @@ final status of every request. The app does not start or stop the engine.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -35,12 +41,13 @@ from . import (
     routes_admin, routes_campaigns, routes_events, routes_inbox, routes_ops, routes_recipients, routes_sends,
     routes_templates,
 )
+from .arrival import ARRIVAL
 from .auth import Authorizer
 from .errors import error_response, response_for_exception
 from .openapi import Route, document
 from .routes_admin import AdminHooks
 
-__all__ = ["AdminHooks", "ENGINE_KEY", "MetricsHooks", "ROUTES_KEY", "SETTINGS_KEY", "build_app"]
+__all__ = ["ARRIVAL", "AdminHooks", "ENGINE_KEY", "MetricsHooks", "ROUTES_KEY", "SETTINGS_KEY", "build_app"]
 
 _log = logging.getLogger("cascade.http")
 
@@ -49,6 +56,7 @@ SETTINGS_KEY = web.AppKey("settings", Settings)
 ROUTES_KEY = web.AppKey("routes", list)  # the operation table, for metrics labels and docs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LAG_PROBE_S = 0.01  # how often the event loop's lag is measured
 _SANE_ID = re.compile(r"[A-Za-z0-9._:+=-]{1,128}")
 
 
@@ -64,7 +72,8 @@ class MetricsHooks(Protocol):
 class _Front:
     """State of the front middleware: in-flight count, route table, ids."""
 
-    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
+    def __init__(self, engine: Engine, settings: Settings, ready: Callable[[], bool]) -> None:
+        self.engine = engine
         self.ready = ready
         self.limit = settings.server.max_inflight_requests
         self.inflight = 0
@@ -93,7 +102,14 @@ class _Front:
         elif not public and not self.ready():  # recovering or stopping: no half-loaded answers
             response = error_response(503, "not_ready", "recovery is still running (or the server is stopping)",
                                       (), {"Retry-After": "1"})
+        elif route is not None and route.sheddable and (why := self.engine.behind()) is not None:
+            self.engine.admission.note_shed("lag")
+            response = error_response(503, "overloaded", why, (), {"Retry-After": "1"})
         else:
+            entry = None
+            if route is not None and route.signals:
+                arrival = request[ARRIVAL] = self.engine.clock.now()
+                entry = self.engine.in_flight.enter(arrival)
             if not public:
                 self.inflight += 1
             try:
@@ -105,6 +121,8 @@ class _Front:
             finally:
                 if not public:
                     self.inflight -= 1
+                if entry is not None:
+                    self.engine.in_flight.leave(entry)
         if not response.prepared:
             response.headers["X-Request-Id"] = rid
         if debug:
@@ -119,10 +137,29 @@ class _Front:
                    extra={"request_id": rid, "method": request.method, "route": path, "status": status, "ms": ms})
 
 
+def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
+    """Measure how late the event loop runs a timer: the part of the backlog
+    the engine cannot count (requests read but not yet handled)."""
+    async def probe(_: web.Application) -> Any:
+        async def measure() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                began = loop.time()
+                await asyncio.sleep(LAG_PROBE_S)
+                engine.loop_lag = max(0.0, loop.time() - began - LAG_PROBE_S)
+
+        task = asyncio.create_task(measure())
+        yield
+        task.cancel()
+        engine.loop_lag = 0.0
+
+    return probe
+
+
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None) -> web.Application:
     """The whole API of API.md over `engine`."""
-    front = _Front(settings, ready)
+    front = _Front(engine, settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
     table: list[Route] = []
@@ -137,6 +174,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
     engine.background.foreground = lambda: front.inflight  # campaign work yields to requests in flight
+    app.cleanup_ctx.append(_lag_probe(engine))
     app[ENGINE_KEY] = engine
     app[SETTINGS_KEY] = settings
     app[ROUTES_KEY] = table

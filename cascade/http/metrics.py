@@ -162,6 +162,18 @@ class HttpMetrics:
         yield from self._delivery_families(stats or [])
         yield GaugeMetricFamily("cascade_shard_mailbox_depth", "Commands submitted to shards and not yet processed",
                                 value=self.engine.pending())
+        yield GaugeMetricFamily("cascade_watermark_lag_seconds",
+                                "How far the shards' windows trail the clock: the oldest signal not yet applied",
+                                value=self.engine.watermark_lag())
+        yield GaugeMetricFamily("cascade_event_loop_lag_seconds", "How late the event loop last ran a timer",
+                                value=self.engine.loop_lag)
+        shed = CounterMetricFamily("cascade_sends_shed", "New sends refused with 503 because the server was behind",
+                                   labels=["reason"])
+        for reason, n in self.engine.admission.shed_by_reason.items():
+            shed.add_metric([reason], n)
+        yield shed
+        yield CounterMetricFamily("cascade_signals_refused", "Signal-carrying commands refused at the hard bound",
+                                  value=self.engine.admission.refused_signals)
         yield from self._snapshot_families()
         yield from self._campaign_families()
         yield self._http_family()

@@ -41,6 +41,8 @@ class Route:
     recipient_token: bool = False  # X-Recipient-Token opens it for the recipient in {id}
     raw_response: str | None = None  # a non-JSON response media type
     raw_body: tuple[tuple[str, str], ...] = ()  # other request media types: (type, description)
+    signals: bool = False  # may carry an engagement signal: its arrival holds windows open (rule 11)
+    sheddable: bool = False  # starts new sends: refused first while the server is behind
 
 
 class _View(msgspec.Struct, kw_only=True):

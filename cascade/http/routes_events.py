@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine, Event
+from .arrival import ARRIVAL
 from .auth import EVENTS
 from .errors import ApiError, json_response
 from .openapi import EventsResult, Route
@@ -136,7 +137,7 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                 invalid.append({"index": index, "code": "invalid", "message": event})
         if not events:
             return json_response({"accepted": 0, "duplicates": 0, "errors": invalid})
-        result: dict[str, Any] = await engine.signals(events)
+        result: dict[str, Any] = await engine.signals(events, request.get(ARRIVAL))
         if invalid:  # engine indices count only the valid items: map them back
             for err in result["errors"]:
                 err["index"] = origin[err["index"]]
@@ -146,4 +147,5 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
     return [Route("POST", "/v1/events", post_events, EVENTS,
                   "Ingest engagement events: one object, {\"events\": [...]} or NDJSON (at most 10,000); "
                   "a bad item is reported in errors and never fails the rest",
-                  body=(EventBody, EventBatch), response=EventsResult, ndjson_item=EventBody, errors=(503,))]
+                  body=(EventBody, EventBatch), response=EventsResult, ndjson_item=EventBody, errors=(503,),
+                  signals=True)]

@@ -14,6 +14,7 @@ from ..config import Settings
 from ..engine import Engine
 from .auth import READ, WRITE
 from .errors import ApiError, json_response
+from .arrival import ARRIVAL
 from .openapi import InboxPage, Route
 
 __all__ = ["MAX_LIMIT", "routes"]
@@ -35,21 +36,23 @@ def _limit(text: str | None) -> int:
 def routes(engine: Engine, settings: Settings) -> list[Route]:
     async def list_inbox(request: web.Request) -> web.Response:
         query = request.query
-        page = await engine.inbox(request.match_info["id"], _limit(query.get("limit")), query.get("before") or None)
+        page = await engine.inbox(request.match_info["id"], _limit(query.get("limit")), query.get("before") or None,
+                                  request.get(ARRIVAL))
         return json_response(page)
 
     def marker(kind: str) -> Route:
         async def handler(request: web.Request) -> web.Response:
-            await engine.inbox_signal(request.match_info["id"], request.match_info["messageId"], kind)
+            await engine.inbox_signal(request.match_info["id"], request.match_info["messageId"], kind,
+                                      request.get(ARRIVAL))
             return web.Response(status=204)
 
         return Route("POST", f"/v1/recipients/{{id}}/inbox/{{messageId}}/{kind}", handler, WRITE,
-                     f"Mark an inbox message {kind}", ok=204, errors=(404,), recipient_token=True)
+                     f"Mark an inbox message {kind}", ok=204, errors=(404,), recipient_token=True, signals=True)
 
     return [
         Route("GET", "/v1/recipients/{id}/inbox", list_inbox, READ,
               "A recipient's in-app messages, newest first; listing marks them delivered",
-              response=InboxPage, errors=(422,), recipient_token=True,
+              response=InboxPage, errors=(422,), recipient_token=True, signals=True,
               query=(("limit", "page size", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50}),
                      ("before", "the `next` cursor of the previous page", {"type": "string"}))),
         marker("viewed"),

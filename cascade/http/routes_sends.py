@@ -15,6 +15,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine
+from .arrival import ARRIVAL
 from .auth import READ, WRITE
 from .errors import json_response
 from .openapi import Route, SendView
@@ -44,15 +45,16 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
         return json_response(await engine.get_send(request.match_info["id"]))
 
     async def cancel_send(request: web.Request) -> web.Response:
-        return json_response(await engine.cancel_send(request.match_info["id"]))
+        return json_response(await engine.cancel_send(request.match_info["id"], request.get(ARRIVAL)))
 
     path = "/v1/sends/{id}"
     return [
         Route("POST", "/v1/sends", create_send, WRITE,
               "Start a send (202); a repeated idempotencyKey answers 200 with the same send, or 409 "
               "for another body", body=SendBody, response=SendView, ok=202, errors=(404, 409, 503),
-              also_ok=((200, "The send an earlier request with this idempotencyKey and the same body made"),)),
+              also_ok=((200, "The send an earlier request with this idempotencyKey and the same body made"),),
+              sheddable=True),
         Route("GET", path, get_send, READ, "A send and its steps", response=SendView, errors=(404,)),
         Route("DELETE", path, cancel_send, WRITE, "Cancel a send (409 if it has already finished)",
-              response=SendView, errors=(404, 409)),
+              response=SendView, errors=(404, 409), signals=True),
     ]
