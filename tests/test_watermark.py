@@ -1,0 +1,116 @@
+"""API rule 11 on the engine: a window is judged by what had reached the
+server by its deadline. Requests in flight and commands still queued hold
+the shards' low watermark back; a timer fires late rather than wrongly.
+And the mailboxes that feed the watermark count every command, so their
+depth never drifts below zero on an idle real-clock engine."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import pytest
+
+from cascade.engine import Engine, EngineConfig, MemoryProvider, RealClock
+
+T0 = 1_800_000_000.0
+CHAIN = {"channels": [
+    {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 5, "content": {"body": "hi"}},
+    {"channel": "push", "content": {"body": "still there?"}},
+], "config": {"sequenceEnabled": True}}
+
+
+class SteppedClock:
+    """A clock in "real" mode (so the engine's ticker drives timers) that
+    the test moves by hand."""
+
+    mode = "real"
+
+    def __init__(self, start: float) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> SteppedClock:
+    return SteppedClock(T0)
+
+
+@pytest.fixture
+def push() -> MemoryProvider:
+    return MemoryProvider("push")
+
+
+@pytest.fixture
+def engine(clock: SteppedClock, push: MemoryProvider) -> Iterator[Engine]:
+    e = Engine(clock, {"push": push}, EngineConfig(shards=1, tick_interval_s=0.005, gc_freeze_interval_s=0)).start()
+    e.put_template("chain", CHAIN).wait()
+    e.put_recipient("u", {"pushTokens": ["t"]}).wait()
+    yield e
+    e.stop()
+
+
+def settle(engine: Engine) -> None:
+    """Two round trips through every shard: every batch that ends in
+    between has judged its windows against the clock as it is now."""
+    for _ in range(2):
+        engine.stats().wait()
+
+
+def status(engine: Engine, sid: str) -> list[str]:
+    view: dict[str, Any] = engine.get_send(sid).wait()
+    return [view["status"]] + [s["status"] for s in view["steps"]]
+
+
+def test_a_signal_in_flight_before_the_deadline_holds_the_window_until_it_is_applied(
+        engine: Engine, clock: SteppedClock, push: MemoryProvider) -> None:
+    sid = engine.send("chain", "u")[0].wait()["id"]
+    request = engine.in_flight.enter(T0 + 299)  # reached the server a second before the deadline ...
+    clock.t = T0 + 400  # ... and is still being read when the deadline passes
+    settle(engine)
+    assert status(engine, sid) == ["active", "waiting", "pending"] and push.messages == []
+    engine.signals([(f"{sid}.1", None, None, "viewed", None)], arrival=T0 + 299).wait()
+    engine.in_flight.leave(request)
+    settle(engine)
+    assert status(engine, sid) == ["stopped", "stopped", "pending"]
+    assert push.messages == []  # the recipient engaged in time: nothing escalated
+
+
+def test_a_signal_that_arrived_after_the_deadline_does_not_undo_the_escalation(
+        engine: Engine, clock: SteppedClock, push: MemoryProvider) -> None:
+    sid = engine.send("chain", "u")[0].wait()["id"]
+    slow = engine.in_flight.enter(T0 + 100)  # an unrelated request holds the watermark early
+    clock.t = T0 + 400
+    settle(engine)
+    # Arrived after the deadline: the window closes first, then the late view stops the rest (rule 3).
+    engine.signals([(f"{sid}.1", None, None, "viewed", None)], arrival=T0 + 301).wait()
+    engine.in_flight.leave(slow)
+    settle(engine)
+    assert [m.message_id for m in push.messages] == [f"{sid}.2"]
+    assert status(engine, sid) == ["completed", "fired", "fired"]
+
+
+def test_without_a_signal_the_window_closes_once_the_clock_passes_the_deadline(
+        engine: Engine, clock: SteppedClock, push: MemoryProvider) -> None:
+    sid = engine.send("chain", "u")[0].wait()["id"]
+    clock.t = T0 + 299
+    settle(engine)
+    assert push.messages == []
+    clock.t = T0 + 301
+    settle(engine)
+    assert [m.message_id for m in push.messages] == [f"{sid}.2"]
+
+
+def test_an_idle_real_clock_engine_never_reports_a_negative_mailbox_depth() -> None:
+    e = Engine(RealClock(), {}, EngineConfig(shards=2, tick_interval_s=0.002, gc_freeze_interval_s=0)).start()
+    try:
+        depths = []
+        while sum(m.processed for m in e.router.mailboxes) < 200:  # ~50 ticks a shard
+            depths.append(e.pending())
+            e.stats().wait()
+        assert min(depths) >= 0
+        e.stop()
+        assert e.pending() == 0  # everything posted was processed, nothing counted twice
+    finally:
+        e.stop()
