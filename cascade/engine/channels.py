@@ -29,7 +29,4 @@ CHANNEL_SIGNALS: dict[str, frozenset[str]] = {
     "sms": frozenset({"delivered", "clicked", "failed"}),
 }
 
-# Which recipient field a channel needs (None: the built-in inbox).
-CHANNEL_ADDRESS = {"inapp": None, "push": "pushTokens", "email": "email", "sms": "phone"}
-
 WAIT_MINUTES = (5, 10, 30, 60, 240, 1440)

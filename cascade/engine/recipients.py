@@ -63,14 +63,6 @@ class Recipient:
         self._view = out
         return out
 
-    def to_record(self) -> tuple[Any, ...]:
-        return (self.id, self.email, self.phone, list(self.push_tokens), self.preferences)
-
-    @classmethod
-    def from_record(cls, rec: Any) -> Recipient:
-        rid, email, phone, tokens, prefs = rec
-        return cls(rid, email, phone, tuple(tokens), dict(prefs))
-
 
 def validate_recipient(rid: Any, body: Any, path: str = "$") -> list[Detail]:
     errs: list[Detail] = []

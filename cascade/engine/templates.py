@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .channels import CHANNEL_ADDRESS, CHANNEL_SIGNALS, CHANNELS, ENGAGEMENT, SIGNALS, WAIT_MINUTES
+from .channels import CHANNEL_SIGNALS, CHANNELS, ENGAGEMENT, SIGNALS, WAIT_MINUTES
 from .errors import Detail, NotFound, TemplateInvalid
 from .render import CompiledContent
 from .timefmt import iso
@@ -34,7 +34,6 @@ class Step:
     stop_rank: int  # index into ENGAGEMENT; -1 for a terminal or unsequenced step
     wait_s: float
     content: CompiledContent
-    address_field: str | None
     signal_mask: int  # bit k set: the channel can emit SIGNALS[k]
 
     @property
@@ -164,7 +163,6 @@ def _build(template_id: str, version: int, body: dict[str, Any], created: float,
             stop_rank=ENGAGEMENT.index(cond) if cond else -1,
             wait_s=float(raw.get("waitMinutes", 0)) * 60.0,
             content=CompiledContent(raw.get("content", {})),
-            address_field=CHANNEL_ADDRESS[raw["channel"]],
             signal_mask=sum(1 << k for k, name in enumerate(SIGNALS) if name in CHANNEL_SIGNALS[raw["channel"]]),
         ))
     normal = {
