@@ -28,6 +28,7 @@ _FAILED = 3  # channels.FAILED
 
 class SignalOutcome:
     ACCEPTED, DUPLICATE, UNKNOWN_MESSAGE, UNSUPPORTED = range(4)
+    NAMES = ("accepted", "duplicate", "unknown_message", "unsupported_signal")  # API item codes and metric labels
 
 
 def _fire(send: Send, i: int, now: float, emit: Emit) -> bool:

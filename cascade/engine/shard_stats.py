@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..domain.sequence import SignalOutcome
 from .channels import CHANNELS, SIGNALS
 
 __all__ = ["LATENESS_BUCKETS", "ShardStats"]
 
 LATENESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0)
-_OUTCOMES = ("accepted", "duplicate", "unknown_message", "unsupported_signal")
 
 
 class ShardStats:
     def __init__(self) -> None:
-        self.signals = [[0] * len(_OUTCOMES) for _ in SIGNALS]  # [kind][outcome]
+        self.signals = [[0] * len(SignalOutcome.NAMES) for _ in SIGNALS]  # [kind][outcome]
         self.lateness_counts = [0] * (len(LATENESS_BUCKETS) + 1)
         self.lateness_sum = 0.0
         self.watermark_lag = 0.0  # now - the low watermark, at the end of the last batch
@@ -28,7 +28,7 @@ class ShardStats:
     def snapshot(self, **gauges: int) -> dict[str, Any]:
         return {
             **gauges,
-            "signals": {(SIGNALS[k], _OUTCOMES[o]): n for k, row in enumerate(self.signals)
+            "signals": {(SIGNALS[k], SignalOutcome.NAMES[o]): n for k, row in enumerate(self.signals)
                         for o, n in enumerate(row) if n},
             "lateness_counts": list(self.lateness_counts),
             "lateness_sum": self.lateness_sum,

@@ -54,7 +54,6 @@ _log = logging.getLogger("cascade.engine")
 # (messageId, sendId, channel, type, at): messageId, or sendId + channel
 Event = tuple[str | None, str | None, str | None, str, float | None]
 _KIND = {name: k for k, name in enumerate(SIGNALS)}
-_ITEM_CODE = {SignalOutcome.UNKNOWN_MESSAGE: "unknown_message", SignalOutcome.UNSUPPORTED: "unsupported_signal"}
 
 
 @dataclass(frozen=True)
@@ -366,7 +365,7 @@ class Engine:
                     if outcome == SignalOutcome.DUPLICATE:
                         duplicates += 1
                     else:
-                        errs.append({"index": index, "code": _ITEM_CODE[outcome], "message": message})
+                        errs.append({"index": index, "code": SignalOutcome.NAMES[outcome], "message": message})
             errs.sort(key=lambda e: e["index"])
             return {"accepted": total - duplicates - len(errs), "duplicates": duplicates, "errors": errs}
 

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..domain.sequence import SignalOutcome
 from ..engine.channels import CHANNEL_SIGNALS
 from ..engine.counters import SEND_COLUMNS, STEP_COLUMNS
 from ..engine.shard_stats import LATENESS_BUCKETS
@@ -43,7 +44,7 @@ _log = logging.getLogger("cascade.metrics")
 # but falls back to this for plain text itself).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-INGEST_RESULTS = ("accepted", "duplicate", "unknown_message", "unsupported_signal")
+INGEST_RESULTS = SignalOutcome.NAMES
 FINISH_OUTCOMES = SEND_COLUMNS[1:]  # stopped, completed, cancelled, failed
 _ENGAGEMENT_COLUMNS = frozenset({"delivered", "viewed", "clicked"})
 

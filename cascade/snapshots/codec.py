@@ -40,7 +40,6 @@ __all__ = [
     "check_trailer",
     "encode_record",
     "encode_records",
-    "is_trailer",
     "iter_frames",
     "make_header",
 ]
@@ -245,10 +244,6 @@ def check_trailer(obj: Any, records: int, checksum: int, path: str, offset: int)
         raise CorruptSnapshot(path, offset, f"trailer says {obj.get('records')} records, found {records}")
     if obj.get("checksum") != checksum:
         raise CorruptSnapshot(path, offset, f"body checksum {checksum:#010x} != trailer {obj.get('checksum')!r}")
-
-
-def is_trailer(obj: Any) -> bool:
-    return isinstance(obj, dict) and obj.get("trailer") is True
 
 
 class SnapshotEncoder:
