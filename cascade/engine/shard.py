@@ -197,10 +197,16 @@ class ShardState:
         the batch, what fell due before the oldest arrival still queued or
         in flight, or before now if there is none. Late, never wrong."""
         now = self.clock.now()
-        records = self._records = [] if self.journal is not None else None
+        self._records = [] if self.journal is not None else None
         fire_due = self._fire_due
         replies: list[Reply] = []
         for op, payload, reply, arrival in commands:
+            if op == "snapshot_begin" and (self._records or replies):
+                # The snapshot stands at a journal position: what this batch
+                # did before it must be journaled before that, or replay
+                # would apply it a second time over the snapshot.
+                self._commit(replies)
+                replies = []
             if arrival is not None:
                 fire_due(arrival if arrival < now else now)
             try:
@@ -226,9 +232,17 @@ class ShardState:
             horizon = flying
         self.stats.watermark_lag = now - horizon
         fire_due(horizon)
+        self._commit(replies)
+        self._records = None
+
+    def _commit(self, replies: list[Reply]) -> None:
+        """Journal the records made so far; once durable, hand over their
+        deliveries and answer `replies`."""
+        records = self._records
         jobs, self._jobs = self._jobs, []
         answered, self._answered = self._answered, 0
-        self._records = None
+        if records is not None:
+            self._records = []
         # A batch that changed nothing still waits for the batches before it
         # to be durable: its answers may show what they did.
         if records or (self.journal is not None and self._appended != self._durable and replies):
