@@ -1,6 +1,6 @@
-"""What the end-to-end benchmark's processes (bench/e2e.py, e2e_load.py,
-e2e_sink.py) share. Imports nothing that imports `http`, so the scripts can
-import it with bench/ at the end of sys.path (see bench/benchlib.py)."""
+"""What the end-to-end benchmark's processes share (bench/e2e.py runs
+e2e_sink.py and e2e_load.py); plain values only, so importing it cannot
+shadow anything."""
 
 from __future__ import annotations
 
