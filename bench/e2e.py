@@ -46,7 +46,9 @@ the highest rate served correctly.
 
 By default the server is pinned to CPU 0 and the sink and load generator to
 CPU 1 (on 2+ cores), so the server has one core (all a CPython process can
-use for this) and the clients do not steal it. The CPU other processes used
+use for this) and the clients do not steal it. /metrics is scraped every
+0.5 s during the load, for the peaks of the server's back-pressure and queue
+series (whichever it publishes). The CPU other processes used
 meanwhile is reported: on a shared machine it disturbs the figures. Prints
 tables, then as the last line one JSON object with every figure.
 """
@@ -101,9 +103,11 @@ SEQUENCE = {
 CLIENT_LAG_MS = 50.0
 # CPU seconds other processes may use during a run before its figures are called disturbed.
 NOISE_CPU_S = 1.0
-# /metrics lines worth showing: back-pressure figures (if the server has them),
-# delivery outcomes and the interpreter's own statement.
-METRIC_LINES = re.compile(r"watermark|(^|_)shed|cascade_delivery_attempts_total|python_info")
+# /metrics series worth showing: back-pressure figures (those the server has),
+# queues, delivery outcomes and the interpreter's own statement.
+SHOWN_METRICS = re.compile(r"watermark|(^|_)shed|refused|loop_lag|mailbox_depth|delivery_queued"
+                           r"|cascade_delivery_attempts_total|python_info")
+METRICS_EVERY_S = 0.5
 
 
 # -- processes -------------------------------------------------------------------------
@@ -161,10 +165,11 @@ def start_server(tmp: Path, port: int, sink_port: int, cpu: int | None) -> subpr
 
 def machine_busy_s() -> float:
     """CPU time every process of the machine used so far (/proc/stat),
-    to tell how much others took from this shared machine during a run."""
+    to tell how much others took from this shared machine during a run
+    (this process's own, the /metrics scrapes, counts as ours)."""
     with open("/proc/stat") as f:
         user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK") - time.process_time()
 
 
 def server_interpreter(pid: int) -> dict[str, str]:
@@ -223,6 +228,31 @@ def parse_time(text: str) -> float:
 async def metric_lines(http: aiohttp.ClientSession) -> list[str]:
     async with http.get("/metrics") as r:
         return (await r.text()).splitlines()
+
+
+def shown_series(lines: list[str]) -> dict[str, float]:
+    series = {}
+    for line in lines:
+        if SHOWN_METRICS.search(line) and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            series[name] = float(value)
+    return series
+
+
+async def watch_metrics(url: str, load: subprocess.Popen[bytes], limit_s: float) -> dict[str, float]:
+    """While the load runs (at most limit_s), scrape /metrics: the highest
+    value each shown series reached (a counter's: its last)."""
+    peak: dict[str, float] = {}
+    deadline = time.monotonic() + limit_s
+    async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=5)) as http:
+        while load.poll() is None and time.monotonic() < deadline:
+            try:
+                for name, value in shown_series(await metric_lines(http)).items():
+                    peak[name] = max(value, peak.get(name, value))
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                pass  # a scrape the busy server could not answer in time: the next one may
+            await asyncio.sleep(METRICS_EVERY_S)
+    return peak
 
 
 def gauge(lines: list[str], name: str) -> float | None:
@@ -415,12 +445,14 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
                           "--timeout", str(opts.timeout), "--out", str(tmp / "load.json")],
                          tmp / "load.log", client_cpu)
             procs.append(load)
-            loaded = finished(load, count / rate + opts.timeout + 60, tmp / "load.json", tmp / "load.log")
+            load_limit = count / rate + opts.timeout + 60
+            peaks = asyncio.run(watch_metrics(url, load, load_limit))
+            loaded = finished(load, load_limit, tmp / "load.json", tmp / "load.log")
             last_accepted = max((s["start"] for s in loaded["sends"] if s["status"] == 202), default=0.0)
             drained, lines = asyncio.run(
                 drain(url, sink_url, last_accepted + STEPS * WINDOW_S + 1.0, opts.drain_max))
             server_cpu_s, busy_s = cpu_seconds(server.pid) - cpu0, machine_busy_s() - busy0
-            state = server_state(server.pid, lines)
+            state = server_state(server.pid, peaks, shown_series(lines))
             sink.send_signal(signal.SIGTERM)  # it writes its records and exits
             sunk = finished(sink, 30, tmp / "sink.json", tmp / "sink.log")
             figures, wrong = analyse(rate, loaded, sunk, drained)
@@ -438,10 +470,11 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
                       f"{(tmp / 'serve.log').read_text(errors='replace')[-3000:]}", file=sys.stderr)
 
 
-def server_state(pid: int, metrics: list[str]) -> dict[str, Any]:
+def server_state(pid: int, peaks: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
     return {
         "server_peak_rss_mb": round(peak_rss_mb(pid), 1),
-        "server_metrics": [ln for ln in metrics if METRIC_LINES.search(ln) and not ln.startswith("#")],
+        "server_metrics": {name: {"peak_during_load": peaks.get(name), "after_drain": after.get(name)}
+                           for name in sorted(peaks.keys() | after.keys())},
         "server_interpreter": server_interpreter(pid),
     }
 
@@ -558,9 +591,10 @@ def print_run(f: dict[str, Any], max_lateness_ms: float) -> None:
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print(f"{label:<{width}}  {value}")
-    print("server /metrics:" + ("" if f["server_metrics"] else " (no watermark/shed/delivery lines)"))
-    for line in f["server_metrics"]:
-        print(f"  {line}")
+    print("server /metrics, peak during load / after drain:"
+          + ("" if f["server_metrics"] else " (no back-pressure, queue or delivery series)"))
+    for name, values in f["server_metrics"].items():
+        print(f"  {name}  {values['peak_during_load']} / {values['after_drain']}")
     if f["other_cpu_s"] > NOISE_CPU_S:
         print(f"warning: other processes used {f['other_cpu_s']:g} CPU s during the run; the figures are disturbed")
     verdict = failures(f, max_lateness_ms)
