@@ -17,7 +17,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cascade.snapshots import FileJournal, encode_records, iter_frames  # noqa: E402
+from cascade.storage import FileJournal, encode_records, iter_frames  # noqa: E402
 
 N = 1_000_000
 RECORD = (3, 1234567890123, 1, 2, 1764200000.123)

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider  # noqa: E402
 from cascade.engine.commands import Command  # noqa: E402
 from cascade.engine.reply import Reply  # noqa: E402
-from cascade.snapshots import FileJournal  # noqa: E402
-from cascade.snapshots.coordinator import SnapshotCoordinator  # noqa: E402
-from cascade.snapshots.recovery import recover  # noqa: E402
+from cascade.storage import FileJournal  # noqa: E402
+from cascade.durability.coordinator import SnapshotCoordinator  # noqa: E402
+from cascade.durability.recovery import recover  # noqa: E402
 
 TEMPLATE = {
     "channels": [

@@ -64,9 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 
-from cascade.engine.delivery import DeliveryDispatcher  # noqa: E402
-from cascade.engine.providers.base import DeliveryOutcome, OutgoingMessage  # noqa: E402
-from cascade.engine.providers.webhook import WebhookProvider  # noqa: E402
+from cascade.delivery.dispatcher import DeliveryDispatcher  # noqa: E402
+from cascade.delivery.providers.base import DeliveryOutcome, OutgoingMessage  # noqa: E402
+from cascade.delivery.providers.webhook import WebhookProvider  # noqa: E402
 
 SECRET = "whsec-bench"
 

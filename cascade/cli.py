@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
 def _serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_settings
     from .logs import setup_logging
-    from .snapshots.recovery import RecoveryRefused
+    from .durability.recovery import RecoveryRefused
 
     setup_logging()
     log = logging.getLogger("cascade.server")
@@ -62,8 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("refusing to start: %s", exc, extra={"event": "config_error"})
         return 2
     from .server import serve
-    from .snapshots import JournalError, SnapshotError
-    from .snapshots.durability import DataDirError
+    from .storage import JournalError, SnapshotError
+    from .durability.service import DataDirError
 
     try:
         serve(settings)
@@ -88,7 +88,7 @@ def _serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
     if args_list and args_list[0] == "snapshot":
-        from .snapshots.cli import main as snapshot_main  # written alongside; only needed here
+        from .durability.cli import main as snapshot_main  # written alongside; only needed here
 
         return snapshot_main(args_list[1:])
     parser = _parser()

@@ -18,8 +18,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from cascade.engine import AlreadyFinished, Engine, EngineConfig, InvalidInput, ManualClock, MemoryProvider, NotFound
-from cascade.engine.campaign_rows import MAX_REPORTED_ERRORS, Upload
-from cascade.engine.campaigns import Campaign
+from cascade.campaigns.rows import MAX_REPORTED_ERRORS, Upload
+from cascade.campaigns.book import Campaign
 from cascade.domain.send import CANCELLED
 from cascade.http.metrics import HttpMetrics
 

@@ -17,10 +17,10 @@ import msgpack
 import pytest
 
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
-from cascade.engine.campaigns import Campaign
-from cascade.snapshots import FileJournal, MemoryJournal
-from cascade.snapshots.coordinator import SnapshotCoordinator
-from cascade.snapshots.recovery import recover
+from cascade.campaigns.book import Campaign
+from cascade.storage import FileJournal, MemoryJournal
+from cascade.durability.coordinator import SnapshotCoordinator
+from cascade.durability.recovery import recover
 
 T0 = 1_800_000_000.0
 SHIPPED = {"channels": [

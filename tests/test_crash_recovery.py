@@ -47,10 +47,10 @@ import aiohttp
 import pytest
 
 from cascade.engine.router import Router
-from cascade.engine.timefmt import parse_iso
-from cascade.snapshots import FileJournal
-from cascade.snapshots import coordinator as coordinator_module
-from cascade.snapshots import durability as durability_module
+from cascade.domain.timefmt import parse_iso
+from cascade.storage import FileJournal
+from cascade.durability import coordinator as coordinator_module
+from cascade.durability import service as durability_module
 from serverproc import (
     ADMIN, TEMPLATES, ServerProc, Sink, api, crash_image, eventually, inproc_settings, running, small_workload,
     snapshot_positions, state_of,

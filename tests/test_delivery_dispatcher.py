@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from cascade.engine.delivery import DeliveryDispatcher
-from cascade.engine.providers.base import DeliveryOutcome, OutgoingMessage
-from cascade.engine.providers.memory import MemoryProvider
-from cascade.engine.providers.webhook import WebhookProvider
+from cascade.delivery.dispatcher import DeliveryDispatcher
+from cascade.delivery.providers.base import DeliveryOutcome, OutgoingMessage
+from cascade.delivery.providers.memory import MemoryProvider
+from cascade.delivery.providers.webhook import WebhookProvider
 
 
 def message(i: int, channel: str = "push") -> OutgoingMessage:
@@ -203,7 +203,7 @@ async def test_a_burst_of_results_is_handed_back_in_a_few_batched_calls(serve, d
 async def test_a_provider_that_raises_yields_a_failed_outcome_and_is_logged(dispatchers, caplog) -> None:
     d = dispatchers({"exploding": ExplodingProvider()})
     results = Results()
-    with caplog.at_level(logging.ERROR, logger="cascade.engine.delivery"):
+    with caplog.at_level(logging.ERROR, logger="cascade.delivery.dispatcher"):
         d.submit([("exploding", message(1), "t")], results)
         await d.wait_idle()
     outcome = results.by_token["t"]
@@ -284,7 +284,7 @@ async def test_every_failed_delivery_is_logged_as_a_warning_with_its_message_id_
     down.gate.set()
     up.gate.set()
     d = dispatchers({"down": down, "up": up})
-    with caplog.at_level(logging.INFO, logger="cascade.engine.delivery"):
+    with caplog.at_level(logging.INFO, logger="cascade.delivery.dispatcher"):
         d.submit([("down", message(1), 1), ("up", message(2), 2), ("nowhere", message(3), 3)], Results())
         await d.wait_idle()
     failed = [r for r in caplog.records if getattr(r, "event", None) == "delivery_failed"]

@@ -18,10 +18,10 @@ import pytest
 
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 from cascade.engine import shard_snapshot
-from cascade.engine.providers.base import DeliveryOutcome, OutgoingMessage
-from cascade.snapshots import FileJournal, MemoryJournal, list_snapshots
-from cascade.snapshots.coordinator import SnapshotCoordinator
-from cascade.snapshots.recovery import RecoveryRefused, recover
+from cascade.delivery.providers.base import DeliveryOutcome, OutgoingMessage
+from cascade.storage import FileJournal, MemoryJournal, list_snapshots
+from cascade.durability.coordinator import SnapshotCoordinator
+from cascade.durability.recovery import RecoveryRefused, recover
 
 T0 = 1_800_000_000.0
 CHAIN = {"channels": [
@@ -138,7 +138,7 @@ def test_a_snapshot_taken_while_traffic_continues_matches_the_state_at_its_posit
     # Drive the slices by hand, changing sends, recipients and inboxes between
     # them, so that copy-on-write has work to do.
     position = node.journal.position()
-    from cascade.snapshots.codec import pack
+    from cascade.storage.codec import pack
     begun = [e.router.ask(i, "snapshot_begin", (str(node.root / "snapshots"), position, i + 1, _writer(), pack)).wait()
              for i in range(len(e.states))]
     e.signals([(f"{ids[6]}.1", None, None, "viewed", None), (f"{ids[7]}.2", None, None, "clicked", None)]).wait()
@@ -152,7 +152,7 @@ def test_a_snapshot_taken_while_traffic_continues_matches_the_state_at_its_posit
     for snap in begun:
         snap.result()
     e.put_template("chain", CHAIN).wait()  # front file: write it last so the set is complete
-    from cascade.snapshots import write_snapshot
+    from cascade.storage import write_snapshot
     write_snapshot(str(node.root / "snapshots"), 0, {"journal_position": position, "shard_position": position,
                                                      "kind": "front", "shards": len(e.states)}, e.front_records())
     before = state(e, ids + [late])
@@ -169,7 +169,7 @@ def test_a_snapshot_begun_in_the_same_batch_as_a_change_is_not_replayed_over_twi
     assert e is not None
     ids = populate(e)
     position = node.journal.position()
-    from cascade.snapshots.codec import pack
+    from cascade.storage.codec import pack
     shard = e.shard_of_key(int(ids[6][4:], 16))
 
     async def same_batch() -> Any:
@@ -187,7 +187,7 @@ def test_a_snapshot_begun_in_the_same_batch_as_a_change_is_not_replayed_over_twi
     while not all(e.router.ask(i, "snapshot_slice", None).wait() for i in range(len(e.states))):
         pass
     snap.result()
-    from cascade.snapshots import write_snapshot
+    from cascade.storage import write_snapshot
     write_snapshot(str(node.root / "snapshots"), 0, {"journal_position": position, "shard_position": position,
                                                      "kind": "front", "shards": len(e.states)}, e.front_records())
     before = state(e, ids)
@@ -197,7 +197,7 @@ def test_a_snapshot_begun_in_the_same_batch_as_a_change_is_not_replayed_over_twi
 
 
 def _writer() -> Any:
-    from cascade.snapshots import write_snapshot
+    from cascade.storage import write_snapshot
     return write_snapshot
 
 
@@ -283,7 +283,7 @@ def test_recovery_refuses_a_snapshot_of_an_unknown_format_version_and_names_it(t
     populate(e)
     node.coordinator.take()
     node.crash()
-    from cascade.snapshots import codec
+    from cascade.storage import codec
     newest = list_snapshots(tmp_path / "snapshots")[0]
     header = codec.make_header(0, newest.journal_position, {}, 0.0)
     header["version"] = 99

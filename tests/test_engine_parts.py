@@ -12,8 +12,8 @@ import pytest
 from cascade.engine import (
     Conflict, Engine, EngineConfig, ManualClock, MemoryProvider, NotFound, Overloaded, ScaledClock, TemplateInvalid,
 )
-from cascade.engine.render import compile_content
-from cascade.engine.templates import validate_template
+from cascade.domain.render import compile_content
+from cascade.domain.templates import validate_template
 from cascade.engine.timers import TimerWheel
 
 PAIR = {"channels": [{"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 5, "content": {"t": "{{a.b}}"}},

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cascade.engine.providers.httpclient import ConnectionClosed, HttpClient, ProtocolError, Target
+from cascade.delivery.providers.httpclient import ConnectionClosed, HttpClient, ProtocolError, Target
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CLOSE = "close"  # close the connection without answering

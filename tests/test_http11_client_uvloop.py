@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from cascade.engine.providers.base import OutgoingMessage
-from cascade.engine.providers.httpclient import ConnectionClosed, HttpClient, Target
-from cascade.engine.providers.webhook import WebhookProvider
+from cascade.delivery.providers.base import OutgoingMessage
+from cascade.delivery.providers.httpclient import ConnectionClosed, HttpClient, Target
+from cascade.delivery.providers.webhook import WebhookProvider
 from cascade.server import event_loop_factory
 
 uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed (it is not used on Windows)")

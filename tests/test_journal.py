@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from cascade.snapshots.codec import encode_record, encode_records
-from cascade.snapshots.journal import (
+from cascade.storage.codec import encode_record, encode_records
+from cascade.storage.journal import (
     FileJournal,
     Journal,
     JournalClosed,
@@ -402,7 +402,7 @@ def test_an_unknown_fsync_mode_is_refused_naming_the_choices(tmp_path: Path) -> 
 CHILD = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from cascade.snapshots.journal import FileJournal
+from cascade.storage.journal import FileJournal
 journal = FileJournal(sys.argv[2], "batch")
 while True:
     first = journal.position() + 1

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from cascade.engine import Engine, EngineConfig, ManualClock, RealClock
-from cascade.engine.providers.base import OutgoingMessage
-from cascade.snapshots import FileJournal
-from cascade.snapshots.recovery import recover
+from cascade.delivery.providers.base import OutgoingMessage
+from cascade.storage import FileJournal
+from cascade.durability.recovery import recover
 
 CHAIN = {"channels": [
     {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 5, "content": {"body": "hi"}},

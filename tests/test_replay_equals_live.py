@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cascade.engine import AlreadyFinished, Engine, EngineConfig, ManualClock, MemoryProvider, NotFound
-from cascade.snapshots import MemoryJournal
-from cascade.snapshots.recovery import recover
+from cascade.storage import MemoryJournal
+from cascade.durability.recovery import recover
 
 T0 = 1_800_000_000.0
 TEMPLATES = {

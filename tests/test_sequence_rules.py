@@ -13,11 +13,11 @@ from cascade.domain import send as st
 from cascade.domain import sequence as rules
 from cascade.domain.evolve import evolve
 from cascade.domain.records import SendCancelled, SendFinished, SendStopped, SignalApplied, StepFired
-from cascade.engine.channels import CLICKED, DELIVERED, FAILED, VIEWED
+from cascade.domain.channels import CLICKED, DELIVERED, FAILED, VIEWED
 from cascade.engine.counters import CounterBook
-from cascade.engine.errors import TemplateInvalid
-from cascade.engine.recipients import Recipient
-from cascade.engine.templates import TemplateRegistry
+from cascade.domain.errors import TemplateInvalid
+from cascade.domain.recipients import Recipient
+from cascade.domain.templates import TemplateRegistry
 
 T0 = 1_000.0
 CHAIN = {"channels": [

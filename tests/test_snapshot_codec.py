@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascade.snapshots import codec
-from cascade.snapshots.codec import (
+from cascade.storage import codec
+from cascade.storage.codec import (
     FORMAT,
     VERSION,
     CorruptSnapshot,

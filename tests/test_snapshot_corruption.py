@@ -24,8 +24,8 @@ import msgpack
 import pytest
 
 from cascade.server import Server
-from cascade.snapshots import VERSION, FileJournal
-from cascade.snapshots import durability as durability_module
+from cascade.storage import VERSION, FileJournal
+from cascade.durability import service as durability_module
 from serverproc import (
     ADMIN, ROOT, ServerProc, api, crash_image, inproc_settings, journal_segments, running, small_workload,
     snapshot_files, snapshot_positions, state_of,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cascade.snapshots.cli import main
-from cascade.snapshots.codec import VERSION, CorruptSnapshot, UnsupportedFormat, encode_record, encode_records
-from cascade.snapshots.files import (
+from cascade.durability.cli import main
+from cascade.storage.codec import VERSION, CorruptSnapshot, UnsupportedFormat, encode_record, encode_records
+from cascade.storage.files import (
     list_snapshots,
     newest_valid_set,
     prune_snapshots,
@@ -24,7 +24,7 @@ from cascade.snapshots.files import (
     verify_snapshot,
     write_snapshot,
 )
-from cascade.snapshots.journal import FileJournal
+from cascade.storage.journal import FileJournal
 
 
 def sends(n: int, tag: int = 0) -> Iterator[tuple[Any, ...]]:
@@ -124,7 +124,7 @@ def test_a_set_failing_its_checksum_falls_back_to_the_previous_set_loudly(
     take(tmp_path, 10)
     take(tmp_path, 20)
     flip_byte(snapshot_path(tmp_path, 20, 1), 200)
-    with caplog.at_level(logging.ERROR, logger="cascade.snapshots"):
+    with caplog.at_level(logging.ERROR, logger="cascade.durability"):
         chosen = newest_valid_set(tmp_path, 2)
     assert chosen is not None and chosen.journal_position == 10
     assert chosen.paths == {0: snapshot_path(tmp_path, 10, 0), 1: snapshot_path(tmp_path, 10, 1)}

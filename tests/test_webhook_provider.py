@@ -21,8 +21,8 @@ import pytest
 from aiohttp import web
 from test_http11_client import CLOSE, OK, raw_server, tls_files  # noqa: F401 (fixtures)
 
-from cascade.engine.providers.base import OutgoingMessage
-from cascade.engine.providers.webhook import WebhookProvider
+from cascade.delivery.providers.base import OutgoingMessage
+from cascade.delivery.providers.webhook import WebhookProvider
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 
@@ -357,7 +357,7 @@ async def test_each_retried_attempt_is_logged_with_the_message_id_the_attempt_an
         endpoint, make_provider, caplog) -> None:
     ep, url = endpoint
     ep.script = [503, "hang"]
-    with caplog.at_level(logging.INFO, logger="cascade.engine.providers.webhook"):
+    with caplog.at_level(logging.INFO, logger="cascade.delivery.providers.webhook"):
         outcome = await make_provider(url, timeout_s=0.05, max_attempts=3).deliver(MESSAGE)
     assert outcome.ok and outcome.attempts == 3
     records = [r for r in caplog.records if getattr(r, "event", None) == "delivery_attempt_failed"]

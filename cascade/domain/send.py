@@ -7,11 +7,10 @@ Step indexes are 0-based inside; the API numbers steps from 1.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # until recipients and templates move into domain/
-    from ..engine.recipients import Recipient
-    from ..engine.templates import TemplateVersion
+from .recipients import Recipient
+from .templates import TemplateVersion
 
 __all__ = [
     "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",

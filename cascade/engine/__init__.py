@@ -2,8 +2,8 @@
 timers, delivery and per-step metrics. `Engine` is the front of it."""
 
 from .clock import Clock, ManualClock, RealClock, ScaledClock
-from .errors import AlreadyFinished, CascadeError, Conflict, InvalidInput, NotFound, Overloaded, TemplateInvalid
-from .providers import DeliveryOutcome, LogProvider, MemoryProvider, OutgoingMessage, Provider
+from ..domain.errors import AlreadyFinished, CascadeError, Conflict, InvalidInput, NotFound, Overloaded, TemplateInvalid
+from ..delivery.providers import DeliveryOutcome, LogProvider, MemoryProvider, OutgoingMessage, Provider
 from .supervisor import Engine, EngineConfig, Event
 
 __all__ = [

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..domain.send import STEP_COLUMNS, Counters
-from .templates import TemplateVersion
+from ..domain.templates import TemplateVersion
 
 __all__ = ["CounterBook", "GroupTotals", "SEND_COLUMNS", "STEP_COLUMNS", "merge_totals"]
 

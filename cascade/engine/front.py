@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..domain.records import ClockMoved, IdempotencyKept, TemplateDeleted, TemplatePut
-from .campaigns import CAMPAIGN_RECORDS
+from ..campaigns.book import CAMPAIGN_RECORDS
 from .clock import Clock
-from .errors import NotFound
+from ..domain.errors import NotFound
 from .idempotency import IdempotencyKeys
-from .state_records import template_record
-from .templates import TemplateRegistry
+from .snapshot_records import template_record
+from ..domain.templates import TemplateRegistry
 
 if TYPE_CHECKING:
-    from .campaigns import CampaignBook
+    from ..campaigns.book import CampaignBook
 
 __all__ = ["FrontState"]
 

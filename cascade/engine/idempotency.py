@@ -16,7 +16,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from .errors import Conflict
+from ..domain.errors import Conflict
 
 __all__ = ["IdempotencyKeys", "Claim", "canonical_json"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import InvalidInput
-from .ids import format_message_id
-from .recipients import Recipient
+from ..domain.errors import InvalidInput
+from ..domain.ids import format_message_id
+from ..domain.recipients import Recipient
 from ..domain.send import Send
 from .views import inbox_message_view
 

@@ -21,7 +21,7 @@ import threading
 from collections import deque
 from typing import Callable, Sequence
 
-from .errors import Overloaded
+from ..domain.errors import Overloaded
 
 __all__ = ["Admission", "Mailbox", "SEND", "SIGNAL", "INTERNAL"]
 

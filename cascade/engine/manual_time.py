@@ -13,10 +13,11 @@ import threading
 from typing import Any, Callable
 
 from ..domain.records import ClockMoved
-from .campaigns import CampaignBook
+from ..campaigns.book import CampaignBook
+from ..storage.journal import Journal
 from .clock import ManualClock
 from .commands import Command
-from .errors import InvalidInput
+from ..domain.errors import InvalidInput
 from .outstanding import Outstanding
 from .reply import Reply
 from .router import Router
@@ -26,7 +27,7 @@ __all__ = ["ManualTime"]
 
 class ManualTime:
     def __init__(self, clock: Any, router: Router, campaigns: CampaignBook, outstanding: Outstanding,
-                 journal: Any, fanout_alive: Callable[[], bool], answer_wait_s: float) -> None:
+                 journal: Journal | None, fanout_alive: Callable[[], bool], answer_wait_s: float) -> None:
         self.clock = clock
         self.router = router
         self.campaigns = campaigns

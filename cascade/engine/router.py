@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 import pykka
 
 from .commands import Command
-from .errors import Overloaded
-from .ids import SLOTS
+from ..domain.errors import Overloaded
+from ..domain.ids import SLOTS
 from .mailbox import INTERNAL, Admission, Mailbox
 from .reply import Gather, Reply
 from .shard import ShardActor, ShardState

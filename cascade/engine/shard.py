@@ -28,21 +28,22 @@ from ..domain.evolve import count_started, evolve
 from ..domain.records import RecipientPut, SendStarted, ShardBatch, StepFired
 from ..domain.send import ACTIVE, Send
 from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
-from .campaign_rows import set_bit
-from .channels import SIGNALS
+from ..campaigns.rows import set_bit
+from ..domain.channels import SIGNALS
+from ..storage.journal import Journal
 from .commands import Command
 from .counters import CounterBook
-from .errors import AlreadyFinished, CascadeError, NotFound
-from .ids import format_message_id, format_send_id
+from ..domain.errors import AlreadyFinished, CascadeError, NotFound
+from ..domain.ids import format_message_id, format_send_id
 from .inbox import page_of, page_view, remove_from_inbox
 from .mailbox import Mailbox
 from .outstanding import Outstanding
-from .providers.base import DeliveryOutcome, OutgoingMessage, Provider
-from .recipients import Recipient, RecipientUpdate
+from ..delivery.providers.base import DeliveryOutcome, OutgoingMessage, Provider
+from ..domain.recipients import Recipient, RecipientUpdate
 from .reply import Reply, resolve_batch
 from .shard_snapshot import ShardSnapshot
 from .shard_stats import LATENESS_BUCKETS, ShardStats
-from .templates import TemplateRegistry, TemplateVersion
+from ..domain.templates import TemplateRegistry, TemplateVersion
 from .timers import TimerWheel
 from .views import decode_data, send_view
 
@@ -65,7 +66,7 @@ SubmitJobs = Callable[[list[tuple[str, OutgoingMessage, Any]], Callable[[list[tu
 class ShardState:
     def __init__(self, index: int, clock: Any, providers: Mapping[str, Provider], retain_s: float,
                  submit_jobs: SubmitJobs | None, on_async_results: Callable[[list[tuple[Any, DeliveryOutcome]]], None],
-                 inbox_listener: Callable[[str], None] | None = None, journal: Any = None,
+                 inbox_listener: Callable[[str], None] | None = None, journal: Journal | None = None,
                  templates: TemplateRegistry | None = None, mailbox: Mailbox | None = None,
                  in_flight: Callable[[], float | None] = lambda: None,
                  outstanding: Outstanding | None = None) -> None:
@@ -245,10 +246,11 @@ class ShardState:
             self._records = []
         # A batch that changed nothing still waits for the batches before it
         # to be durable: its answers may show what they did.
-        if records or (self.journal is not None and self._appended != self._durable and replies):
+        journal = self.journal
+        if journal is not None and (records or (self._appended != self._durable and replies)):
             self._appended += 1
             try:
-                self.journal.append([ShardBatch(self.index, tuple(records))] if records else [],
+                journal.append([ShardBatch(self.index, tuple(records))] if records else [],
                                     lambda: self._durable_release(replies, jobs, answered))
             except Exception as exc:
                 assert records is not None  # entered with records, or with a journal (so records == [])

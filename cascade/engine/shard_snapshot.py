@@ -15,14 +15,26 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator, Protocol
 
+from ..domain.recipients import Recipient
 from ..domain.send import SNAPSHOT_MARK, Send
-from .state_records import recipient_record, send_record, shape_record
+from ..storage.journal import Journal
+from .counters import CounterBook
+from .snapshot_records import recipient_record, send_record, shape_record
 
-if TYPE_CHECKING:
-    from .recipients import Recipient
-    from .shard import ShardState
+
+class ShardState(Protocol):
+    """What a snapshot reads of its shard (engine/shard.py's ShardState)."""
+
+    index: int
+    journal: Journal | None
+    send_mark: int
+    rcpt_mark: int
+    sends: dict[int, Send]
+    recipients: dict[str, Recipient]
+    book: CounterBook
+    campaign_rows: dict[str, bytearray]
 
 __all__ = ["ShardSnapshot", "SLICE"]
 

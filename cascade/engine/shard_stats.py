@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..domain.sequence import SignalOutcome
-from .channels import CHANNELS, SIGNALS
+from ..domain.channels import CHANNELS, SIGNALS
 
 __all__ = ["LATENESS_BUCKETS", "ShardStats"]
 

@@ -21,30 +21,31 @@ import msgpack
 
 from ..domain.records import TemplateDeleted
 from ..domain.sequence import SignalOutcome
+from ..storage.journal import Journal
 from .arrivals import InFlight
 from .background import Background
-from .campaigns import CampaignBook
-from .channels import CHANNELS, SIGNALS
+from ..campaigns.book import CampaignBook
+from ..domain.channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
 from .commands import Command
 from .counters import merge_totals
-from .errors import Conflict, InvalidInput, NotFound
-from .fanout import Fanout
+from ..domain.errors import Conflict, InvalidInput, NotFound
+from ..campaigns.fanout import Fanout
 from .front import FrontState
 from .gc_governor import GcGovernor
 from .idempotency import IdempotencyKeys
-from .ids import format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
+from ..domain.ids import format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
 from .mailbox import INTERNAL, SEND, SIGNAL, Admission, Mailbox
 from .manual_time import ManualTime
 from .outstanding import Outstanding
-from .providers.base import DeliveryOutcome, Provider
-from .providers.log import LogProvider
-from .recipients import RECIPIENT_ID, RecipientUpdate
+from ..delivery.providers.base import DeliveryOutcome, Provider
+from ..delivery.providers.log import LogProvider
+from ..domain.recipients import RECIPIENT_ID, RecipientUpdate
 from .reply import Gather, Reply, resolve_batch
 from .router import Router
 from .shard import ShardState, SubmitJobs
-from .state_records import template_record
-from .templates import TemplateRegistry, TemplateVersion
+from .snapshot_records import template_record
+from ..domain.templates import TemplateRegistry, TemplateVersion
 from .views import metrics_view
 
 __all__ = ["Engine", "EngineConfig", "Event"]
@@ -85,7 +86,7 @@ def pack_data(data: dict[str, Any] | None) -> bytes | None:
 class Engine:
     def __init__(self, clock: Clock, providers: Mapping[str, Provider] | None = None,
                  config: EngineConfig | None = None, submit_jobs: SubmitJobs | None = None,
-                 inbox_listener: Callable[[str], None] | None = None, journal: Any = None) -> None:
+                 inbox_listener: Callable[[str], None] | None = None, journal: Journal | None = None) -> None:
         self.clock = clock
         self.config = config or EngineConfig()
         log_provider = LogProvider()

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterable
 
 import msgpack
 
-from ..engine.campaign_rows import Upload
+from ..campaigns.rows import Upload
 from .errors import ApiError
 
 __all__ = ["BodyStream", "CsvColumns", "parse_csv", "read_csv"]

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 import msgspec
 from aiohttp import web
 
-from ..engine.errors import CascadeError, Overloaded
+from ..domain.errors import CascadeError, Overloaded
 
 __all__ = ["ApiError", "error_response", "json_response", "response_for_exception"]
 

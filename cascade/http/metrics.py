@@ -28,12 +28,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from ..domain.sequence import SignalOutcome
-from ..engine.channels import CHANNEL_SIGNALS
+from ..domain.channels import CHANNEL_SIGNALS
 from ..engine.counters import SEND_COLUMNS, STEP_COLUMNS
 from ..engine.shard_stats import LATENESS_BUCKETS
 
 if TYPE_CHECKING:
-    from ..engine.delivery import DeliveryDispatcher
+    from ..delivery.dispatcher import DeliveryDispatcher
     from ..engine.supervisor import Engine
 
 __all__ = ["HTTP_BUCKETS", "HttpMetrics", "SnapshotStats"]

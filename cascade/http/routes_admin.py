@@ -16,7 +16,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine, ManualClock
-from ..engine.timefmt import iso
+from ..domain.timefmt import iso
 from .auth import ADMIN
 from .errors import ApiError, json_response
 from .openapi import ClockView, Route

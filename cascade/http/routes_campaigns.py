@@ -20,10 +20,10 @@ from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine
-from ..engine.campaign_rows import Upload
-from ..engine.campaigns import STATUSES, Campaign
+from ..campaigns.rows import Upload
+from ..campaigns.book import STATUSES, Campaign
 from ..engine.supervisor import pack_data
-from ..engine.timefmt import iso, parse_iso
+from ..domain.timefmt import iso, parse_iso
 from .auth import READ, WRITE
 from .csv_rows import read_csv
 from .errors import ApiError, json_response

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Iterable, TypeVar
 import msgspec
 from aiohttp import web
 
-from ..engine.channels import WAIT_MINUTES
+from ..domain.channels import WAIT_MINUTES
 from .errors import ApiError
 
 __all__ = [

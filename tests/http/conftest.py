@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from cascade.config import Settings
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
-from cascade.engine.timefmt import parse_iso
+from cascade.domain.timefmt import parse_iso
 from cascade.http import build_app
 
 START = parse_iso("2026-11-27T10:00:00.000Z")

@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 from ..domain.records import ClockMoved
-from ..engine.errors import Overloaded
+from ..domain.errors import Overloaded
 from .coordinator import SnapshotCoordinator
-from .journal import FileJournal
+from ..storage.journal import FileJournal
 from .recovery import RecoveryResult, recover
 
 __all__ = ["DataDirError", "Durability"]

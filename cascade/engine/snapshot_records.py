@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from .counters import CounterBook
-from .recipients import Recipient
+from ..domain.recipients import Recipient
 from ..domain.records import TemplatePut
 from ..domain.send import SNAPSHOT_MARK, Send
-from .templates import TemplateRegistry, TemplateVersion
+from ..domain.templates import TemplateRegistry, TemplateVersion
 
 __all__ = ["recipient_record", "restore_recipient", "restore_send", "restore_shape", "send_record", "shape_record",
            "template_record"]

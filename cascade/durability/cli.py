@@ -14,8 +14,8 @@ import os
 import sys
 from typing import Any
 
-from .codec import FrameReader, SnapshotError, StopReason
-from .files import read_snapshot, verify_snapshot
+from ..storage.codec import FrameReader, SnapshotError, StopReason
+from ..storage.files import read_snapshot, verify_snapshot
 
 __all__ = ["main"]
 

@@ -15,16 +15,16 @@ from typing import Any, Iterable
 from ..domain.records import RecipientPut, decode
 from ..domain.send import ACTIVE, FIRED, STEP_FAILED, WAITING
 from ..engine.shard import ShardState
-from ..engine.state_records import restore_recipient, restore_send, restore_shape
+from ..engine.snapshot_records import restore_recipient, restore_send, restore_shape
 
 __all__ = ["ShardLoader", "owner_of"]
 
 
-def owner_of(record: Any) -> tuple[str | None, int | None]:
-    """What a shard record concerns: (recipient id, None) or (None, send key)."""
+def owner_of(record: Any) -> str | int:
+    """What a shard record concerns: a recipient id, or a send key."""
     if type(record) is RecipientPut:
-        return record.recipient, None
-    return None, record.send
+        return str(record.recipient)
+    return int(record.send)
 
 
 class ShardLoader:

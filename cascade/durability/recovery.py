@@ -19,17 +19,36 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 from ..domain.records import ClockMoved, SendStarted, ShardBatch, UnknownRecord, decode
-from .codec import CorruptSnapshot, UnsupportedFormat
-from .files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
+from ..storage.codec import CorruptSnapshot, UnsupportedFormat
+from ..storage.files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
+from ..engine.clock import Clock
+from ..engine.idempotency import IdempotencyKeys
+from ..engine.shard import ShardState
+from ..storage.journal import Journal
 from .loader import ShardLoader, owner_of
 
 __all__ = ["RecoveryRefused", "RecoveryResult", "recover"]
 
 log = logging.getLogger("cascade.recovery")
 
+
+
+class Recoverable(Protocol):
+    """What recovery needs of the engine (engine/supervisor.py's Engine),
+    before its shards start."""
+
+    states: Sequence[ShardState]
+    idempotency: IdempotencyKeys
+    clock: Clock
+
+    def shard_of_key(self, key: int) -> int: ...
+
+    def shard_of_recipient(self, rid: str) -> int: ...
+
+    def apply_front(self, record: Any) -> None: ...
 
 class RecoveryRefused(RuntimeError):
     """Starting would silently lose data: the message says why and what to do."""
@@ -73,19 +92,19 @@ def _newest_loadable(directory: str, result: RecoveryResult) -> tuple[SnapshotSe
     return None
 
 
-def _replay_routed(engine: Any, loaders: list[ShardLoader], records: list[Any], writer: int,
+def _replay_routed(engine: Recoverable, loaders: list[ShardLoader], records: list[Any], writer: int,
                    same_layout: bool) -> None:
     """Records of one writer shard, each to the shard that owns it now."""
     if same_layout:  # a shard writes records of its own sends and recipients only
         loaders[writer].replay(records)
         return
     for rec in records:
-        rid, key = owner_of(rec)
-        target = engine.shard_of_recipient(rid) if rid is not None else engine.shard_of_key(key)
+        owner = owner_of(rec)
+        target = engine.shard_of_recipient(owner) if isinstance(owner, str) else engine.shard_of_key(owner)
         loaders[target].replay((rec,))
 
 
-def _latest_and_claims(engine: Any, records: list[Any], latest: float | None) -> float | None:
+def _latest_and_claims(engine: Recoverable, records: list[Any], latest: float | None) -> float | None:
     """The latest time the records have seen; idempotency keys of their sends."""
     for rec in records:
         if latest is None or rec.at > latest:
@@ -96,15 +115,15 @@ def _latest_and_claims(engine: Any, records: list[Any], latest: float | None) ->
     return latest
 
 
-def _drop_dangling_claims(engine: Any) -> None:
+def _drop_dangling_claims(engine: Recoverable) -> None:
     """A snapshot may hold an idempotency key whose send never became
     durable: forget it, so a retry starts the send instead of a 404."""
     for claim in engine.idempotency.live(engine.clock.now()):
-        if claim.send_key not in engine.states[engine.shard_of_key(claim.send_key)].sends:
+        if claim.send_key is None or claim.send_key not in engine.states[engine.shard_of_key(claim.send_key)].sends:
             engine.idempotency.release(claim)
 
 
-def recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
+def recover(engine: Recoverable, directory: str, journal: Journal) -> RecoveryResult:
     """Load state into `engine` (whose shards must not be running yet)."""
     # Everything recovery builds lives long: with the collector on, each of
     # its passes would walk the millions of objects built so far (seconds).
@@ -117,7 +136,7 @@ def recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
             gc.enable()
 
 
-def _recover(engine: Any, directory: str, journal: Any) -> RecoveryResult:
+def _recover(engine: Recoverable, directory: str, journal: Journal) -> RecoveryResult:
     began = time.perf_counter()
     result = RecoveryResult()
     states = engine.states

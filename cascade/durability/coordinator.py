@@ -20,19 +20,35 @@ import logging
 import os
 import threading
 import time
-from typing import Any
+from typing import Any, Callable, Protocol, Sequence
 
-from ..engine.timefmt import iso
-from .codec import pack
-from .files import list_snapshots, prune_snapshots, read_snapshot, write_snapshot
+from ..domain.templates import TemplateRegistry
+from ..domain.timefmt import iso
+from ..engine.clock import Clock
+from ..storage.journal import Journal
+from ..storage.codec import pack
+from ..storage.files import list_snapshots, prune_snapshots, read_snapshot, write_snapshot
 
 __all__ = ["SnapshotCoordinator"]
 
 log = logging.getLogger("cascade.snapshots")
 
 
+
+class Snapshottable(Protocol):
+    """What a snapshot set needs of the engine (engine/supervisor.py's Engine)."""
+
+    clock: Clock
+    templates: TemplateRegistry
+    states: Sequence[Any]
+
+    def snapshot_shards(self, directory: str, set_position: int, write: Callable[..., Any],
+                        pack: Callable[[Any], Any]) -> list[Any]: ...
+
+    def front_records(self) -> list[Any]: ...
+
 class SnapshotCoordinator:
-    def __init__(self, engine: Any, journal: Any, directory: str, keep: int = 3, interval_s: float = 60.0,
+    def __init__(self, engine: Snapshottable, journal: Journal, directory: str, keep: int = 3, interval_s: float = 60.0,
                  covered: int | None = None) -> None:
         """`covered`: the journal position of the set on disk that holds the
         current state (the one recovery loaded), if any."""

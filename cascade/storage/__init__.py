@@ -1,15 +1,13 @@
-"""Durability: the msgpack journal, per-shard snapshot files, and their codec.
+"""Storage: msgpack records in a journal and in snapshot files. Knows no engine.
 
-Engine-agnostic storage: records are any msgpack-serialisable values (arrays
-come back as tuples); the engine decides what they mean. `codec` frames
-records and knows the snapshot header/trailer (no I/O), `journal` appends and
-replays them with group commit, `files` writes, verifies and prunes
-snapshots, `cli` serves `cascade snapshot inspect|verify`.
+Records are any msgpack-serialisable values (arrays come back as tuples);
+the engine decides what they mean. `codec` frames records and knows the
+snapshot header/trailer (no I/O), `journal` appends and replays them with
+group commit, `files` writes, verifies and prunes snapshots.
 """
 
 from __future__ import annotations
 
-from .cli import main as snapshot_cli
 from .codec import (
     FORMAT,
     MAX_FRAME_BYTES,
@@ -77,7 +75,6 @@ __all__ = [
     "newest_valid_set",
     "prune_snapshots",
     "read_snapshot",
-    "snapshot_cli",
     "snapshot_path",
     "verify_snapshot",
     "write_snapshot",

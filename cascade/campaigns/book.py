@@ -28,14 +28,14 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..domain.records import CampaignCreated, CampaignEnded
-from .campaign_rows import Upload
-from .errors import AlreadyFinished, NotFound, Overloaded
-from .reply import Reply, resolve_batch
-from .timefmt import iso
-from .views import metrics_view
+from .rows import Upload
+from ..domain.errors import AlreadyFinished, NotFound, Overloaded
+from ..engine.reply import Reply, resolve_batch
+from ..domain.timefmt import iso
+from ..engine.views import metrics_view
 
 if TYPE_CHECKING:
-    from .supervisor import Engine
+    from ..engine.supervisor import Engine
 
 __all__ = ["CAMPAIGN_RECORDS", "Campaign", "CampaignBook", "SCHEDULED", "RUNNING", "COMPLETED", "CANCELLED", "STATUSES"]
 

@@ -31,17 +31,17 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .campaign_rows import Row, bit_is_set, iter_rows
-from .campaigns import RUNNING, Campaign, CampaignBook
-from .clock import ManualClock
-from .commands import Command
-from .errors import Overloaded
-from .ids import SLOTS, new_send_key, slot_of
-from .recipients import RecipientUpdate
-from .templates import TemplateVersion
+from .rows import Row, bit_is_set, iter_rows
+from .book import RUNNING, Campaign, CampaignBook
+from ..engine.clock import ManualClock
+from ..engine.commands import Command
+from ..domain.errors import Overloaded
+from ..domain.ids import SLOTS, new_send_key, slot_of
+from ..domain.recipients import RecipientUpdate
+from ..domain.templates import TemplateVersion
 
 if TYPE_CHECKING:
-    from .supervisor import Engine
+    from ..engine.supervisor import Engine
 
 __all__ = ["Fanout"]
 

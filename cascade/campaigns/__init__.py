@@ -1,0 +1,1 @@
+"""Campaigns: one template version sent to many recipients, now or at a time."""

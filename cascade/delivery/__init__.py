@@ -1,0 +1,1 @@
+"""Delivery to providers: the async dispatcher and the built-in providers."""
