@@ -83,6 +83,7 @@ class EngineSettings(_Section, frozen=True):
     max_pending_per_shard: int = 100_000
     tick_interval_s: float = 0.05
     gc_freeze_interval_s: float = 0.1
+    shed_lag_s: float = 0.05  # refuse new sends (503) while the server is this far behind; 0: never
 
 
 class CampaignSettings(_Section, frozen=True):
@@ -116,6 +117,8 @@ def _check(s: Settings) -> None:
         problems.append(f"campaigns.max_sends_per_s {s.campaigns.max_sends_per_s} must be >= 0 (0: unlimited)")
     if s.clock.rate <= 0:
         problems.append(f"clock.rate {s.clock.rate} must be positive")
+    if s.engine.shed_lag_s < 0:
+        problems.append(f"engine.shed_lag_s {s.engine.shed_lag_s} must be >= 0 (0: never shed)")
     if s.engine.shards < 1 or s.engine.shards > 256:
         problems.append(f"engine.shards {s.engine.shards} must be between 1 and 256")
     for name, ch in s.channels.items():

@@ -154,10 +154,11 @@ class Server:
         self.engine = Engine(self.clock, self.providers, EngineConfig(
             shards=s.engine.shards, retain_finished_s=s.storage.retain_finished_s,
             max_pending_per_shard=s.engine.max_pending_per_shard, tick_interval_s=s.engine.tick_interval_s,
-            gc_freeze_interval_s=s.engine.gc_freeze_interval_s,
+            gc_freeze_interval_s=s.engine.gc_freeze_interval_s, shed_lag_s=s.engine.shed_lag_s,
             campaign_dir=os.path.join(self.durability.data_dir, "campaigns"),
             campaign_max_sends_per_s=s.campaigns.max_sends_per_s), submit_jobs=self._submit_jobs,
             journal=self.durability.journal)
+        self.engine.delivery_wait = self.dispatcher.oldest_wait
         try:
             self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher, self.durability.stats)
             ProcessCollector(registry=self.registry)

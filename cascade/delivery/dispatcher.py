@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,7 +40,7 @@ class _Lane:
             raise ValueError(f"max_in_flight {limit!r} for {provider.name!r} is not allowed; use at least 1")
         self.provider = provider
         self.limit = limit
-        self.queue: deque[tuple[OutgoingMessage, Any, OnResults]] = deque()
+        self.queue: deque[tuple[OutgoingMessage, Any, OnResults, float]] = deque()  # ..., monotonic time queued
         self.in_flight = 0
 
 
@@ -98,6 +99,19 @@ class DeliveryDispatcher:
         with self._cond:
             return self._pending
 
+    def oldest_wait(self) -> float:
+        """How long the oldest message waiting for a slot has waited (s): the
+        delivery backlog, which the engine sheds new sends against. Read
+        from any thread (a racing pop only makes the answer a little old)."""
+        oldest = 0.0
+        now = time.monotonic()
+        for lane in self._lanes.values():
+            try:
+                oldest = max(oldest, now - lane.queue[0][3])
+            except IndexError:
+                pass
+        return oldest
+
     def stats(self) -> dict[str, Any]:
         """Plain numbers for http/metrics.py; attempts are keyed (channel,
         provider, outcome): "ok"/"failed" a job, "retried" an extra attempt."""
@@ -155,13 +169,14 @@ class DeliveryDispatcher:
         if self._abandoned:  # past the drain timeout: no result, as for the rest
             return
         touched: list[_Lane] = []
+        now = time.monotonic()
         for name, message, token in jobs:
             lane = self._lanes.get(name)
             if lane is None:
                 outcome = DeliveryOutcome(False, f"unknown_provider: {name}", attempts=0)
                 self._finish(on_results, token, message, name, outcome)
                 continue
-            lane.queue.append((message, token, on_results))
+            lane.queue.append((message, token, on_results, now))
             touched.append(lane)
         for lane in dict.fromkeys(touched):  # each lane once, in order
             self._pump(lane)
@@ -170,7 +185,7 @@ class DeliveryDispatcher:
         queue, loop, tasks = lane.queue, self._loop, self._tasks
         assert loop is not None
         while queue and lane.in_flight < lane.limit and not self._abandoned:
-            message, token, on_results = queue.popleft()
+            message, token, on_results, _ = queue.popleft()
             lane.in_flight += 1
             tasks.add(loop.create_task(self._run(lane, message, token, on_results)))
 

@@ -97,6 +97,7 @@ class Engine:
         self.journal = journal
         self.in_flight = InFlight()  # signal-carrying requests not yet answered (the HTTP front fills it)
         self.loop_lag = 0.0  # how late the event loop runs its callbacks (the HTTP front measures it)
+        self.delivery_wait: Callable[[], float] = lambda: 0.0  # oldest message waiting for a provider slot (s)
         self.outstanding = Outstanding()
         n = self.config.shards
         mailboxes = [Mailbox() for _ in range(n)]
@@ -151,6 +152,9 @@ class Engine:
             return None
         if self.loop_lag > limit:
             return f"the server is {self.loop_lag * 1000:.0f} ms behind; retry shortly"
+        waited = self.delivery_wait()
+        if waited > limit:  # a window opens when its step fires: a delivery backlog eats into it
+            return f"deliveries wait {waited * 1000:.0f} ms for their providers; retry shortly"
         oldest = self.in_flight.oldest()
         if oldest is not None and self.clock.now() - oldest > limit * _clock_rate(self.clock):
             return "signals are waiting to be applied; retry shortly"
