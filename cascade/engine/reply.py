@@ -118,7 +118,8 @@ class Gather:
     """Fan-in of one request split across shards: `part(i)` goes to shard i,
     and `parent` is resolved with `combine(results)` once every part is."""
 
-    def __init__(self, n: int, combine: Callable[[list[Any]], Any], parent: Reply) -> None:
+    def __init__(self, n: int, combine: Callable[[list[Any]], Any], parent: Reply, keep_errors: bool = False) -> None:
+        self._keep_errors = keep_errors  # a part's error becomes its result instead of failing the whole
         self._results: list[Any] = [None] * n
         self._left = n
         self._lock = threading.Lock()
@@ -133,8 +134,8 @@ class Gather:
 
     def _done(self, i: int, value: Any, error: BaseException | None) -> None:
         with self._lock:
-            self._results[i] = value
-            if error is not None and self._error is None:
+            self._results[i] = error if error is not None and self._keep_errors else value
+            if error is not None and self._error is None and not self._keep_errors:
                 self._error = error
             self._left -= 1
             last = self._left == 0

@@ -29,11 +29,11 @@ from ..domain.channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
 from .commands import Command
 from .counters import merge_totals
-from ..domain.errors import Conflict, InvalidInput, NotFound
+from ..domain.errors import CascadeError, Conflict, InvalidInput, NotFound
 from ..campaigns.fanout import Fanout
 from .front import FrontState
 from .gc_governor import GcGovernor
-from .idempotency import IdempotencyKeys
+from .idempotency import Claim, IdempotencyKeys
 from ..domain.ids import format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
 from .mailbox import INTERNAL, SEND, SIGNAL, Admission, Mailbox
 from .manual_time import ManualTime
@@ -248,6 +248,51 @@ class Engine:
              idempotency_key: str | None = None) -> tuple[Reply, bool]:
         """Start a send; (reply with the send view, created). created is False when
         an idempotency key repeats an earlier request: the reply is that send."""
+        i, command, claim = self._prepare_send(template, recipient, data, idempotency_key, Reply.here())
+        try:
+            self.router.submit(i, command, SEND)
+        except Exception:
+            if claim is not None:
+                self.idempotency.release(claim)
+            raise
+        return command.reply, command.op == "start"
+
+    def send_batch(self, items: list[tuple[str, str | dict[str, Any], dict[str, Any] | None, str | None]]) -> Reply:
+        """Start many sends at once: (template, recipient, data, idempotencyKey)
+        each. The reply is a list in item order of (created, send view) or the
+        item's error (a CascadeError). Admitted whole or refused whole
+        (Overloaded); each shard journals its share in one batch."""
+        prepared: list[tuple[int, int, Command, Any]] = []  # (item, shard, command, claim)
+        results: list[Any] = [None] * len(items)
+        for index, (template, recipient, data, key) in enumerate(items):
+            try:
+                i, command, claim = self._prepare_send(template, recipient, data, key, None)
+            except CascadeError as exc:
+                results[index] = exc
+                continue
+            prepared.append((index, i, command, claim))
+
+        def combine(answers: list[Any]) -> list[Any]:
+            for (index, _, command, _), answer in zip(prepared, answers):
+                results[index] = answer if isinstance(answer, BaseException) else (command.op == "start", answer)
+            return results
+
+        parent = Reply.here()
+        gather = Gather(len(prepared), combine, parent, keep_errors=True)
+        commands = [(i, command._replace(reply=gather.part(n))) for n, (_, i, command, _) in enumerate(prepared)]
+        try:
+            self.router.submit_many(commands, SEND, None)
+        except Exception:
+            for _, _, _, claim in prepared:
+                if claim is not None:
+                    self.idempotency.release(claim)
+            raise
+        return parent
+
+    def _prepare_send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None,
+                      idempotency_key: str | None, reply: Any) -> tuple[int, Command, Claim | None]:
+        """The shard and the command that answer one send request: a start,
+        or a read of the send an earlier request with its idempotency key made."""
         tpl = self.templates.get(template)
         if isinstance(recipient, dict):
             rid = recipient.get("id")
@@ -260,29 +305,19 @@ class Engine:
         assert isinstance(rid, str)
         data_bytes = pack_data(data)
         claim = idem = None
+        key = new_send_key(slot_of(rid))
         if idempotency_key is not None:
             digest = hashlib.sha256(msgpack.packb(
                 IdempotencyKeys.canonical([template, recipient, data or {}]))).digest()
             claim, fresh = self.idempotency.claim(idempotency_key, digest, self.clock.now())
-            idem = (idempotency_key, digest, claim.expires)
             if not fresh:
                 if claim.send_key is None:
                     raise Conflict(f"a request with idempotencyKey {idempotency_key!r} is still in progress")
-                return self.get_send_by_key(claim.send_key), False
-        i = self.shard_of_recipient(rid)
-        key = new_send_key(slot_of(rid))
-        groups = (f"t:{template}",)
-        reply = Reply.here()
-        try:
-            self.router.submit(i, Command("start", (key, tpl, rid, update, data_bytes, groups, None, True, idem), reply),
-                               SEND)
-        except Exception:
-            if claim is not None:
-                self.idempotency.release(claim)
-            raise
-        if claim is not None:
-            claim.send_key = key
-        return reply, True
+                return self.shard_of_key(claim.send_key), Command("get_send", claim.send_key, reply), None
+            idem = (idempotency_key, digest, claim.expires)
+            claim.send_key = key  # a repeat from now on reads this send (it queues behind its start)
+        command = Command("start", (key, tpl, rid, update, data_bytes, (f"t:{template}",), None, True, idem), reply)
+        return self.shard_of_recipient(rid), command, claim
 
     def send_many(self, template: str, recipients: list[str], data: dict[str, Any] | None = None) -> tuple[Reply, list[str]]:
         """Start one send per recipient in one batch per shard, without views

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from ..domain.errors import CascadeError, Overloaded
 
-__all__ = ["ApiError", "error_response", "json_response", "response_for_exception"]
+__all__ = ["ApiError", "error_body", "error_info", "error_response", "json_response", "response_for_exception"]
 
 _log = logging.getLogger("cascade.http")
 _encode = msgspec.json.Encoder().encode
@@ -56,11 +56,21 @@ def json_response(obj: Any, status: int = 200, headers: Mapping[str, str] | None
     return web.Response(body=_encode(obj), status=status, headers=hdrs)
 
 
+def error_info(code: str, message: str, details: Iterable[Detail] = ()) -> dict[str, Any]:
+    """The inside of an error body: {"code", "message", "details": [{"path", "message"}]}."""
+    return {"code": code, "message": message, "details": [{"path": p, "message": m} for p, m in details]}
+
+
+def error_body(exc: ApiError | CascadeError, prefix: str = "$") -> dict[str, Any]:
+    """The `error` of one item of a batch, as its own request would have had
+    it, with JSON paths under the item's own (`prefix`, e.g. `$.sends[3]`)."""
+    details = [(prefix + p[1:] if p.startswith("$") and not p.startswith(prefix) else p, m) for p, m in exc.details]
+    return error_info(exc.code, exc.message, details)
+
+
 def error_response(status: int, code: str, message: str, details: Iterable[Detail] = (),
                    headers: Mapping[str, str] | None = None) -> web.Response:
-    body = {"error": {"code": code, "message": message,
-                      "details": [{"path": p, "message": m} for p, m in details]}}
-    return json_response(body, status, headers)
+    return json_response({"error": error_info(code, message, details)}, status, headers)
 
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> web.Response:

@@ -34,7 +34,7 @@ class Route:
     body: Any = None  # request body type, or a tuple of them (any one of)
     ok: int = 200
     response: Any = None  # response body type
-    also_ok: tuple[tuple[int, str], ...] = ()  # other success answers (status, when), with the same body
+    also_ok: tuple[tuple[int, str] | tuple[int, str, Any], ...] = ()  # other success answers: (status, when[, body type])
     errors: tuple[int, ...] = ()
     query: tuple[tuple[str, str, dict[str, Any]], ...] = ()  # (name, description, schema)
     ndjson_item: Any = None  # the body may also be application/x-ndjson, one of these a line
@@ -121,6 +121,22 @@ class ItemError(_View, kw_only=True):
     index: int
     code: str
     message: str
+
+
+class ItemAnswer(_View, kw_only=True):
+    """One item of a batch of sends: its status as a single request would
+    have had it, and the send or the error."""
+    index: int
+    status: int
+    send: SendView | None = None
+    error: ErrorInfo | None = None
+
+
+class SendBatchResult(_View, kw_only=True):
+    accepted: int  # new sends (202)
+    repeated: int  # idempotency keys that named an earlier send (200)
+    failed: int  # items refused (their error, by index)
+    results: list[ItemAnswer]
 
 
 class EventsResult(_View, kw_only=True):
@@ -262,9 +278,10 @@ def _operation(route: Route, ref: Callable[[Any], dict[str, Any]]) -> dict[str, 
     elif route.raw_response:
         answer = {route.raw_response: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {}
-    for status, description in sorted(((route.ok, _SUCCESS.get(route.ok, "OK")), *route.also_ok)):
-        responses[str(status)] = {"description": description} if answer is None or status == 204 \
-            else {"description": description, "content": answer}
+    for status, description, *own in sorted(((route.ok, _SUCCESS.get(route.ok, "OK")), *route.also_ok)):
+        body = {"application/json": {"schema": ref(own[0])}} if own else answer
+        responses[str(status)] = {"description": description} if body is None or status == 204 \
+            else {"description": description, "content": body}
     errors = set(route.errors)
     if route.need is not None:
         errors |= {401, 403}
@@ -286,7 +303,8 @@ def document(routes: list[Route], version: str = "0.1.0") -> dict[str, Any]:
     """The OpenAPI 3.1 document of `routes`."""
     types: list[Any] = list(VIEWS)
     for r in routes:
-        for t in (*_alternatives(r.body), r.response, r.ndjson_item):
+        for t in (*_alternatives(r.body), r.response, r.ndjson_item,
+                  *(a for ok in r.also_ok for a in _alternatives(ok[2] if len(ok) > 2 else None))):
             if t is not None and t not in types:
                 types.append(t)
     schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")

@@ -5,24 +5,48 @@ answers 200 with the same send, and with another body 409 (the engine keeps
 the keys and compares a digest of template, recipient and data). Free-form
 `data` is checked here for what the journal cannot store (too deep, integers
 beyond 64 bits), so no client value reaches the engine and fails there.
+
+`{"sends": [...]}` (up to 1,000) starts a batch: 200 with each item's answer
+by index, the status a single request would have had and its send or its
+error; a bad item never fails the rest. The batch is admitted whole or
+refused whole (503), and each shard journals its share in one commit.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine
 from .arrival import ARRIVAL
 from .auth import READ, WRITE
-from .errors import json_response
-from .openapi import Route, SendView
+from .errors import ApiError, error_body, json_response
+from ..domain.errors import CascadeError
+from .openapi import Route, SendBatchResult, SendView
 from .routes_recipients import recipient_fields
-from .schemas import SendBody, check_json, decode, decoder_for, read_body
+from .schemas import (MAX_SENDS, SendBatch, SendBody, check_json, decode, decoder_for, parse_any, read_body,
+                      validation_error)
 
 __all__ = ["routes"]
+
+
+def _request(body: SendBody, path: str) -> tuple[str, str | dict[str, Any], dict[str, Any] | None, str | None]:
+    """The engine's send request from a validated body (data checked for what the journal can hold)."""
+    if body.data:
+        check_json(((body.data, f"{path}.data"),))
+    recipient: str | dict[str, Any]
+    if isinstance(body.recipient, str):
+        recipient = body.recipient
+    else:
+        recipient = {"id": body.recipient.id, **recipient_fields(body.recipient)}
+    return body.template, recipient, body.data, body.idempotencyKey
+
+
+def _status(exc: CascadeError | ApiError) -> int:
+    return exc.status if isinstance(exc, ApiError) else exc.status_hint
 
 
 def routes(engine: Engine, settings: Settings) -> list[Route]:
@@ -30,16 +54,52 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
     decoder = decoder_for(SendBody)
 
     async def create_send(request: web.Request) -> web.Response:
-        body = decode(decoder, await read_body(request, max_bytes))
-        if body.data:
-            check_json(((body.data, "$.data"),))
-        recipient: str | dict[str, Any]
-        if isinstance(body.recipient, str):
-            recipient = body.recipient
-        else:
-            recipient = {"id": body.recipient.id, **recipient_fields(body.recipient)}
-        reply, created = engine.send(body.template, recipient, body.data, body.idempotencyKey)
+        raw = await read_body(request, max_bytes)
+        try:
+            body = decoder.decode(raw)
+        except msgspec.ValidationError:
+            parsed = parse_any(raw)  # malformed JSON is 400 whatever its shape
+            if isinstance(parsed, dict) and "sends" in parsed:
+                return json_response(await create_batch(parsed))
+            body = decode(decoder, raw)  # raises the single send's own validation error
+        except Exception:
+            body = decode(decoder, raw)
+        reply, created = engine.send(*_request(body, "$"))
         return json_response(await reply, 202 if created else 200)
+
+    async def create_batch(parsed: dict[str, Any]) -> dict[str, Any]:
+        items = parsed["sends"]
+        if isinstance(items, list) and len(items) > MAX_SENDS:
+            raise ApiError(413, "payload_too_large", f"{len(items)} sends in one batch; the limit is {MAX_SENDS}")
+        if set(parsed) != {"sends"} or not isinstance(items, list):
+            raise ApiError(400, "bad_request", 'a batch is {"sends": [...]} and nothing else')
+        requests: list[Any] = []
+        refused: dict[int, CascadeError | ApiError] = {}
+        for index, item in enumerate(items):
+            path = f"$.sends[{index}]"
+            try:
+                requests.append((index, _request(msgspec.convert(item, SendBody), path)))
+            except msgspec.ValidationError as exc:
+                refused[index] = validation_error(exc, path)
+            except (CascadeError, ApiError) as exc:
+                refused[index] = exc
+        answers = await engine.send_batch([r for _, r in requests]) if requests else []
+        by_index: dict[int, Any] = dict(refused)
+        for (index, _), answer in zip(requests, answers):
+            by_index[index] = answer
+        results = []
+        counts = {"accepted": 0, "repeated": 0, "failed": 0}
+        for index in range(len(items)):
+            answer = by_index[index]
+            if isinstance(answer, (CascadeError, ApiError)):
+                counts["failed"] += 1
+                results.append({"index": index, "status": _status(answer),
+                                "error": error_body(answer, f"$.sends[{index}]")})
+            else:
+                created, view = answer
+                counts["accepted" if created else "repeated"] += 1
+                results.append({"index": index, "status": 202 if created else 200, "send": view})
+        return {**counts, "results": results}
 
     async def get_send(request: web.Request) -> web.Response:
         return json_response(await engine.get_send(request.match_info["id"]))
@@ -51,8 +111,10 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
     return [
         Route("POST", "/v1/sends", create_send, WRITE,
               "Start a send (202); a repeated idempotencyKey answers 200 with the same send, or 409 "
-              "for another body", body=SendBody, response=SendView, ok=202, errors=(404, 409, 503),
-              also_ok=((200, "The send an earlier request with this idempotencyKey and the same body made"),),
+              "for another body. {\"sends\": [...]} (up to 1,000) answers 200 with each item's answer",
+              body=(SendBody, SendBatch), response=SendView, ok=202, errors=(404, 409, 503),
+              also_ok=((200, "The send an earlier request with this idempotencyKey and the same body made; "
+                             "or, for a batch, each item's answer by index", (SendView, SendBatchResult)),),
               sheddable=True),
         Route("GET", path, get_send, READ, "A send and its steps", response=SendView, errors=(404,)),
         Route("DELETE", path, cancel_send, WRITE, "Cancel a send (409 if it has already finished)",

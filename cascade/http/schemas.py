@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 MAX_EVENTS = 10_000
+MAX_SENDS = 1_000  # items in one POST /v1/sends batch
 MAX_ADVANCE_S = 10 * 366 * 86400.0  # past this, times leave what RFC 3339 years can print
 MAX_DEPTH = 32  # data/content nesting: generous for templates, far from any recursion limit
 _INT_RANGE = (-(2**63), 2**64 - 1)  # what the msgpack journal can store
@@ -98,6 +99,12 @@ class SendBody(_Body):
     data: Annotated[dict[str, Any], _doc("fills the content's {{placeholders}}")] | None = None
     idempotencyKey: Annotated[str, msgspec.Meta(min_length=1, max_length=256, description=(
         "kept 24 h: the same key with the same body answers the same send, with another body 409"))] | None = None
+
+
+class SendBatch(_Body):
+    """Up to 1,000 sends; each is answered on its own (its status, its send or its error)."""
+
+    sends: Annotated[list[SendBody], msgspec.Meta(max_length=MAX_SENDS)]
 
 
 class CampaignBody(_Body, kw_only=True):
