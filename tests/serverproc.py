@@ -182,7 +182,7 @@ class Sink:
 
 def config_text(data_dir: Path, port: int, *, push_url: str | None = None, clock: str = "manual",
                 snapshot_interval_s: float = 60.0, fsync: str = "batch", snapshots_kept: int = 3,
-                shards: int = 4, extra: str = "") -> str:
+                shards: int = 4, extra: str = "", clock_rate: float = 60.0) -> str:
     text = f"""
 [server]
 host = "127.0.0.1"
@@ -200,6 +200,7 @@ api_keys = {{ "{ADMIN_KEY}" = "admin" }}
 
 [clock]
 mode = "{clock}"
+rate = {clock_rate}
 
 [engine]
 shards = {shards}
@@ -226,6 +227,8 @@ class ServerProc:
     snapshot_interval_s: float = 60.0
     fsync: str = "batch"
     extra: str = ""
+    clock: str = "manual"
+    clock_rate: float = 60.0
     starts: int = 0
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
@@ -242,7 +245,8 @@ class ServerProc:
         self.port = free_port()
         cfg = self.workdir / f"cascade-{self.starts}.toml"
         cfg.write_text(config_text(self.data_dir, self.port, push_url=self.push_url, fsync=self.fsync,
-                                   snapshot_interval_s=self.snapshot_interval_s, extra=self.extra),
+                                   snapshot_interval_s=self.snapshot_interval_s, extra=self.extra,
+                                   clock=self.clock, clock_rate=self.clock_rate),
                        encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)

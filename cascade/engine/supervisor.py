@@ -366,8 +366,11 @@ class Engine:
         `arrival`: when the request reached the server (default: now)."""
         errors: list[dict[str, Any]] = []
         n_shards = self.router.shards
+        arrival = self.clock.now() if arrival is None else arrival
         batches: list[list[Any]] = [[] for _ in range(n_shards)]
         for index, (message_id, send_id, channel, kind_name, at) in enumerate(events):
+            if at is None:
+                at = arrival  # an event without `at` happened when it reached the server
             kind = _KIND.get(kind_name)
             if kind is None:
                 errors.append({"index": index, "code": "invalid",
@@ -411,7 +414,6 @@ class Engine:
 
         parent = Reply.here()
         gather = Gather(len(busy), combine, parent)
-        arrival = self.clock.now() if arrival is None else arrival
         # All or nothing: a half-applied batch would never answer.
         self.router.submit_many([(i, Command("signals", batches[i], gather.part(n), arrival))
                                  for n, i in enumerate(busy)], SIGNAL, arrival)
