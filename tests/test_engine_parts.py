@@ -14,6 +14,7 @@ from cascade.engine import (
 )
 from cascade.domain.render import compile_content
 from cascade.domain.templates import validate_template
+from cascade.engine.background import Background
 from cascade.engine.timers import TimerWheel
 
 PAIR = {"channels": [{"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 5, "content": {"t": "{{a.b}}"}},
@@ -146,3 +147,25 @@ def test_unanswerable_data_is_refused_naming_the_field(engine: Engine) -> None:
     with pytest.raises(TemplateInvalid.__mro__[1]) as err:  # InvalidInput
         engine.send("pair", "u", {"big": 2**80})
     assert err.value.details[0][0] == "$.data"
+
+
+def test_a_scaled_clock_runs_rate_times_faster_than_the_monotonic_clock_it_is_given() -> None:
+    real = [100.0]
+    clock = ScaledClock(60.0, start=1_000.0, monotonic=lambda: real[0])
+    real[0] += 5.0  # five real seconds
+    assert clock.now() == 1_000.0 + 300.0
+    clock.restore(5_000.0)
+    real[0] += 1.0
+    assert clock.now() == 5_060.0
+
+
+def test_background_work_yields_when_the_process_is_over_its_cpu_share() -> None:
+    wall, cpu = [0.0], [0.0]
+    bg = Background(monotonic=lambda: wall[0], cpu_time=lambda: cpu[0])
+    assert not bg.cpu_over()
+    wall[0] += 0.05
+    cpu[0] += 0.01  # 20% busy
+    assert not bg.cpu_over()
+    wall[0] += 0.05
+    cpu[0] += 0.09  # 100% over the last 0.1 s
+    assert bg.cpu_over()

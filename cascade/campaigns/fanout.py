@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .rows import Row, bit_is_set, iter_rows
 from .book import RUNNING, Campaign, CampaignBook
@@ -74,8 +74,9 @@ class _Job:
 
 class Fanout:
     def __init__(self, engine: Engine, book: CampaignBook, max_sends_per_s: float = 0.0, chunk: int = CHUNK,
-                 message: int = MESSAGE, inflight: int = 8) -> None:
+                 message: int = MESSAGE, inflight: int = 8, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.engine, self.book = engine, book
+        self._monotonic = monotonic  # pacing and the rate gauge; injected, so tests can play time
         self.rate = max_sends_per_s
         # Paced: about 20 chunks a second, so the rate holds over short spans too.
         self.chunk = chunk if self.rate <= 0 else max(1, min(chunk, int(self.rate / 20)))
@@ -231,12 +232,12 @@ class Fanout:
         job.inflight.popleft()
         job.campaign.started += n
         self.started_total += n
-        self._window.append((time.monotonic(), n))
+        self._window.append((self._monotonic(), n))
         self._since_freeze += n
 
     def _pace(self, n: int) -> None:
         if self.rate > 0:
-            now = time.monotonic()
+            now = self._monotonic()
             if self._next_at > now:
                 self._stop.wait(self._next_at - now)
             self._next_at = max(self._next_at, now) + n / self.rate
@@ -264,7 +265,7 @@ class Fanout:
 
     # -- figures -----------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self._monotonic()
         window = self._window
         while window and window[0][0] < now - 5.0:
             window.popleft()

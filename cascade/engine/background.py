@@ -37,7 +37,10 @@ DEFER_MAX_S = 0.02
 
 
 class Background:
-    def __init__(self) -> None:
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic,
+                 cpu_time: Callable[[], float] = time.process_time) -> None:
+        self._monotonic = monotonic  # injected, so tests can play time and CPU
+        self._cpu_time = cpu_time
         self.foreground: Callable[[], int] | None = None  # requests in flight (the HTTP front sets it)
         self._lock = threading.Lock()
         self._holders = 0
@@ -68,7 +71,7 @@ class Background:
 
     def cpu_over(self) -> bool:
         """Has the process been busier than CPU_SHARE over the last CPU_WINDOW_S?"""
-        now, cpu = time.monotonic(), time.process_time()
+        now, cpu = self._monotonic(), self._cpu_time()
         with self._lock:
             samples = self._cpu
             samples.append((now, cpu))
@@ -81,9 +84,9 @@ class Background:
     def pause(self, stop: threading.Event, own_requests: int = 0) -> None:
         """Wait while requests other than `own_requests` are in flight or the
         process is over its CPU share; at most DEFER_MAX_S."""
-        give_up = time.monotonic() + DEFER_MAX_S
+        give_up = self._monotonic() + DEFER_MAX_S
         foreground = self.foreground
-        while not stop.is_set() and time.monotonic() < give_up:
+        while not stop.is_set() and self._monotonic() < give_up:
             if not (foreground is not None and foreground() > own_requests) and not self.cpu_over():
                 return
             stop.wait(0.0002)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 __all__ = ["Clock", "ManualClock", "RealClock", "ScaledClock"]
 
@@ -64,17 +64,19 @@ class ScaledClock:
 
     mode = "scaled"
 
-    def __init__(self, rate: float, start: float | None = None) -> None:
+    def __init__(self, rate: float, start: float | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0:
             raise ValueError(f"clock rate must be positive, got {rate}")
         self.rate = float(rate)
-        self._origin_real = time.monotonic()
+        self._monotonic = monotonic  # injected, so tests can drive real time
+        self._origin_real = monotonic()
         self._origin = time.time() if start is None else float(start)
 
     def now(self) -> float:
-        return self._origin + (time.monotonic() - self._origin_real) * self.rate
+        return self._origin + (self._monotonic() - self._origin_real) * self.rate
 
     def restore(self, when: float) -> None:
         """Resume at a persisted time (recovery only)."""
-        self._origin_real = time.monotonic()
+        self._origin_real = self._monotonic()
         self._origin = float(when)
