@@ -26,6 +26,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from .campaigns import attach_campaigns
 from .config import Settings
 from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvider, RealClock, ScaledClock
 from .engine.clock import Clock
@@ -154,16 +155,17 @@ class Server:
         self.engine = Engine(self.clock, self.providers, EngineConfig(
             shards=s.engine.shards, retain_finished_s=s.storage.retain_finished_s,
             max_pending_per_shard=s.engine.max_pending_per_shard, tick_interval_s=s.engine.tick_interval_s,
-            gc_freeze_interval_s=s.engine.gc_freeze_interval_s, shed_lag_s=s.engine.shed_lag_s,
-            campaign_dir=os.path.join(self.durability.data_dir, "campaigns"),
-            campaign_max_sends_per_s=s.campaigns.max_sends_per_s), submit_jobs=self._submit_jobs,
-            journal=self.durability.journal)
+            gc_freeze_interval_s=s.engine.gc_freeze_interval_s, shed_lag_s=s.engine.shed_lag_s),
+            submit_jobs=self._submit_jobs, journal=self.durability.journal)
         self.engine.delivery_wait = self.dispatcher.oldest_wait
+        self.campaigns = attach_campaigns(self.engine, os.path.join(self.durability.data_dir, "campaigns"),
+                                          s.campaigns.max_sends_per_s)
         try:
-            self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher, self.durability.stats)
+            self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher, self.durability.stats,
+                                       campaigns=self.campaigns)
             ProcessCollector(registry=self.registry)
             self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics,
-                                 admin=self.durability)
+                                 admin=self.durability, campaigns=self.campaigns)
             access = os.environ.get("CASCADE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
             self._runner = web.AppRunner(
                 self.app, shutdown_timeout=s.server.shutdown_timeout_s, handle_signals=False,

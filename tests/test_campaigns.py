@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from cascade.engine import AlreadyFinished, Engine, EngineConfig, InvalidInput, ManualClock, MemoryProvider, NotFound
 from cascade.campaigns.rows import MAX_REPORTED_ERRORS, Upload
-from cascade.campaigns.book import Campaign
+from cascade.campaigns import Campaigns, attach_campaigns
+from cascade.campaigns.book import Campaign, CampaignBook
 from cascade.domain.send import CANCELLED
 from cascade.http.metrics import HttpMetrics
 
@@ -41,8 +42,10 @@ def providers() -> dict[str, MemoryProvider]:
 def make_engine(providers: dict[str, MemoryProvider]) -> Iterator[Callable[..., Engine]]:
     made: list[Engine] = []
 
-    def make(**config: Any) -> Engine:
-        engine = Engine(ManualClock(T0), providers, EngineConfig(shards=3, gc_freeze_interval_s=0, **config)).start()
+    def make(campaign_dir: str | None = None, campaign_max_sends_per_s: float = 0.0) -> Engine:
+        engine = Engine(ManualClock(T0), providers, EngineConfig(shards=3, gc_freeze_interval_s=0))
+        attach_campaigns(engine, campaign_dir, campaign_max_sends_per_s)
+        engine.start()
         engine.put_template("shipped", SHIPPED).wait()
         made.append(engine)
         return engine
@@ -57,21 +60,26 @@ def engine(make_engine: Callable[..., Engine]) -> Engine:
     return make_engine()
 
 
+def book_of(engine: Engine) -> CampaignBook:
+    """The campaign book attached to `engine`."""
+    return next(e.book for e in engine.extensions if isinstance(e, Campaigns))
+
+
 def create(engine: Engine, rows: list[Row | str], template: str = "shipped", scheduled_at: float | None = None,
            data: dict[str, Any] | None = None, name: str | None = None) -> Campaign:
-    upload = engine.campaigns.new_upload()
+    upload = book_of(engine).new_upload()
     for n, row in enumerate(rows, 1):
         rid, fields, row_data = (row, None, None) if isinstance(row, str) else row
         upload.add(n, rid, fields, msgpack.packb(row_data) if row_data else None)
     ref = upload.finish()
     packed = msgpack.packb(data) if data else None
-    campaign: Campaign = engine.campaigns.create(upload, ref, template, scheduled_at, name, packed).wait()
+    campaign: Campaign = book_of(engine).create(upload, ref, template, scheduled_at, name, packed).wait()
     return campaign
 
 
 def view(engine: Engine, c: Campaign) -> dict[str, Any]:
     totals = engine.totals([c.group]).wait()
-    return engine.campaigns.view(c, totals.get(c.group))
+    return book_of(engine).view(c, totals.get(c.group))
 
 
 def sends_of(engine: Engine, c: Campaign) -> list[Any]:
@@ -220,12 +228,12 @@ def test_a_campaign_scheduled_in_the_past_starts_now(engine: Engine) -> None:
 
 def test_cancelling_before_the_start_starts_nothing(engine: Engine) -> None:
     c = create(engine, ["u1", "u2"], scheduled_at=T0 + 60)
-    engine.campaigns.cancel(c.id).wait()
+    book_of(engine).cancel(c.id).wait()
     engine.advance(3600)
     v = view(engine, c)
     assert v["status"] == "cancelled" and v["sendsStarted"] == 0 and sends_of(engine, c) == []
     with pytest.raises(AlreadyFinished):
-        engine.campaigns.cancel(c.id)
+        book_of(engine).cancel(c.id)
 
 
 def test_cancelling_during_fanout_starts_nothing_more_and_cancels_what_started(
@@ -234,7 +242,7 @@ def test_cancelling_during_fanout_starts_nothing_more_and_cancels_what_started(
     other = create(engine, ["bystander"])
     c = create(engine, [f"u{i}" for i in range(2000)])
     wait_until(lambda: c.started >= 200)
-    engine.campaigns.cancel(c.id).wait()
+    book_of(engine).cancel(c.id).wait()
     started = view(engine, c)["sendsStarted"]
     assert 200 <= started < 2000
     engine.advance(0)
@@ -250,16 +258,16 @@ def test_a_completed_campaign_can_still_be_cancelled_to_stop_its_active_sends(en
     c = create(engine, ["u1", "u2"])
     engine.advance(0)
     assert view(engine, c)["status"] == "completed"
-    engine.campaigns.cancel(c.id).wait()
+    book_of(engine).cancel(c.id).wait()
     v = view(engine, c)
     assert v["status"] == "cancelled" and v["metrics"]["sends"]["cancelled"] == 2
 
 
 def test_an_unknown_campaign_is_not_found(engine: Engine) -> None:
     with pytest.raises(NotFound):
-        engine.campaigns.get("cmp_0000000000000000")
+        book_of(engine).get("cmp_0000000000000000")
     with pytest.raises(NotFound):
-        engine.campaigns.cancel("nope")
+        book_of(engine).cancel("nope")
 
 
 # -- rows and uploads --------------------------------------------------------------------
@@ -306,7 +314,7 @@ def test_prometheus_shows_campaigns_by_status_and_the_fanout(engine: Engine) -> 
     create(engine, ["u4"], scheduled_at=T0 + 60)
     engine.advance(0)
     registry = CollectorRegistry()
-    HttpMetrics(engine, registry)
+    HttpMetrics(engine, registry, campaigns=next(e for e in engine.extensions if isinstance(e, Campaigns)))
     text = generate_latest(registry).decode()
     assert 'cascade_campaigns{status="completed"} 1.0' in text
     assert 'cascade_campaigns{status="scheduled"} 1.0' in text

@@ -17,7 +17,8 @@ import msgpack
 import pytest
 
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
-from cascade.campaigns.book import Campaign
+from cascade.campaigns import Campaigns, attach_campaigns
+from cascade.campaigns.book import Campaign, CampaignBook
 from cascade.storage import FileJournal, MemoryJournal
 from cascade.durability.coordinator import SnapshotCoordinator
 from cascade.durability.recovery import recover
@@ -28,6 +29,11 @@ SHIPPED = {"channels": [
     {"channel": "push", "content": {"body": "Order {{order.id}}"}},
 ], "config": {"sequenceEnabled": True}}
 ROWS = 1200
+
+
+def book_of(engine: Engine) -> CampaignBook:
+    """The campaign book attached to `engine`."""
+    return next(e.book for e in engine.extensions if isinstance(e, Campaigns))
 
 
 class Node:
@@ -46,8 +52,8 @@ class Node:
                         else MemoryJournal(self.storage))
         campaign_dir = str(self.root / "campaigns") if self.kind == "file" else None  # memory: rows inline
         engine = Engine(ManualClock(T0), {c: MemoryProvider(c, record=False) for c in ("push", "email", "sms")},
-                        EngineConfig(shards=self.shards, gc_freeze_interval_s=0, campaign_dir=campaign_dir,
-                                     campaign_max_sends_per_s=self.rate), journal=self.journal)
+                        EngineConfig(shards=self.shards, gc_freeze_interval_s=0), journal=self.journal)
+        attach_campaigns(engine, campaign_dir, self.rate)
         recover(engine, str(self.root / "snapshots"), self.journal)
         self.engine = engine.start()
         return engine
@@ -75,10 +81,10 @@ def node(request: Any, tmp_path: Path) -> Node:
 
 def start_campaign(engine: Engine, rows: int = ROWS) -> Campaign:
     engine.put_template("shipped", SHIPPED).wait()
-    upload = engine.campaigns.new_upload()
+    upload = book_of(engine).new_upload()
     for i in range(rows):
         upload.add(i + 1, f"u{i}", {"pushTokens": [f"t{i}"]}, msgpack.packb({"order": {"id": f"A{i}"}}))
-    c: Campaign = engine.campaigns.create(upload, upload.finish(), "shipped", None, "restart", None).wait()
+    c: Campaign = book_of(engine).create(upload, upload.finish(), "shipped", None, "restart", None).wait()
     return c
 
 
@@ -97,9 +103,9 @@ def sends_per_recipient(engine: Engine, cid: str) -> Counter[str]:
 
 def finish_and_check(engine: Engine, cid: str, rows: int = ROWS) -> None:
     engine.advance(0)
-    c = engine.campaigns.get(cid)
+    c = book_of(engine).get(cid)
     totals = engine.totals([c.group]).wait()
-    view = engine.campaigns.view(c, totals.get(c.group))
+    view = book_of(engine).view(c, totals.get(c.group))
     assert view["status"] == "completed" and view["sendsStarted"] == rows, view
     per = sends_per_recipient(engine, cid)
     assert set(per) == {f"u{i}" for i in range(rows)}  # none lost
@@ -155,20 +161,20 @@ def test_completed_and_cancelled_campaigns_stay_so_after_a_restart(node: Node) -
     engine = node.open()
     done = start_campaign(engine, rows=50)
     engine.advance(0)
-    upload = engine.campaigns.new_upload()
+    upload = book_of(engine).new_upload()
     upload.add(1, "late", None, None)
-    later = engine.campaigns.create(upload, upload.finish(), "shipped", T0 + 3600, "later", None).wait()
-    engine.campaigns.cancel(later.id).wait()
+    later = book_of(engine).create(upload, upload.finish(), "shipped", T0 + 3600, "later", None).wait()
+    book_of(engine).cancel(later.id).wait()
     if node.kind == "file":
         node.snapshot()
     node.stop()
     engine = node.open()
     engine.advance(7200)
-    assert engine.campaigns.get(done.id).status == "completed"
-    assert engine.campaigns.get(later.id).status == "cancelled"
+    assert book_of(engine).get(done.id).status == "completed"
+    assert book_of(engine).get(later.id).status == "cancelled"
     assert sends_per_recipient(engine, later.id) == Counter()
     assert sum(sends_per_recipient(engine, done.id).values()) == 50
-    assert [c.id for c in engine.campaigns.newest_first()] == [later.id, done.id]
+    assert [c.id for c in book_of(engine).newest_first()] == [later.id, done.id]
     if node.kind == "file":
         assert list((node.root / "campaigns").iterdir()) == []  # rows of ended campaigns are removed
 
@@ -176,15 +182,15 @@ def test_completed_and_cancelled_campaigns_stay_so_after_a_restart(node: Node) -
 def test_a_scheduled_campaign_survives_a_restart_and_starts_on_time(node: Node) -> None:
     engine = node.open()
     engine.put_template("shipped", SHIPPED).wait()
-    upload = engine.campaigns.new_upload()
+    upload = book_of(engine).new_upload()
     for i in range(20):
         upload.add(i + 1, f"u{i}", None, None)
-    c = engine.campaigns.create(upload, upload.finish(), "shipped", T0 + 600, None, None).wait()
+    c = book_of(engine).create(upload, upload.finish(), "shipped", T0 + 600, None, None).wait()
     node.stop()
     engine = node.open()
-    assert engine.campaigns.get(c.id).status == "scheduled"
+    assert book_of(engine).get(c.id).status == "scheduled"
     engine.advance(600)
-    assert engine.campaigns.get(c.id).status == "completed"
+    assert book_of(engine).get(c.id).status == "completed"
     assert sum(sends_per_recipient(engine, c.id).values()) == 20
 
 
@@ -201,11 +207,13 @@ def test_a_rows_file_without_its_campaign_is_removed_at_start(tmp_path: Path) ->
 
 
 def test_without_a_journal_nothing_needs_one(tmp_path: Path) -> None:
-    engine = Engine(ManualClock(T0), {}, EngineConfig(shards=2, gc_freeze_interval_s=0)).start()
+    engine = Engine(ManualClock(T0), {}, EngineConfig(shards=2, gc_freeze_interval_s=0))
+    attach_campaigns(engine)
+    engine.start()
     try:
         c = start_campaign(engine, rows=100)
         finish_and_check(engine, c.id, rows=100)
-        engine.campaigns.cancel(c.id).wait()
-        assert engine.campaigns.get(c.id).status == "cancelled"
+        book_of(engine).cancel(c.id).wait()
+        assert book_of(engine).get(c.id).status == "cancelled"
     finally:
         engine.stop()

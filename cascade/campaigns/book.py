@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 from ..domain.records import CampaignCreated, CampaignEnded
 from .rows import Upload
@@ -34,8 +34,15 @@ from ..engine.reply import Reply, resolve_batch
 from ..domain.timefmt import iso
 from ..engine.views import metrics_view
 
-if TYPE_CHECKING:
-    from ..engine.supervisor import Engine
+from .host import CampaignHost
+
+
+class _FanoutHandle(Protocol):
+    """What the book asks of the fan-out (fanout.py): wake it, read its figures."""
+
+    def wake(self) -> None: ...
+
+    def stats(self) -> dict[str, Any]: ...
 
 __all__ = ["CAMPAIGN_RECORDS", "Campaign", "CampaignBook", "SCHEDULED", "RUNNING", "COMPLETED", "CANCELLED", "STATUSES"]
 
@@ -92,8 +99,9 @@ class _Then:
 
 
 class CampaignBook:
-    def __init__(self, engine: Engine, directory: str | None) -> None:
+    def __init__(self, engine: CampaignHost, directory: str | None) -> None:
         self.engine = engine
+        self.fanout: _FanoutHandle | None = None  # set by Campaigns: the book wakes it
         self.directory = directory
         self.cond = threading.Condition()  # guards the campaigns; the fan-out submits under it
         self._by_id: dict[str, Campaign] = {}
@@ -129,7 +137,7 @@ class CampaignBook:
             engine.journal.append([c.record()], lambda: resolve_batch([reply]))
         with self.cond:
             self._add(c)
-        engine.fanout.wake()
+        self._wake_fanout()
         return reply
 
     def _add(self, c: Campaign) -> None:
@@ -253,7 +261,7 @@ class CampaignBook:
         """Manual clock: start what is due by `now` and wait until no campaign
         is fanning out, so time does not move while one does."""
         self.promote_due(now)
-        self.engine.fanout.wake()
+        self._wake_fanout()
         with self.cond:
             while alive() and any(c.status == RUNNING and c.problem is None for c in self._by_id.values()):
                 self.cond.wait(0.1)
@@ -308,4 +316,8 @@ class CampaignBook:
                 by_status[c.status] = by_status.get(c.status, 0) + 1
                 if c.status == RUNNING:
                     progress.append((c.id, c.n_rows, c.started))
-        return {"by_status": by_status, "running": progress, **self.engine.fanout.stats()}
+        return {"by_status": by_status, "running": progress, **(self.fanout.stats() if self.fanout else {})}
+
+    def _wake_fanout(self) -> None:
+        if self.fanout is not None:
+            self.fanout.wake()

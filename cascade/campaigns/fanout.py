@@ -29,9 +29,10 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from .rows import Row, bit_is_set, iter_rows
+from ..domain.bitmaps import bit_is_set
+from .rows import Row, iter_rows
 from .book import RUNNING, Campaign, CampaignBook
 from ..engine.clock import ManualClock
 from ..engine.commands import Command
@@ -39,9 +40,7 @@ from ..domain.errors import Overloaded
 from ..domain.ids import SLOTS, new_send_key, slot_of
 from ..domain.recipients import RecipientUpdate
 from ..domain.templates import TemplateVersion
-
-if TYPE_CHECKING:
-    from ..engine.supervisor import Engine
+from .host import CampaignHost
 
 __all__ = ["Fanout"]
 
@@ -73,7 +72,7 @@ class _Job:
 
 
 class Fanout:
-    def __init__(self, engine: Engine, book: CampaignBook, max_sends_per_s: float = 0.0, chunk: int = CHUNK,
+    def __init__(self, engine: CampaignHost, book: CampaignBook, max_sends_per_s: float = 0.0, chunk: int = CHUNK,
                  message: int = MESSAGE, inflight: int = 8, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.engine, self.book = engine, book
         self._monotonic = monotonic  # pacing and the rate gauge; injected, so tests can play time
@@ -130,7 +129,7 @@ class Fanout:
             if not running:
                 # Real and scaled clocks reach scheduledAt on their own: look again each tick.
                 scheduled = book.next_start() is not None and not isinstance(engine.clock, ManualClock)
-                self._wake.wait(engine.config.tick_interval_s if scheduled else 1.0)
+                self._wake.wait(engine.tick_interval_s if scheduled else 1.0)
                 continue
             for c in running:
                 if self._stop.is_set():
@@ -211,7 +210,7 @@ class Fanout:
     def _commands(self, job: _Job, rows: list[tuple[int, str, Any, Any]]) -> list[list[Any]]:
         c, tpl = job.campaign, job.tpl
         groups = (f"t:{tpl.id}", c.group)
-        n = len(self.engine.states)
+        n = self.engine.shards
         default = c.data
         trusted = RecipientUpdate.trusted
         batches: list[list[Any]] = [[] for _ in range(n)]

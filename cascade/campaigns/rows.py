@@ -24,7 +24,7 @@ from ..storage.codec import FrameReader, StopReason, encode_records
 from ..domain.errors import InvalidInput
 from ..domain.recipients import validate_recipient
 
-__all__ = ["MAX_REPORTED_ERRORS", "Row", "RowsWriter", "Upload", "bit_is_set", "iter_rows", "rows_path", "set_bit"]
+__all__ = ["MAX_REPORTED_ERRORS", "Row", "RowsWriter", "Upload", "iter_rows", "rows_path"]
 
 MAX_REPORTED_ERRORS = 1000
 _CHUNK = 2000
@@ -33,18 +33,6 @@ Row = tuple[str, "dict[str, Any] | None", "bytes | None"]
 
 def rows_path(directory: str, campaign_id: str) -> str:
     return os.path.join(directory, f"{campaign_id}.rows")
-
-
-def set_bit(bits: bytearray, i: int) -> None:
-    byte = i >> 3
-    if byte >= len(bits):
-        bits.extend(bytes(byte + 1 - len(bits) + (len(bits) >> 2)))  # grow geometrically
-    bits[byte] |= 1 << (i & 7)
-
-
-def bit_is_set(bits: bytes | bytearray, i: int) -> bool:
-    byte = i >> 3
-    return byte < len(bits) and bool(bits[byte] & (1 << (i & 7)))
 
 
 class RowsWriter:

@@ -3,20 +3,20 @@ order across shards, before the move is answered.
 
 Between two deadlines it waits until every provider answer already on its
 way has been applied (outstanding.py): a refusal escalates at once (rule 5),
-so one large advance fires exactly what many small ones would. Campaigns
-due on the way start (and fan out whole) at their time.
+so one large advance fires exactly what many small ones would. What the
+extensions have due on the way (campaigns starting) happens at its time.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Sequence
 
 from ..domain.records import ClockMoved
-from ..campaigns.book import CampaignBook
 from ..storage.journal import Journal
 from .clock import ManualClock
 from .commands import Command
+from .extension import Extension
 from ..domain.errors import InvalidInput
 from .outstanding import Outstanding
 from .reply import Reply
@@ -26,14 +26,13 @@ __all__ = ["ManualTime"]
 
 
 class ManualTime:
-    def __init__(self, clock: Any, router: Router, campaigns: CampaignBook, outstanding: Outstanding,
-                 journal: Journal | None, fanout_alive: Callable[[], bool], answer_wait_s: float) -> None:
+    def __init__(self, clock: Any, router: Router, extensions: Sequence[Extension], outstanding: Outstanding,
+                 journal: Journal | None, answer_wait_s: float) -> None:
         self.clock = clock
         self.router = router
-        self.campaigns = campaigns
+        self.extensions = extensions
         self.outstanding = outstanding
         self.journal = journal
-        self.fanout_alive = fanout_alive
         self.answer_wait_s = answer_wait_s  # bounds the wait for answers (retries with backoff) at one instant
         self._lock = threading.Lock()
 
@@ -49,7 +48,7 @@ class ManualTime:
             target = clock.now() + seconds
             t = clock.now()
             while True:
-                nexts = self._settle_at(t) + [self.campaigns.next_start()]
+                nexts = self._settle_at(t) + [e.next_due() for e in self.extensions]
                 due = [d for d in nexts if d is not None and d <= target]
                 if not due:
                     break
@@ -64,9 +63,10 @@ class ManualTime:
             return target
 
     def _settle_at(self, t: float) -> list[float | None]:
-        """Everything that happens at `t`: campaigns, firings, the answers
-        they cause; then each shard's next deadline."""
-        self.campaigns.settle(t, self.fanout_alive)
+        """Everything that happens at `t`: the extensions' due work, firings,
+        the answers they cause; then each shard's next deadline."""
+        for extension in self.extensions:
+            extension.settle_at(t)
         self._fire_all(t)
         self.outstanding.wait_idle(self.answer_wait_s)
         return self._fire_all(t)

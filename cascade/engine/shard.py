@@ -28,7 +28,7 @@ from ..domain.evolve import count_started, evolve
 from ..domain.records import RecipientPut, SendStarted, ShardBatch, StepFired
 from ..domain.send import ACTIVE, Send
 from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
-from ..campaigns.rows import set_bit
+from ..domain.bitmaps import set_bit
 from ..domain.channels import SIGNALS
 from ..storage.journal import Journal
 from .commands import Command

@@ -1,8 +1,9 @@
 """The engine's front: the API the HTTP layer and campaigns call.
 
 `Engine` composes the parts: a `Router` (shards, mailboxes, admission,
-batching), the `FrontState` (templates, idempotency keys, campaigns), the
-`ManualTime` driver, the campaign book and fan-out. Every call comes back as
+batching), the `FrontState` (templates, idempotency keys, and the records
+of extensions such as campaigns) and the `ManualTime` driver. Features
+built on the engine attach as extensions (extension.py); it imports none. Every call comes back as
 a `Reply` (wait on it from a thread, await it from asyncio). Calls that may
 carry an engagement signal (events, cancels, inbox reads and marks) take the
 time their request reached the server, which holds windows open until they
@@ -24,13 +25,12 @@ from ..domain.sequence import SignalOutcome
 from ..storage.journal import Journal
 from .arrivals import InFlight
 from .background import Background
-from ..campaigns.book import CampaignBook
 from ..domain.channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
 from .commands import Command
 from .counters import merge_totals
 from ..domain.errors import CascadeError, Conflict, InvalidInput, NotFound
-from ..campaigns.fanout import Fanout
+from .extension import Extension
 from .front import FrontState
 from .gc_governor import GcGovernor
 from .idempotency import Claim, IdempotencyKeys
@@ -67,8 +67,6 @@ class EngineConfig:
     tick_interval_s: float = 0.05
     answer_wait_s: float = 120.0  # manual clock: the longest an advance waits at one instant for providers' answers
     gc_freeze_interval_s: float = 0.1  # see gc_governor.py; 0 turns it off
-    campaign_dir: str | None = None  # campaigns' rows files; None: kept in memory and in the journal
-    campaign_max_sends_per_s: float = 0.0  # fan-out pace; 0: unlimited
 
 
 def pack_data(data: dict[str, Any] | None) -> bytes | None:
@@ -110,19 +108,23 @@ class Engine:
         self._ticker: threading.Thread | None = None
         self.gc = GcGovernor(self.config.gc_freeze_interval_s)
         self.background = Background()  # fan-outs and uploads yield to requests through it
-        self.campaigns = CampaignBook(self, self.config.campaign_dir)
-        self.fanout = Fanout(self, self.campaigns, self.config.campaign_max_sends_per_s)
-        self.front = FrontState(clock, self.templates, self.idempotency, self.campaigns)
-        self.manual_time = ManualTime(clock, self.router, self.campaigns, self.outstanding, journal,
-                                      lambda: self.fanout.alive, self.config.answer_wait_s)
+        self.extensions: list[Extension] = []
+        self.front = FrontState(clock, self.templates, self.idempotency, self.extensions)
+        self.manual_time = ManualTime(clock, self.router, self.extensions, self.outstanding, journal,
+                                      self.config.answer_wait_s)
 
     # -- lifecycle --------------------------------------------------------------
+    def attach(self, extension: Extension) -> None:
+        """Join a feature to the engine, before recovery and `start`."""
+        if self.router.running:
+            raise RuntimeError("attach extensions before the engine starts")
+        self.extensions.append(extension)
+
     def start(self) -> Engine:
         self.router.start()
         self.gc.start()
-        self.campaigns.remove_orphans()
-        self.campaigns.prune_started_rows()
-        self.fanout.start()  # resumes campaigns that were running
+        for extension in self.extensions:
+            extension.start()
         if not isinstance(self.clock, ManualClock):
             self._ticker = threading.Thread(target=self.router.ticker, args=(self.config.tick_interval_s, self._stop),
                                             name="cascade-ticker", daemon=True)
@@ -131,7 +133,8 @@ class Engine:
 
     def stop(self) -> None:
         self.router.stopped = True  # refuse new work; no shard is restarted from here on
-        self.fanout.stop()
+        for extension in self.extensions:
+            extension.stop()
         self._stop.set()
         self.gc.stop()
         if self._ticker is not None:
@@ -141,6 +144,14 @@ class Engine:
     @property
     def started(self) -> bool:
         return self.router.running
+
+    @property
+    def shards(self) -> int:
+        return self.router.shards
+
+    @property
+    def tick_interval_s(self) -> float:
+        return self.config.tick_interval_s
 
     def check_open(self) -> None:
         self.router.check_open()
@@ -461,7 +472,7 @@ class Engine:
         reply: Reply = self.router.ask_all("stats", None, list)
         return reply
 
-    # -- campaigns (see campaigns.py, fanout.py) ------------------------------------
+    # -- what extensions (campaigns) call -------------------------------------------------
     def ask_shards(self, op: str, payload: Any, combine: Callable[[list[Any]], Any], parent: Any = None) -> Any:
         """Every shard runs `op`; the reply is `combine(answers)`. All or nothing (Overloaded)."""
         return self.router.ask_all(op, payload, combine, parent)

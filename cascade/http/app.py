@@ -36,6 +36,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
 from ..config import Settings
+from ..campaigns import Campaigns
 from ..engine import Engine
 from . import (
     routes_admin, routes_campaigns, routes_events, routes_inbox, routes_ops, routes_recipients, routes_sends,
@@ -157,8 +158,9 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
 
 
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
-              metrics: MetricsHooks | None = None, admin: AdminHooks | None = None) -> web.Application:
-    """The whole API of API.md over `engine`."""
+              metrics: MetricsHooks | None = None, admin: AdminHooks | None = None,
+              campaigns: Campaigns | None = None) -> web.Application:
+    """The whole API of API.md over `engine` (campaigns: their routes, when attached)."""
     front = _Front(engine, settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
@@ -169,7 +171,8 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     table += routes_inbox.routes(engine, settings)
     table += routes_sends.routes(engine, settings)
     table += routes_events.routes(engine, settings)
-    table += routes_campaigns.routes(engine, settings)
+    if campaigns is not None:
+        table += routes_campaigns.routes(engine, campaigns.book, settings)
     table += routes_admin.routes(engine, settings, admin)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route

@@ -21,7 +21,7 @@ from aiohttp import web
 from ..config import Settings
 from ..engine import Engine
 from ..campaigns.rows import Upload
-from ..campaigns.book import STATUSES, Campaign
+from ..campaigns.book import STATUSES, Campaign, CampaignBook
 from ..engine.supervisor import pack_data
 from ..domain.timefmt import iso, parse_iso
 from .auth import READ, WRITE
@@ -69,11 +69,10 @@ def _time(text: str | None, param: str) -> float | None:
         raise ApiError(422, "invalid", f"invalid query parameter {param}: {exc}", [(param, str(exc))]) from None
 
 
-def routes(engine: Engine, settings: Settings) -> list[Route]:
+def routes(engine: Engine, book: CampaignBook, settings: Settings) -> list[Route]:
     json_max = settings.server.max_body_bytes
     csv_max = settings.server.max_csv_bytes
     decoder = decoder_for(CampaignBody)
-    book = engine.campaigns
 
     async def create_campaign(request: web.Request) -> web.Response:
         if request.content_type == "text/csv":

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from aiohttp.test_utils import TestClient
 
+from cascade.campaigns import Campaigns, attach_campaigns
 from cascade.config import Settings
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 from cascade.domain.timefmt import parse_iso
@@ -44,9 +45,15 @@ def providers() -> dict[str, MemoryProvider]:
 
 @pytest.fixture
 def engine(providers: dict[str, MemoryProvider]) -> Iterator[Engine]:
-    e = Engine(ManualClock(START), providers, EngineConfig(shards=2)).start()
+    e = Engine(ManualClock(START), providers, EngineConfig(shards=2))
+    attach_campaigns(e)
+    e.start()
     yield e
     e.stop()
+
+
+def campaigns_of(engine: Engine) -> Campaigns | None:
+    return next((e for e in engine.extensions if isinstance(e, Campaigns)), None)
 
 
 @pytest.fixture
@@ -54,7 +61,9 @@ async def make_client(aiohttp_client: Any, engine: Engine) -> MakeClient:
     """A client over `engine` (or another engine) with the given settings."""
 
     async def make(settings: Settings | None = None, *, on: Engine | None = None, **kwargs: Any) -> TestClient:
-        return await aiohttp_client(build_app(on or engine, settings or Settings(), **kwargs))
+        target = on or engine
+        kwargs.setdefault("campaigns", campaigns_of(target))
+        return await aiohttp_client(build_app(target, settings or Settings(), **kwargs))
 
     return make
 
