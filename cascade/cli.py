@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _serve(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_settings
-    from .logs import setup_logging
     from .durability.recovery import RecoveryRefused
+    from .logs import setup_logging
 
     setup_logging()
     log = logging.getLogger("cascade.server")
@@ -61,9 +61,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("refusing to start: %s", exc, extra={"event": "config_error"})
         return 2
+    from .durability.service import DataDirError
     from .server import serve
     from .storage import JournalError, SnapshotError
-    from .durability.service import DataDirError
 
     try:
         serve(settings)

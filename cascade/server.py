@@ -28,15 +28,15 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from .campaigns import attach_campaigns
 from .config import Settings
-from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvider, RealClock, ScaledClock
-from .engine.clock import Clock
 from .delivery.dispatcher import DeliveryDispatcher, Job, OnResults
 from .delivery.providers.base import Provider
 from .delivery.providers.webhook import WebhookProvider
+from .durability.service import Durability
+from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvider, RealClock, ScaledClock
+from .engine.clock import Clock
 from .http.app import build_app
 from .http.metrics import HttpMetrics
 from .logs import request_id_var
-from .durability.service import Durability
 
 __all__ = ["Server", "build_clock", "build_providers", "event_loop_factory", "run_server", "serve"]
 

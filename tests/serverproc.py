@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess

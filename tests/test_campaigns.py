@@ -17,11 +17,11 @@ import msgpack
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from cascade.engine import AlreadyFinished, Engine, EngineConfig, InvalidInput, ManualClock, MemoryProvider, NotFound
-from cascade.campaigns.rows import MAX_REPORTED_ERRORS, Upload
 from cascade.campaigns import Campaigns, attach_campaigns
 from cascade.campaigns.book import Campaign, CampaignBook
+from cascade.campaigns.rows import MAX_REPORTED_ERRORS, Upload
 from cascade.domain.send import CANCELLED
+from cascade.engine import AlreadyFinished, Engine, EngineConfig, InvalidInput, ManualClock, MemoryProvider, NotFound
 from cascade.http.metrics import HttpMetrics
 
 T0 = 1_800_000_000.0

@@ -16,12 +16,12 @@ from typing import Any
 import msgpack
 import pytest
 
-from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 from cascade.campaigns import Campaigns, attach_campaigns
 from cascade.campaigns.book import Campaign, CampaignBook
-from cascade.storage import FileJournal, MemoryJournal
 from cascade.durability.coordinator import SnapshotCoordinator
 from cascade.durability.recovery import recover
+from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
+from cascade.storage import FileJournal, MemoryJournal
 
 T0 = 1_800_000_000.0
 SHIPPED = {"channels": [

@@ -45,16 +45,26 @@ from typing import Any
 
 import aiohttp
 import pytest
+from serverproc import (
+    ADMIN,
+    TEMPLATES,
+    ServerProc,
+    Sink,
+    api,
+    crash_image,
+    eventually,
+    inproc_settings,
+    running,
+    small_workload,
+    snapshot_positions,
+    state_of,
+)
 
-from cascade.engine.router import Router
 from cascade.domain.timefmt import parse_iso
-from cascade.storage import FileJournal
 from cascade.durability import coordinator as coordinator_module
 from cascade.durability import service as durability_module
-from serverproc import (
-    ADMIN, TEMPLATES, ServerProc, Sink, api, crash_image, eventually, inproc_settings, running, small_workload,
-    snapshot_positions, state_of,
-)
+from cascade.engine.router import Router
+from cascade.storage import FileJournal
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

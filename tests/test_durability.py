@@ -16,12 +16,11 @@ from typing import Any, Iterator
 
 import pytest
 
-from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
-from cascade.engine import shard_snapshot
 from cascade.delivery.providers.base import DeliveryOutcome, OutgoingMessage
-from cascade.storage import FileJournal, MemoryJournal, list_snapshots
 from cascade.durability.coordinator import SnapshotCoordinator
 from cascade.durability.recovery import RecoveryRefused, recover
+from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider, shard_snapshot
+from cascade.storage import FileJournal, MemoryJournal, list_snapshots
 
 T0 = 1_800_000_000.0
 CHAIN = {"channels": [

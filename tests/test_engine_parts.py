@@ -9,11 +9,19 @@ from typing import Any
 
 import pytest
 
-from cascade.engine import (
-    Conflict, Engine, EngineConfig, ManualClock, MemoryProvider, NotFound, Overloaded, ScaledClock, TemplateInvalid,
-)
 from cascade.domain.render import compile_content
 from cascade.domain.templates import validate_template
+from cascade.engine import (
+    Conflict,
+    Engine,
+    EngineConfig,
+    ManualClock,
+    MemoryProvider,
+    NotFound,
+    Overloaded,
+    ScaledClock,
+    TemplateInvalid,
+)
 from cascade.engine.background import Background
 from cascade.engine.timers import TimerWheel
 

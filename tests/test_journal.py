@@ -15,14 +15,7 @@ from typing import Any
 import pytest
 
 from cascade.storage.codec import encode_record, encode_records
-from cascade.storage.journal import (
-    FileJournal,
-    Journal,
-    JournalClosed,
-    JournalError,
-    MemoryJournal,
-    segment_name,
-)
+from cascade.storage.journal import FileJournal, Journal, JournalClosed, JournalError, MemoryJournal, segment_name
 
 Opener = Callable[[], Journal]
 

@@ -11,9 +11,9 @@ from typing import Any, AsyncIterator
 
 import pytest
 from aiohttp import web
+from serverproc import api, config_text, free_port, running
 
 from cascade.config import load_settings
-from serverproc import api, config_text, free_port, running
 
 pytestmark = pytest.mark.slow
 

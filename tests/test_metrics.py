@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cascade.engine.mailbox import Admission
-from cascade.engine import DeliveryOutcome, Engine, EngineConfig, ManualClock, MemoryProvider, OutgoingMessage
 from cascade.delivery.dispatcher import DeliveryDispatcher
 from cascade.domain.errors import Overloaded
+from cascade.engine import DeliveryOutcome, Engine, EngineConfig, ManualClock, MemoryProvider, OutgoingMessage
+from cascade.engine.mailbox import Admission
 from cascade.http.metrics import HttpMetrics
 
 T0 = 1_800_000_000.0

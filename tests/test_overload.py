@@ -17,9 +17,9 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
+from serverproc import ADMIN, ServerProc, eventually, free_port
 
 from cascade.domain.timefmt import parse_iso
-from serverproc import ADMIN, ServerProc, eventually, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

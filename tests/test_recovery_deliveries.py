@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cascade.engine import Engine, EngineConfig, ManualClock, RealClock
 from cascade.delivery.providers.base import OutgoingMessage
-from cascade.storage import FileJournal
 from cascade.durability.recovery import recover
+from cascade.engine import Engine, EngineConfig, ManualClock, RealClock
+from cascade.storage import FileJournal
 
 CHAIN = {"channels": [
     {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 5, "content": {"body": "hi"}},

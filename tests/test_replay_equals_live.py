@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cascade.durability.recovery import recover
 from cascade.engine import AlreadyFinished, Engine, EngineConfig, ManualClock, MemoryProvider, NotFound
 from cascade.storage import MemoryJournal
-from cascade.durability.recovery import recover
 
 T0 = 1_800_000_000.0
 TEMPLATES = {

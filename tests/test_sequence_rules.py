@@ -11,13 +11,13 @@ import pytest
 
 from cascade.domain import send as st
 from cascade.domain import sequence as rules
-from cascade.domain.evolve import evolve
-from cascade.domain.records import SendCancelled, SendFinished, SendStopped, SignalApplied, StepFired
 from cascade.domain.channels import CLICKED, DELIVERED, FAILED, VIEWED
-from cascade.engine.counters import CounterBook
 from cascade.domain.errors import TemplateInvalid
+from cascade.domain.evolve import evolve
 from cascade.domain.recipients import Recipient
+from cascade.domain.records import SendCancelled, SendFinished, SendStopped, SignalApplied, StepFired
 from cascade.domain.templates import TemplateRegistry
+from cascade.engine.counters import CounterBook
 
 T0 = 1_000.0
 CHAIN = {"channels": [

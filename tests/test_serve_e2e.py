@@ -21,7 +21,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-
 from serverproc import ORDER_SHIPPED, eventually, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

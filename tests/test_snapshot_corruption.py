@@ -22,14 +22,24 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from serverproc import (
+    ADMIN,
+    ROOT,
+    ServerProc,
+    api,
+    crash_image,
+    inproc_settings,
+    journal_segments,
+    running,
+    small_workload,
+    snapshot_files,
+    snapshot_positions,
+    state_of,
+)
 
+from cascade.durability import service as durability_module
 from cascade.server import Server
 from cascade.storage import VERSION, FileJournal
-from cascade.durability import service as durability_module
-from serverproc import (
-    ADMIN, ROOT, ServerProc, api, crash_image, inproc_settings, journal_segments, running, small_workload,
-    snapshot_files, snapshot_positions, state_of,
-)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 RIDS = tuple(f"{tag}-u{i}" for tag in "abc" for i in range(4))

@@ -265,8 +265,9 @@ def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 # -- periodic snapshots of a running server ------------------------------------------------
 
 async def test_an_idle_server_skips_its_periodic_snapshots_until_something_is_journaled(tmp_path: Path) -> None:
-    from cascade.config import load_settings
     from serverproc import config_text, eventually, free_port, running, snapshot_files
+
+    from cascade.config import load_settings
 
     data = tmp_path / "data"
     config = tmp_path / "cascade.toml"

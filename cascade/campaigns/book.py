@@ -27,14 +27,13 @@ import os
 import threading
 from typing import Any, Callable, Iterable, Protocol
 
-from ..domain.records import CampaignCreated, CampaignEnded
-from .rows import Upload
 from ..domain.errors import AlreadyFinished, NotFound, Overloaded
-from ..engine.reply import Reply, resolve_batch
+from ..domain.records import CampaignCreated, CampaignEnded
 from ..domain.timefmt import iso
+from ..engine.reply import Reply, resolve_batch
 from ..engine.views import metrics_view
-
 from .host import CampaignHost
+from .rows import Upload
 
 
 class _FanoutHandle(Protocol):

@@ -32,15 +32,15 @@ from collections import deque
 from typing import Any, Callable, Iterator
 
 from ..domain.bitmaps import bit_is_set
-from .rows import Row, iter_rows
-from .book import RUNNING, Campaign, CampaignBook
-from ..engine.clock import ManualClock
-from ..engine.commands import Command
 from ..domain.errors import Overloaded
 from ..domain.ids import SLOTS, new_send_key, slot_of
 from ..domain.recipients import RecipientUpdate
 from ..domain.templates import TemplateVersion
+from ..engine.clock import ManualClock
+from ..engine.commands import Command
+from .book import RUNNING, Campaign, CampaignBook
 from .host import CampaignHost
+from .rows import Row, iter_rows
 
 __all__ = ["Fanout"]
 

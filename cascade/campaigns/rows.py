@@ -20,9 +20,9 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from ..storage.codec import FrameReader, StopReason, encode_records
 from ..domain.errors import InvalidInput
 from ..domain.recipients import validate_recipient
+from ..storage.codec import FrameReader, StopReason, encode_records
 
 __all__ = ["MAX_REPORTED_ERRORS", "Row", "RowsWriter", "Upload", "iter_rows", "rows_path"]
 

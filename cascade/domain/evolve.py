@@ -13,12 +13,35 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .records import (
-    DeliveryAnswered, SendCancelled, SendFinished, SendStopped, SignalApplied, StepFailed, StepFired, StepSkipped,
+    DeliveryAnswered,
+    SendCancelled,
+    SendFinished,
+    SendStopped,
+    SignalApplied,
+    StepFailed,
+    StepFired,
+    StepSkipped,
     WindowEnded,
 )
 from .send import (
-    C_ESCALATED, C_FAILED, C_SKIPPED, C_STOPPED, DELIVERED_ANY, FIRED, FIRED_KEY, REASON_KEY, REQUESTED, S_STARTED,
-    SKIPPED, STEP_CANCELLED, STEP_FAILED, STEP_STOPPED, STOPPED, CANCELLED, WAITING, Send,
+    C_ESCALATED,
+    C_FAILED,
+    C_SKIPPED,
+    C_STOPPED,
+    CANCELLED,
+    DELIVERED_ANY,
+    FIRED,
+    FIRED_KEY,
+    REASON_KEY,
+    REQUESTED,
+    S_STARTED,
+    SKIPPED,
+    STEP_CANCELLED,
+    STEP_FAILED,
+    STEP_STOPPED,
+    STOPPED,
+    WAITING,
+    Send,
 )
 
 __all__ = ["evolve", "count_started"]

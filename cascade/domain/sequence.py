@@ -13,12 +13,17 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .records import (
-    DeliveryAnswered, SendCancelled, SendFinished, SendStopped, SignalApplied, StepFailed, StepFired, StepSkipped,
+    DeliveryAnswered,
+    SendCancelled,
+    SendFinished,
+    SendStopped,
+    SignalApplied,
+    StepFailed,
+    StepFired,
+    StepSkipped,
     WindowEnded,
 )
-from .send import (
-    ACTIVE, COMPLETED, DELIVERED_ANY, FAILED_SEND, FIRED, PENDING, SKIPPED, STEP_FAILED, WAITING, Send,
-)
+from .send import ACTIVE, COMPLETED, DELIVERED_ANY, FAILED_SEND, FIRED, PENDING, SKIPPED, STEP_FAILED, WAITING, Send
 
 __all__ = ["Emit", "SignalOutcome", "cancel", "delivery_result", "signal", "start", "window_ended"]
 

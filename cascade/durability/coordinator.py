@@ -25,9 +25,9 @@ from typing import Any, Callable, Protocol, Sequence
 from ..domain.templates import TemplateRegistry
 from ..domain.timefmt import iso
 from ..engine.clock import Clock
-from ..storage.journal import Journal
 from ..storage.codec import pack
 from ..storage.files import list_snapshots, prune_snapshots, read_snapshot, write_snapshot
+from ..storage.journal import Journal
 
 __all__ = ["SnapshotCoordinator"]
 

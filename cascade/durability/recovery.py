@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 from ..domain.records import ClockMoved, SendStarted, ShardBatch, UnknownRecord, decode
-from ..storage.codec import CorruptSnapshot, UnsupportedFormat
-from ..storage.files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
 from ..engine.clock import Clock
 from ..engine.idempotency import IdempotencyKeys
 from ..engine.shard import ShardState
+from ..storage.codec import CorruptSnapshot, UnsupportedFormat
+from ..storage.files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
 from ..storage.journal import Journal
 from .loader import ShardLoader, owner_of
 

@@ -13,10 +13,10 @@ import threading
 import time
 from typing import Any
 
-from ..domain.records import ClockMoved
 from ..domain.errors import Overloaded
-from .coordinator import SnapshotCoordinator
+from ..domain.records import ClockMoved
 from ..storage.journal import FileJournal
+from .coordinator import SnapshotCoordinator
 from .recovery import RecoveryResult, recover
 
 __all__ = ["DataDirError", "Durability"]

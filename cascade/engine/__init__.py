@@ -1,9 +1,9 @@
 """The sequencing engine: templates, recipients, send actors on pykka shards,
 timers, delivery and per-step metrics. `Engine` is the front of it."""
 
-from .clock import Clock, ManualClock, RealClock, ScaledClock
-from ..domain.errors import AlreadyFinished, CascadeError, Conflict, InvalidInput, NotFound, Overloaded, TemplateInvalid
 from ..delivery.providers import DeliveryOutcome, LogProvider, MemoryProvider, OutgoingMessage, Provider
+from ..domain.errors import AlreadyFinished, CascadeError, Conflict, InvalidInput, NotFound, Overloaded, TemplateInvalid
+from .clock import Clock, ManualClock, RealClock, ScaledClock
 from .supervisor import Engine, EngineConfig, Event
 
 __all__ = [

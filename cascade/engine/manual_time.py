@@ -12,12 +12,12 @@ from __future__ import annotations
 import threading
 from typing import Any, Sequence
 
+from ..domain.errors import InvalidInput
 from ..domain.records import ClockMoved
 from ..storage.journal import Journal
 from .clock import ManualClock
 from .commands import Command
 from .extension import Extension
-from ..domain.errors import InvalidInput
 from .outstanding import Outstanding
 from .reply import Reply
 from .router import Router

@@ -17,9 +17,9 @@ from typing import Any, Callable, Sequence
 
 import pykka
 
-from .commands import Command
 from ..domain.errors import Overloaded
 from ..domain.ids import SLOTS
+from .commands import Command
 from .mailbox import INTERNAL, Admission, Mailbox
 from .reply import Gather, Reply
 from .shard import ShardActor, ShardState

@@ -24,26 +24,26 @@ from typing import Any, Callable, Mapping
 
 import pykka
 
+from ..delivery.providers.base import DeliveryOutcome, OutgoingMessage, Provider
+from ..domain.bitmaps import set_bit
+from ..domain.channels import SIGNALS
+from ..domain.errors import AlreadyFinished, CascadeError, NotFound
 from ..domain.evolve import count_started, evolve
+from ..domain.ids import format_message_id, format_send_id
+from ..domain.recipients import Recipient, RecipientUpdate
 from ..domain.records import RecipientPut, SendStarted, ShardBatch, StepFired
 from ..domain.send import ACTIVE, Send
 from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
-from ..domain.bitmaps import set_bit
-from ..domain.channels import SIGNALS
+from ..domain.templates import TemplateRegistry, TemplateVersion
 from ..storage.journal import Journal
 from .commands import Command
 from .counters import CounterBook
-from ..domain.errors import AlreadyFinished, CascadeError, NotFound
-from ..domain.ids import format_message_id, format_send_id
 from .inbox import page_of, page_view, remove_from_inbox
 from .mailbox import Mailbox
 from .outstanding import Outstanding
-from ..delivery.providers.base import DeliveryOutcome, OutgoingMessage, Provider
-from ..domain.recipients import Recipient, RecipientUpdate
 from .reply import Reply, resolve_batch
 from .shard_snapshot import ShardSnapshot
 from .shard_stats import LATENESS_BUCKETS, ShardStats
-from ..domain.templates import TemplateRegistry, TemplateVersion
 from .timers import TimerWheel
 from .views import decode_data, send_view
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..domain.sequence import SignalOutcome
 from ..domain.channels import CHANNELS, SIGNALS
+from ..domain.sequence import SignalOutcome
 
 __all__ = ["LATENESS_BUCKETS", "ShardStats"]
 

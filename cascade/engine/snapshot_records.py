@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .counters import CounterBook
 from ..domain.recipients import Recipient
 from ..domain.records import TemplatePut
 from ..domain.send import SNAPSHOT_MARK, Send
 from ..domain.templates import TemplateRegistry, TemplateVersion
+from .counters import CounterBook
 
 __all__ = ["recipient_record", "restore_recipient", "restore_send", "restore_shape", "send_record", "shape_record",
            "template_record"]

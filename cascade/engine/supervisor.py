@@ -20,32 +20,32 @@ from typing import Any, Callable, Mapping
 
 import msgpack
 
+from ..delivery.providers.base import DeliveryOutcome, Provider
+from ..delivery.providers.log import LogProvider
+from ..domain.channels import CHANNELS, SIGNALS
+from ..domain.errors import CascadeError, Conflict, InvalidInput, NotFound
+from ..domain.ids import format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
+from ..domain.recipients import RECIPIENT_ID, RecipientUpdate
 from ..domain.records import TemplateDeleted
 from ..domain.sequence import SignalOutcome
+from ..domain.templates import TemplateRegistry, TemplateVersion
 from ..storage.journal import Journal
 from .arrivals import InFlight
 from .background import Background
-from ..domain.channels import CHANNELS, SIGNALS
 from .clock import Clock, ManualClock
 from .commands import Command
 from .counters import merge_totals
-from ..domain.errors import CascadeError, Conflict, InvalidInput, NotFound
 from .extension import Extension
 from .front import FrontState
 from .gc_governor import GcGovernor
 from .idempotency import Claim, IdempotencyKeys
-from ..domain.ids import format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
 from .mailbox import INTERNAL, SEND, SIGNAL, Admission, Mailbox
 from .manual_time import ManualTime
 from .outstanding import Outstanding
-from ..delivery.providers.base import DeliveryOutcome, Provider
-from ..delivery.providers.log import LogProvider
-from ..domain.recipients import RECIPIENT_ID, RecipientUpdate
 from .reply import Gather, Reply, resolve_batch
 from .router import Router
 from .shard import ShardState, SubmitJobs
 from .snapshot_records import template_record
-from ..domain.templates import TemplateRegistry, TemplateVersion
 from .views import metrics_view
 
 __all__ = ["Engine", "EngineConfig", "Event"]

@@ -7,11 +7,11 @@ from typing import Any
 import msgpack
 
 from ..domain.channels import CHANNEL_SIGNALS, ENGAGEMENT
-from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
 from ..domain.ids import format_message_id, format_send_id
 from ..domain.send import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
 from ..domain.templates import TemplateVersion
 from ..domain.timefmt import iso
+from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
 
 __all__ = ["send_view", "inbox_message_view", "metrics_view", "decode_data"]
 

@@ -35,11 +35,17 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
-from ..config import Settings
 from ..campaigns import Campaigns
+from ..config import Settings
 from ..engine import Engine
 from . import (
-    routes_admin, routes_campaigns, routes_events, routes_inbox, routes_ops, routes_recipients, routes_sends,
+    routes_admin,
+    routes_campaigns,
+    routes_events,
+    routes_inbox,
+    routes_ops,
+    routes_recipients,
+    routes_sends,
     routes_templates,
 )
 from .arrival import ARRIVAL

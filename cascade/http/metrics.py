@@ -27,12 +27,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..domain.sequence import SignalOutcome
+from ..campaigns import Campaigns
 from ..domain.channels import CHANNEL_SIGNALS
+from ..domain.sequence import SignalOutcome
 from ..engine.counters import SEND_COLUMNS, STEP_COLUMNS
 from ..engine.shard_stats import LATENESS_BUCKETS
 
-from ..campaigns import Campaigns
 if TYPE_CHECKING:
     from ..delivery.dispatcher import DeliveryDispatcher
     from ..engine.supervisor import Engine

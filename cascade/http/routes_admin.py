@@ -15,8 +15,8 @@ from typing import Any, Awaitable, Protocol
 from aiohttp import web
 
 from ..config import Settings
-from ..engine import Engine, ManualClock
 from ..domain.timefmt import iso
+from ..engine import Engine, ManualClock
 from .auth import ADMIN
 from .errors import ApiError, json_response
 from .openapi import ClockView, Route

@@ -18,12 +18,12 @@ from typing import Any
 
 from aiohttp import web
 
-from ..config import Settings
-from ..engine import Engine
-from ..campaigns.rows import Upload
 from ..campaigns.book import STATUSES, Campaign, CampaignBook
-from ..engine.supervisor import pack_data
+from ..campaigns.rows import Upload
+from ..config import Settings
 from ..domain.timefmt import iso, parse_iso
+from ..engine import Engine
+from ..engine.supervisor import pack_data
 from .auth import READ, WRITE
 from .csv_rows import read_csv
 from .errors import ApiError, json_response

@@ -22,8 +22,7 @@ from .arrival import ARRIVAL
 from .auth import EVENTS
 from .errors import ApiError, json_response
 from .openapi import EventsResult, Route
-from .schemas import (MAX_EVENTS, EventBatch, EventBody, decoder_for, not_json, parse_any, read_body,
-                      validation_error)
+from .schemas import MAX_EVENTS, EventBatch, EventBody, decoder_for, not_json, parse_any, read_body, validation_error
 
 __all__ = ["routes"]
 

@@ -12,9 +12,9 @@ from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine
+from .arrival import ARRIVAL
 from .auth import READ, WRITE
 from .errors import ApiError, json_response
-from .arrival import ARRIVAL
 from .openapi import InboxPage, Route
 
 __all__ = ["MAX_LIMIT", "routes"]

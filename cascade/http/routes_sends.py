@@ -20,15 +20,24 @@ import msgspec
 from aiohttp import web
 
 from ..config import Settings
+from ..domain.errors import CascadeError
 from ..engine import Engine
 from .arrival import ARRIVAL
 from .auth import READ, WRITE
 from .errors import ApiError, error_body, json_response
-from ..domain.errors import CascadeError
 from .openapi import Route, SendBatchResult, SendView
 from .routes_recipients import recipient_fields
-from .schemas import (MAX_SENDS, SendBatch, SendBody, check_json, decode, decoder_for, parse_any, read_body,
-                      validation_error)
+from .schemas import (
+    MAX_SENDS,
+    SendBatch,
+    SendBody,
+    check_json,
+    decode,
+    decoder_for,
+    parse_any,
+    read_body,
+    validation_error,
+)
 
 __all__ = ["routes"]
 

@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .codec import (
-    CHUNK_BYTES, MAX_FRAME_BYTES, CorruptSnapshot, FrameReader, SnapshotEncoder, StopReason, check_header, check_trailer, make_header,
+    CHUNK_BYTES,
+    MAX_FRAME_BYTES,
+    CorruptSnapshot,
+    FrameReader,
+    SnapshotEncoder,
+    StopReason,
+    check_header,
+    check_trailer,
+    make_header,
 )
 
 __all__ = [

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from cascade.campaigns import Campaigns, attach_campaigns
 from cascade.config import Settings
-from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 from cascade.domain.timefmt import parse_iso
+from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 from cascade.http import build_app
 
 START = parse_iso("2026-11-27T10:00:00.000Z")
