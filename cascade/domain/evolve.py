@@ -24,6 +24,7 @@ from .records import (
     WindowEnded,
 )
 from .send import (
+    ACTIVE,
     C_ESCALATED,
     C_FAILED,
     C_SKIPPED,
@@ -32,6 +33,8 @@ from .send import (
     DELIVERED_ANY,
     FIRED,
     FIRED_KEY,
+    LATE_OPENING_S,
+    OPENED_KEY,
     REASON_KEY,
     REQUESTED,
     S_STARTED,
@@ -102,6 +105,13 @@ def _delivery_answered(send: Send, rec: DeliveryAnswered) -> None:
     send.answers |= 1 << i
     if rec.ok:
         send.answers |= DELIVERED_ANY
+        if send.step_status(i) == WAITING and send.status == ACTIVE:
+            # The window opens when the channel has the message: time the
+            # server spent getting it there (queues, fsync) is not the recipient's.
+            send.deadline = rec.at + send.tpl.steps[i].wait_s
+            fired = send.fired_at(i)
+            if fired is not None and rec.at - fired >= LATE_OPENING_S:
+                send.note(OPENED_KEY + i, rec.at)
     elif not send.sig & (1 << (4 * i + _FAILED)):
         # A refusal and a `failed` event are one failure of one message.
         send.sig |= 1 << (4 * i + _FAILED)

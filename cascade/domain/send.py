@@ -16,7 +16,7 @@ __all__ = [
     "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",
     "PENDING", "WAITING", "FIRED", "STEP_STOPPED", "SKIPPED", "STEP_FAILED", "STEP_CANCELLED", "STEP_STATUS",
     "REQUESTED", "C_SKIPPED", "C_STOPPED", "C_ESCALATED", "C_FAILED", "STEP_COLUMNS", "S_STARTED",
-    "DELIVERED_ANY", "SNAPSHOT_MARK", "REASON_KEY", "FIRED_KEY", "Counters", "Send",
+    "DELIVERED_ANY", "SNAPSHOT_MARK", "REASON_KEY", "FIRED_KEY", "OPENED_KEY", "LATE_OPENING_S", "Counters", "Send",
 ]
 
 # Send status
@@ -40,6 +40,8 @@ DELIVERED_ANY = 1 << 4
 SNAPSHOT_MARK = 1 << 5
 REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
 FIRED_KEY = 24  # notes key of the time step i (> 0, in a sequence) fired
+OPENED_KEY = 28  # notes key of when step i's window opened, when that was a second or more after it fired
+LATE_OPENING_S = 1.0  # a window that opens this long after its step fired is noted (views show its deadline)
 
 
 class Counters:
@@ -105,6 +107,19 @@ class Send:
         if i == 0 or not self.tpl.sequence:
             return self.created
         return self.get(FIRED_KEY + i)  # type: ignore[no-any-return]
+
+    def window_deadline(self, i: int) -> float | None:
+        """When step i's window closes (or closed): counted from when its
+        channel accepted the message, which for a provider that answers
+        later than at once is after the step fired."""
+        if self.step_status(i) == WAITING:
+            return self.deadline
+        step = self.tpl.steps[i]
+        fired = self.fired_at(i)
+        if fired is None or step.stop_rank < 0 or not self.tpl.sequence:
+            return None
+        opened = self.get(OPENED_KEY + i)
+        return (fired if opened is None else opened) + step.wait_s
 
     def note(self, key: Any, value: Any) -> None:
         if self.notes is None:

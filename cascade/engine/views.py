@@ -32,12 +32,7 @@ def send_view(send: Send) -> dict[str, Any]:
     for i, step in enumerate(send.tpl.steps):
         st = send.step_status(i)
         fired = send.fired_at(i)
-        if st == WAITING:
-            deadline = send.deadline
-        elif fired is not None and step.stop_rank >= 0 and send.tpl.sequence:
-            deadline = fired + step.wait_s
-        else:
-            deadline = None
+        deadline = send.window_deadline(i)
         reason = send.get(REASON_KEY + i) if st in (SKIPPED, STEP_FAILED) else None
         steps.append({
             "step": i + 1,
