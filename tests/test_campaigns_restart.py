@@ -70,8 +70,8 @@ class Node:
 
     def durable_copy(self) -> dict[int, bytearray]:
         """What a crash right now would leave of an in-memory journal."""
-        with self.journal._lock:
-            return {start: bytearray(data) for start, data in self.storage.items()}
+        image: dict[int, bytearray] = self.journal.crash_image()
+        return image
 
 
 @pytest.fixture(params=["file", "memory"])

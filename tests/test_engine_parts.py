@@ -44,7 +44,7 @@ def test_a_cancelled_timer_never_fires_and_frees_its_bucket() -> None:
         wheel.schedule(i, 200.0 + i)
     for i in range(1000):
         assert wheel.cancel(i, 200.0 + i)
-    assert len(wheel) == 0 and wheel._buckets == {}
+    assert len(wheel) == 0 and wheel.buckets == 0
     assert not wheel.cancel(5, 205.0)
     assert wheel.pop_due(10_000) == []
 

@@ -47,7 +47,7 @@ from .send import (
     Send,
 )
 
-__all__ = ["evolve", "count_started"]
+__all__ = ["EVOLVE", "evolve", "count_started"]
 
 _FAILED = 3  # channels.FAILED: the signal kind a refusal also sets
 
@@ -153,7 +153,7 @@ def _send_finished(send: Send, rec: SendFinished) -> None:
     _finish(send, rec.status, rec.at)
 
 
-_EVOLVE: dict[type, Callable[[Send, Any], None]] = {
+EVOLVE: dict[type, Callable[[Send, Any], None]] = {  # by record type
     StepFired: _step_fired, StepSkipped: _step_skipped, WindowEnded: _window_ended,
     DeliveryAnswered: _delivery_answered, StepFailed: _step_failed, SignalApplied: _signal_applied,
     SendStopped: _send_stopped, SendCancelled: _send_cancelled, SendFinished: _send_finished,
@@ -162,4 +162,4 @@ _EVOLVE: dict[type, Callable[[Send, Any], None]] = {
 
 def evolve(send: Send, record: Any) -> None:
     """Apply one send record (not `SendStarted`, which creates the send) to `send`."""
-    _EVOLVE[type(record)](send, record)
+    EVOLVE[type(record)](send, record)

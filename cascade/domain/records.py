@@ -193,10 +193,18 @@ _TYPES: dict[int, Any] = {cls._field_defaults["tag"]: cls for cls in (
     CampaignEnded, IdempotencyKept)}
 
 
+_ARITY = {cls: len(cls._fields) for cls in _TYPES.values()}
+_tuple_new = tuple.__new__
+
+
 def decode(raw: Any) -> Record:
-    """A record from its encoding (a tuple, as the journal gives it back)."""
+    """A record from its encoding (a tuple, as the journal gives it back).
+    Replay decodes every record: this skips the NamedTuple's Python-level
+    constructor and checks the field count itself."""
     try:
         cls = _TYPES[raw[-1]]
-        return cls(*raw)
     except (KeyError, TypeError, IndexError):
-        raise UnknownRecord(f"unknown record {str(raw)[:80]}: written by another version of cascade") from None
+        cls = None
+    if cls is None or len(raw) != _ARITY[cls]:
+        raise UnknownRecord(f"unknown record {str(raw)[:80]}: written by another version of cascade")
+    return _tuple_new(cls, raw)

@@ -19,6 +19,8 @@ from ..engine.snapshot_records import restore_recipient, restore_send, restore_s
 
 __all__ = ["ShardLoader", "owner_of"]
 
+_HANDED = (WAITING, FIRED, STEP_FAILED)  # step states of a message handed to its channel
+
 
 def owner_of(record: Any) -> str | int:
     """What a shard record concerns: a recipient id, or a send key."""
@@ -100,8 +102,12 @@ class ShardLoader:
     def finish(self) -> None:
         """Note the messages handed to a provider whose answer never came:
         the shard hands them over again once it runs (`redrive`)."""
-        st = self.state
-        st.unanswered = [
-            (send.key, i) for send in st.sends.values() if send.status == ACTIVE
-            for i, step in enumerate(send.tpl.steps)
-            if step.channel != "inapp" and send.step_status(i) in (WAITING, FIRED, STEP_FAILED) and not send.answered(i)]
+        unanswered = []
+        for send in self.state.sends.values():
+            if send.status != ACTIVE:
+                continue
+            steps, answers = send.steps, send.answers  # an in-app step is answered when it fires
+            for i in range(len(send.tpl.steps)):
+                if not (answers >> i) & 1 and ((steps >> (4 * i)) & 15) in _HANDED:
+                    unanswered.append((send.key, i))
+        self.state.unanswered = unanswered

@@ -28,7 +28,7 @@ from ..delivery.providers.base import DeliveryOutcome, OutgoingMessage, Provider
 from ..domain.bitmaps import set_bit
 from ..domain.channels import SIGNALS
 from ..domain.errors import AlreadyFinished, CascadeError, NotFound
-from ..domain.evolve import count_started, evolve
+from ..domain.evolve import EVOLVE
 from ..domain.ids import format_message_id, format_send_id
 from ..domain.recipients import Recipient, RecipientUpdate
 from ..domain.records import RecipientPut, SendStarted, ShardBatch, StepFired
@@ -115,7 +115,8 @@ class ShardState:
 
     # -- the one apply path -------------------------------------------------------
     def apply(self, rec: Any) -> Send | None:
-        """Change state by one record; the send it concerns (None: unknown)."""
+        """Change state by one record; the send it concerns (None: unknown).
+        Journal replay runs this for every record: keep it flat."""
         kind = type(rec)
         if kind is SendStarted:
             return self._apply_started(rec)
@@ -132,7 +133,7 @@ class ShardState:
             self._snap.touch_send(send)  # copy on write: the snapshot gets it as it was
         before = send.deadline
         active = send.status == ACTIVE
-        evolve(send, rec)
+        EVOLVE[kind](send, rec)
         after = send.deadline
         if before != after:
             if before is not None:
@@ -152,7 +153,9 @@ class ShardState:
         return send
 
     def _apply_started(self, rec: SendStarted) -> Send | None:
-        if rec.send in self.sends:
+        key = rec.send
+        sends = self.sends
+        if key in sends:
             return None
         shape = (rec.template, rec.version, rec.groups)
         if shape != self._shape:  # most sends repeat the shape of the one before
@@ -168,11 +171,13 @@ class ShardState:
             if bits is None:
                 bits = self.campaign_rows[campaign] = bytearray()
             set_bit(bits, row)
-        send = Send(rec.send, tpl, self.recipient(rec.recipient), rec.data, rec.at, counters)
+        rid = rec.recipient
+        send = Send(key, tpl, self.recipients.get(rid) or self.recipient(rid), rec.data, rec.at, counters)
         send.answers = self.send_mark  # born after any snapshot in progress began
-        self.sends[rec.send] = send
+        sends[key] = send
         self.active += 1
-        count_started(send)
+        for c in counters:  # started
+            c.sends[0] += 1
         return send
 
     def _emit(self, rec: Any) -> None:

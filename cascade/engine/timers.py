@@ -27,6 +27,11 @@ class TimerWheel(Generic[T]):
     def __len__(self) -> int:
         return self._count
 
+    @property
+    def buckets(self) -> int:
+        """Seconds that hold at least one timer (what the wheel's memory grows with)."""
+        return len(self._buckets)
+
     def schedule(self, item: T, deadline: float) -> None:
         slot = int(deadline)  # deadlines are epoch seconds, > 0: int() is floor(), and faster
         bucket = self._buckets.get(slot)

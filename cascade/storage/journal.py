@@ -263,6 +263,11 @@ class MemoryJournal(_Segments):
         self._position = self._starts[-1] + reader.records
         self.recovery_report = RecoveryReport(self._position, len(self._starts), [issue] if issue else [])
 
+    def crash_image(self) -> dict[int, bytearray]:
+        """A copy of the storage as a crash right now would leave it (tests of recovery)."""
+        with self._lock:
+            return {start: bytearray(data) for start, data in self.storage.items()}
+
     def append(self, records: Sequence[Any], on_durable: Callback | None = None) -> int:
         data = encode_records(records)
         with self._lock:
