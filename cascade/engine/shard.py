@@ -45,7 +45,7 @@ from .reply import Reply, resolve_batch
 from .shard_snapshot import ShardSnapshot
 from .shard_stats import LATENESS_BUCKETS, ShardStats
 from .timers import TimerWheel
-from .views import decode_data, send_view
+from .views import SendQuery, decode_data, send_view
 
 __all__ = ["ShardActor", "ShardState", "SubmitJobs"]
 
@@ -111,6 +111,7 @@ class ShardState:
             "snapshot_begin": self._snapshot_begin, "snapshot_slice": self._snapshot_slice,
             "redrive": self._redrive, "cancel_campaign": self._cancel_campaign,
             "campaign_rows": self._campaign_rows, "keep_campaign_rows": self._keep_campaign_rows,
+            "list_sends": self._list_sends,
         }
 
     # -- the one apply path -------------------------------------------------------
@@ -362,6 +363,42 @@ class ShardState:
 
     def _get_send(self, key: int, now: float) -> dict[str, Any]:
         return send_view(self._find(key))
+
+    def _list_sends(self, query: SendQuery, now: float) -> tuple[list[tuple[float, int, dict[str, Any]]],
+                                                                  tuple[float, int] | None]:
+        """Up to `query.limit` sends matching it, ordered by (created, key)
+        newest first, older than its cursor, as (created, key, view); and
+        the point down to which it looked at every send (None: all of them).
+        Sends are stored in creation order, so they come newest first but
+        in no order among those created at one instant: such a group is
+        always looked at whole. Beyond that it looks at no more than
+        `query.scan` sends: a bound on the shard's time, whatever the filters."""
+        found: list[Send] = []
+        looked = 0
+        before = query.before
+        done_at: float | None = None  # the created time below which it stops
+        for send in reversed(self.sends.values()):
+            created = send.created
+            if done_at is not None and created < done_at:
+                break
+            if before is not None and (created, send.key) >= before:
+                continue
+            looked += 1
+            if query.matches(send):
+                found.append(send)
+            if done_at is None and (len(found) >= query.limit or looked >= query.scan):
+                done_at = created  # finish this instant's group, then stop
+        else:
+            done_at = None
+        found.sort(key=lambda s: (s.created, s.key), reverse=True)
+        page = found[:query.limit]
+        if len(found) > query.limit:
+            stop: tuple[float, int] | None = (page[-1].created, page[-1].key)
+        elif done_at is not None:
+            stop = (done_at, -1)  # every send created at done_at or later was looked at
+        else:
+            stop = None
+        return [(s.created, s.key, send_view(s)) for s in page], stop
 
     def _cancel(self, key: int, now: float) -> dict[str, Any]:
         send = self._find(key)

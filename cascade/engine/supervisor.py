@@ -27,6 +27,7 @@ from ..domain.errors import CascadeError, Conflict, InvalidInput, NotFound
 from ..domain.ids import format_send_id, new_send_key, parse_message_id, parse_send_id, slot_of, slot_of_key
 from ..domain.recipients import RECIPIENT_ID, RecipientUpdate
 from ..domain.records import TemplateDeleted
+from ..domain.send import SEND_STATUS
 from ..domain.sequence import SignalOutcome
 from ..domain.templates import TemplateRegistry, TemplateVersion
 from ..storage.journal import Journal
@@ -46,7 +47,7 @@ from .reply import Gather, Reply, resolve_batch
 from .router import Router
 from .shard import ShardState, SubmitJobs
 from .snapshot_records import template_record
-from .views import metrics_view
+from .views import SendQuery, metrics_view
 
 __all__ = ["Engine", "EngineConfig", "Event"]
 
@@ -364,6 +365,37 @@ class Engine:
     def get_send(self, send_id: str) -> Reply:
         return self.get_send_by_key(self._route_send_id(send_id))
 
+    def list_sends(self, recipient: str | None = None, template: str | None = None, campaign: str | None = None,
+                   status: str | None = None, limit: int = 50, before: str | None = None) -> Reply:
+        """Sends matching every filter given, newest first, retained finished
+        ones included: the reply is {"sends": [views], "next": cursor | None}."""
+        if status is not None and status not in SEND_STATUS:
+            raise InvalidInput(f"status {status!r} is not one of {', '.join(SEND_STATUS)}",
+                               [("status", f"one of {', '.join(SEND_STATUS)}")])
+        cut = _parse_cursor(before)
+        query = SendQuery(recipient, template, campaign, None if status is None else SEND_STATUS.index(status),
+                          limit, cut, LIST_SCAN)
+
+        def combine(parts: list[tuple[list[tuple[float, int, dict[str, Any]]], tuple[float, int] | None]]) -> Any:
+            # Every shard has looked at all sends newer than the newest point
+            # where one of them stopped: only those can be answered now.
+            stops = [stop for _, stop in parts if stop is not None]
+            floor = max(stops) if stops else None
+            found = sorted((item for items, _ in parts for item in items
+                            if floor is None or (item[0], item[1]) >= floor), key=lambda it: (it[0], it[1]), reverse=True)
+            page = found[:limit]
+            if len(found) > limit:
+                floor = (page[-1][0], page[-1][1])
+            return {"sends": [view for _, _, view in page], "next": None if floor is None else _cursor(floor)}
+
+        if recipient is not None:  # its sends live on its shard alone
+            reply = Reply.here()
+            self.router.submit(self.shard_of_recipient(recipient),
+                               Command("list_sends", query, Gather(1, combine, reply).part(0)), INTERNAL)
+            return reply
+        all_parts: Reply = self.router.ask_all("list_sends", query, combine)
+        return all_parts
+
     def cancel_send(self, send_id: str, arrival: float | None = None) -> Reply:
         key = self._route_send_id(send_id)
         return self._ask(self.shard_of_key(key), "cancel", key, SIGNAL, self._arrival(arrival))
@@ -487,6 +519,30 @@ class Engine:
             return acc.to_bytes(n, "little")
         reply: Reply = self.ask_shards("campaign_rows", campaign_id, union)
         return reply
+
+
+LIST_SCAN = 200_000  # sends a listing looks at per shard and page, whatever its filters
+
+
+def _cursor(at: tuple[float, int]) -> str:
+    """A listing's `next`: the (created, key) point the next page starts below."""
+    return f"{at[0]!r}~{at[1]}"
+
+
+def _parse_cursor(text: str | None) -> tuple[float, int] | None:
+    """The point a listing's `next` cursor names, or a 422 naming `before`."""
+    if text is None:
+        return None
+    created, _, key = text.partition("~")
+    try:
+        at = (float(created), int(key))
+    except ValueError:
+        raise InvalidInput(f"cursor {text!r} is not a `next` of this listing",
+                           [("before", "use the `next` value of the previous page")]) from None
+    if not (at[0] == at[0] and abs(at[0]) < 1e12):  # NaN or absurd: not one of ours
+        raise InvalidInput(f"cursor {text!r} is not a `next` of this listing",
+                           [("before", "use the `next` value of the previous page")])
+    return at
 
 
 def _clock_rate(clock: Clock) -> float:

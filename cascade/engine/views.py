@@ -8,12 +8,12 @@ import msgpack
 
 from ..domain.channels import CHANNEL_SIGNALS, ENGAGEMENT
 from ..domain.ids import format_message_id, format_send_id
-from ..domain.send import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, WAITING, Send
+from ..domain.send import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, Send
 from ..domain.templates import TemplateVersion
 from ..domain.timefmt import iso
 from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
 
-__all__ = ["send_view", "inbox_message_view", "metrics_view", "decode_data"]
+__all__ = ["SendQuery", "send_view", "inbox_message_view", "metrics_view", "decode_data"]
 
 
 def decode_data(send: Send) -> dict[str, Any] | None:
@@ -98,3 +98,21 @@ def metrics_view(template: str, tpl: TemplateVersion | None, totals: GroupTotals
         "sends": {"started": sends[0], "active": sends[0] - finished, **dict(zip(SEND_COLUMNS[1:], sends[1:]))},
         "steps": steps,
     }
+
+
+class SendQuery:
+    """Which sends a listing wants (API: GET /v1/sends); matched on each shard."""
+
+    __slots__ = ("recipient", "template", "group", "status", "limit", "before", "scan")
+
+    def __init__(self, recipient: str | None, template: str | None, campaign: str | None, status: int | None,
+                 limit: int, before: tuple[float, int] | None, scan: int) -> None:
+        self.recipient, self.template, self.status = recipient, template, status
+        self.group = None if campaign is None else f"c:{campaign}"
+        self.limit, self.before, self.scan = limit, before, scan
+
+    def matches(self, send: Send) -> bool:
+        return ((self.recipient is None or send.recipient.id == self.recipient)
+                and (self.template is None or send.tpl.id == self.template)
+                and (self.status is None or send.status == self.status)
+                and (self.group is None or any(c.group == self.group for c in send.counters)))

@@ -227,6 +227,11 @@ class CampaignView(CampaignSummary, kw_only=True):
     metrics: TemplateMetrics
 
 
+class SendList(_View, kw_only=True):
+    sends: list[SendView]
+    next: str | None
+
+
 class CampaignList(_View, kw_only=True):
     campaigns: list[CampaignSummary]
     next: str | None

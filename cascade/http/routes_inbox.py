@@ -6,37 +6,25 @@ engine does that as it builds the page.
 
 from __future__ import annotations
 
-import re
-
 from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine
 from .arrival import ARRIVAL
 from .auth import READ, WRITE
-from .errors import ApiError, json_response
+from .errors import json_response
 from .openapi import InboxPage, Route
+from .schemas import query_limit
 
 __all__ = ["MAX_LIMIT", "routes"]
 
 MAX_LIMIT = 200
-_DIGITS = re.compile(r"[0-9]{1,6}")
-
-
-def _limit(text: str | None) -> int:
-    if text is None:
-        return 50
-    n = int(text) if _DIGITS.fullmatch(text) else 0
-    if not 1 <= n <= MAX_LIMIT:
-        raise ApiError(422, "invalid", f"limit {text!r} must be an integer from 1 to {MAX_LIMIT}",
-                       [("limit", f"an integer from 1 to {MAX_LIMIT}")])
-    return n
 
 
 def routes(engine: Engine, settings: Settings) -> list[Route]:
     async def list_inbox(request: web.Request) -> web.Response:
         query = request.query
-        page = await engine.inbox(request.match_info["id"], _limit(query.get("limit")), query.get("before") or None,
+        page = await engine.inbox(request.match_info["id"], query_limit(query.get("limit"), MAX_LIMIT), query.get("before") or None,
                                   request.get(ARRIVAL))
         return json_response(page)
 

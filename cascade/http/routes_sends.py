@@ -21,11 +21,12 @@ from aiohttp import web
 
 from ..config import Settings
 from ..domain.errors import CascadeError
+from ..domain.send import SEND_STATUS
 from ..engine import Engine
 from .arrival import ARRIVAL
 from .auth import READ, WRITE
 from .errors import ApiError, error_body, json_response
-from .openapi import Route, SendBatchResult, SendView
+from .openapi import Route, SendBatchResult, SendList, SendView
 from .routes_recipients import recipient_fields
 from .schemas import (
     MAX_SENDS,
@@ -35,6 +36,7 @@ from .schemas import (
     decode,
     decoder_for,
     parse_any,
+    query_limit,
     read_body,
     validation_error,
 )
@@ -52,6 +54,10 @@ def _request(body: SendBody, path: str) -> tuple[str, str | dict[str, Any], dict
     else:
         recipient = {"id": body.recipient.id, **recipient_fields(body.recipient)}
     return body.template, recipient, body.data, body.idempotencyKey
+
+
+_LIST_PARAMS = frozenset({"recipient", "template", "campaign", "status", "limit", "before"})
+MAX_LIST = 200
 
 
 def _status(exc: CascadeError | ApiError) -> int:
@@ -110,6 +116,17 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                 results.append({"index": index, "status": 202 if created else 200, "send": view})
         return {**counts, "results": results}
 
+    async def list_sends(request: web.Request) -> web.Response:
+        q = request.query
+        unknown = sorted(set(q) - _LIST_PARAMS)
+        if unknown:
+            raise ApiError(422, "invalid", f"unknown query parameter {unknown[0]!r}; allowed: {', '.join(sorted(_LIST_PARAMS))}",
+                           [(unknown[0], "not a filter of this listing")])
+        limit = query_limit(q.get("limit"), MAX_LIST)
+        return json_response(await engine.list_sends(q.get("recipient") or None, q.get("template") or None,
+                                                     q.get("campaign") or None, q.get("status") or None, limit,
+                                                     q.get("before") or None))
+
     async def get_send(request: web.Request) -> web.Response:
         return json_response(await engine.get_send(request.match_info["id"]))
 
@@ -125,6 +142,15 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
               also_ok=((200, "The send an earlier request with this idempotencyKey and the same body made; "
                              "or, for a batch, each item's answer by index", (SendView, SendBatchResult)),),
               sheddable=True),
+        Route("GET", "/v1/sends", list_sends, READ,
+              "Sends, newest first (retained finished ones too), by every filter given", response=SendList,
+              errors=(422,), query=(
+                  ("recipient", "only this recipient's sends", {"type": "string"}),
+                  ("template", "only sends of this template", {"type": "string"}),
+                  ("campaign", "only this campaign's sends", {"type": "string"}),
+                  ("status", "only sends in this status", {"type": "string", "enum": list(SEND_STATUS)}),
+                  ("limit", "page size", {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": 50}),
+                  ("before", "the `next` cursor of the previous page", {"type": "string"}))),
         Route("GET", path, get_send, READ, "A send and its steps", response=SendView, errors=(404,)),
         Route("DELETE", path, cancel_send, WRITE, "Cancel a send (409 if it has already finished)",
               response=SendView, errors=(404, 409), signals=True),

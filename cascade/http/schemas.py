@@ -251,3 +251,14 @@ def check_json(items: Iterable[tuple[Any, str]]) -> None:
     problems = [p for value, path in items if (p := json_problem(value, path)) is not None]
     if problems:
         raise ApiError(422, "invalid", f"invalid value at {problems[0][0]}: {problems[0][1]}", problems)
+
+
+def query_limit(text: str | None, maximum: int, default: int = 50) -> int:
+    """A listing's `limit` query parameter, or 422 naming it."""
+    if text is None:
+        return default
+    n = int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else 0
+    if not 1 <= n <= maximum:
+        raise ApiError(422, "invalid", f"limit {text!r} must be an integer from 1 to {maximum}",
+                       [("limit", f"an integer from 1 to {maximum}")])
+    return n
