@@ -94,20 +94,21 @@ provider = "memory"
         return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin)
 
 
-async def wait_ready(http: Any, proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    """Poll /readyz with an aiohttp session based at the server's URL."""
+async def wait_ready(http: Any, proc: subprocess.Popen[bytes], timeout_s: float = 60.0, path: str = "/readyz",
+                     what: str = "cascade serve") -> None:
+    """Poll `path` (until 200) with an aiohttp session based at the process's URL."""
     import aiohttp
 
     deadline = time.monotonic() + timeout_s
     while True:
         if proc.poll() is not None:
-            raise SystemExit(f"cascade serve exited with {proc.returncode}")
+            raise SystemExit(f"{what} exited with {proc.returncode}")
         try:
-            async with http.get("/readyz") as r:
+            async with http.get(path) as r:
                 if r.status == 200:
                     return
         except aiohttp.ClientConnectionError:
             pass
         if time.monotonic() > deadline:
-            raise SystemExit(f"cascade serve did not become ready in {timeout_s:g} s")
+            raise SystemExit(f"{what} did not become ready in {timeout_s:g} s")
         await asyncio.sleep(0.05)

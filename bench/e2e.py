@@ -192,7 +192,8 @@ async def prepare(url: str, sink_url: str, server: subprocess.Popen[bytes],
                   sink: subprocess.Popen[bytes]) -> tuple[float, float]:
     """Wait for both, install the template; answer a (monotonic, clock) pair
     mapping the server's scaled clock onto our time."""
-    await wait_sink(sink_url, sink, 30.0)
+    async with aiohttp.ClientSession(sink_url) as sink_http:
+        await wait_ready(sink_http, sink, 30.0, path="/stats", what="the sink")
     async with aiohttp.ClientSession(url) as http:
         await wait_ready(http, server, 60.0)
         async with http.put(f"/v1/templates/{TEMPLATE}", json=SEQUENCE) as r:
@@ -202,23 +203,6 @@ async def prepare(url: str, sink_url: str, server: subprocess.Popen[bytes],
         async with http.get("/v1/admin/clock") as r:
             now = (await r.json())["now"]
         return (before + time.monotonic()) / 2, parse_time(now)
-
-
-async def wait_sink(sink_url: str, sink: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(sink_url) as http:
-        while True:
-            if sink.poll() is not None:
-                raise SystemExit(f"the sink exited with {sink.returncode}")
-            try:
-                async with http.get("/stats") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the sink did not answer in {timeout_s:g} s")
-            await asyncio.sleep(0.05)
 
 
 def parse_time(text: str) -> float:
