@@ -112,6 +112,10 @@ class _Front:
         elif route is not None and route.sheddable and (why := self.engine.behind()) is not None:
             self.engine.admission.note_shed("lag")
             response = error_response(503, "overloaded", why, (), {"Retry-After": "1"})
+            # Close the connection too: every open connection that sends more
+            # work is read ahead of the signals, so under overload the clients
+            # that are refused are made to come back through the accept queue.
+            response.force_close()
         else:
             entry = None
             if route is not None and route.signals:
