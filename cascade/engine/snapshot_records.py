@@ -16,7 +16,7 @@ from typing import Any
 
 from ..domain.recipients import Recipient
 from ..domain.records import TemplatePut
-from ..domain.send import SNAPSHOT_MARK, Send
+from ..domain.send import SNAPSHOT_MARK, Send, restored_send
 from ..domain.templates import TemplateRegistry, TemplateVersion
 from .counters import CounterBook
 
@@ -56,11 +56,9 @@ def shape_record(index: int, send: Send) -> tuple[Any, ...]:
 def restore_send(rec: Any, shapes: dict[int, tuple[TemplateVersion, Any]], recipient: Recipient) -> Send:
     key, shape, _rid, data, created, status, current, steps, sig, answers, deadline, notes = rec
     tpl, counters = shapes[shape]
-    send = Send(key, tpl, recipient, data, created, counters)
-    send.status, send.current, send.steps, send.sig, send.answers = status, current, steps, sig, answers
-    send.deadline = deadline
-    send.notes = notes or None  # a fresh dict from the decoder
-    return send
+    # notes: a fresh dict from the decoder, or None
+    return restored_send(key, tpl, recipient, data, created, counters, status, current, steps, sig, answers,
+                         deadline, notes or None)
 
 
 def restore_shape(rec: Any, templates: TemplateRegistry, book: CounterBook) -> tuple[TemplateVersion, Any]:
