@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
 import tomllib
 import types
@@ -104,8 +105,31 @@ class Settings(_Section, frozen=True):
         return cast("dict[str, ChannelSettings]", self.channels).get(name, ChannelSettings())
 
 
-def _check(s: Settings) -> None:
+# (section, key, smallest allowed, whether that smallest is allowed): every float
+# must also be finite (NaN passes every comparison, so it would slip through)
+_BOUNDS = (
+    ("server", "shutdown_timeout_s", 0.0, False), ("storage", "snapshot_interval_s", 0.0, True),
+    ("storage", "retain_finished_s", 0.0, True), ("clock", "rate", 0.0, False),
+    ("engine", "tick_interval_s", 0.0, False), ("engine", "gc_freeze_interval_s", 0.0, True),
+    ("engine", "shed_lag_s", 0.0, True), ("engine", "max_pending_per_shard", 1, True),
+    ("campaigns", "max_sends_per_s", 0.0, True),
+)
+
+
+def _bounds_problems(s: Settings) -> list[str]:
     problems = []
+    for section, key, low, inclusive in _BOUNDS:
+        value = getattr(getattr(s, section), key)
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            problems.append(f"{section}.{key} {value!r} must be a finite number {'>=' if inclusive else '>'} {low:g}")
+    for name, ch in s.channels.items():
+        if not math.isfinite(ch.timeout_s) or ch.timeout_s <= 0:
+            problems.append(f"channels.{name}.timeout_s {ch.timeout_s!r} must be a finite number > 0")
+    return problems
+
+
+def _check(s: Settings) -> None:
+    problems = _bounds_problems(s)
     if not 0 < s.server.port < 65536:
         problems.append(f"server.port {s.server.port} must be between 1 and 65535")
     for key in ("max_body_bytes", "max_csv_bytes", "max_inflight_requests"):
@@ -113,12 +137,6 @@ def _check(s: Settings) -> None:
             problems.append(f"server.{key} must be positive")
     if s.storage.snapshots_kept < 1:
         problems.append("storage.snapshots_kept must be at least 1")
-    if s.campaigns.max_sends_per_s < 0:
-        problems.append(f"campaigns.max_sends_per_s {s.campaigns.max_sends_per_s} must be >= 0 (0: unlimited)")
-    if s.clock.rate <= 0:
-        problems.append(f"clock.rate {s.clock.rate} must be positive")
-    if s.engine.shed_lag_s < 0:
-        problems.append(f"engine.shed_lag_s {s.engine.shed_lag_s} must be >= 0 (0: never shed)")
     if s.engine.shards < 1 or s.engine.shards > 256:
         problems.append(f"engine.shards {s.engine.shards} must be between 1 and 256")
     for name, ch in s.channels.items():

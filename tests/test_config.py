@@ -360,3 +360,17 @@ def test_delivery_log_lines_stay_flat_json_and_logfmt_is_available(restore_loggi
     setup_logging({"CASCADE_LOG_FORMAT": "logfmt"}, stream=out)
     logging.getLogger("cascade.server").info("ready on %s", "http://x", extra={"event": "ready"})
     assert out.getvalue().strip().endswith('level=info logger=cascade.server msg="ready on http://x" event=ready')
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("clock", "rate", "nan"), ("clock", "rate", "inf"), ("engine", "shed_lag_s", "nan"),
+    ("engine", "tick_interval_s", "0.0"), ("engine", "tick_interval_s", "-1.0"),
+    ("storage", "retain_finished_s", "-5.0"), ("engine", "max_pending_per_shard", "0"),
+    ("server", "shutdown_timeout_s", "nan"),
+])
+def test_a_number_that_makes_no_sense_stops_the_server_naming_its_key(tmp_path: Path, section: str, key: str,
+                                                                       value: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[{section}]\n{key} = {value}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"{section}.{key}"):
+        load_settings(path, environ={})

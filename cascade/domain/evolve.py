@@ -107,7 +107,9 @@ def _delivery_answered(send: Send, rec: DeliveryAnswered) -> None:
         send.answers |= DELIVERED_ANY
         if send.step_status(i) == WAITING and send.status == ACTIVE:
             # The window opens when the channel has the message: time the
-            # server spent getting it there (queues, fsync) is not the recipient's.
+            # server spent getting it there (queues, fsync) is not the
+            # recipient's. (An answer after the window closed changes nothing:
+            # deadlines stay absolute, and one missed while down fires at start.)
             send.deadline = rec.at + send.tpl.steps[i].wait_s
             fired = send.fired_at(i)
             if fired is not None and rec.at - fired >= LATE_OPENING_S:

@@ -40,8 +40,8 @@ DELIVERED_ANY = 1 << 4
 SNAPSHOT_MARK = 1 << 5
 REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
 FIRED_KEY = 24  # notes key of the time step i (> 0, in a sequence) fired
-OPENED_KEY = 28  # notes key of when step i's window opened, when that was a second or more after it fired
-LATE_OPENING_S = 1.0  # a window that opens this long after its step fired is noted (views show its deadline)
+OPENED_KEY = 28  # notes key of when step i's window opened, when that was after it fired
+LATE_OPENING_S = 0.001  # the API's time precision: a window opening later than this after its step fired is noted
 
 
 class Counters:

@@ -90,8 +90,6 @@ def window_ended(send: Send, now: float, emit: Emit) -> None:
     i = send.current
     if send.status != ACTIVE or send.step_status(i) != WAITING or send.deadline is None or send.deadline > now:
         return
-    if not send.answers & (1 << i):
-        return  # its channel has not accepted it yet: the window opens (and is timed again) when it does
     emit(WindowEnded(send.key, i, now))
     _advance(send, i + 1, now, emit)
 

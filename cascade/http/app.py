@@ -103,13 +103,17 @@ class _Front:
         route = self.routes.get(request.match_info.route)
         public = route is not None and route.need is None
         response: web.StreamResponse
-        if not public and self.inflight >= self.limit:
+        signals = route is not None and route.signals
+        # Signals are admitted ahead of everything else (rule 11): they meet
+        # the in-flight bound only at twice its size, as a last resort.
+        if not public and self.inflight >= (2 * self.limit if signals else self.limit):
             response = error_response(503, "overloaded", f"{self.inflight} requests are in flight; retry shortly",
                                       (), {"Retry-After": "1"})
         elif not public and not self.ready():  # recovering or stopping: no half-loaded answers
             response = error_response(503, "not_ready", "recovery is still running (or the server is stopping)",
                                       (), {"Retry-After": "1"})
-        elif route is not None and route.sheddable and (why := self.engine.behind()) is not None:
+        elif route is not None and route.sheddable and (why := self.engine.behind()) is not None \
+                and self._authorized(request, route):
             self.engine.admission.note_shed("lag")
             response = error_response(503, "overloaded", why, (), {"Retry-After": "1"})
             # Close the connection too: every open connection that sends more
@@ -118,7 +122,7 @@ class _Front:
             response.force_close()
         else:
             entry = None
-            if route is not None and route.signals:
+            if signals:
                 arrival = request[ARRIVAL] = self.engine.clock.now()
                 entry = self.engine.in_flight.enter(arrival)
             if not public:
@@ -139,6 +143,16 @@ class _Front:
         if debug:
             self._log(request, rid, route, response.status, started)
         return response
+
+    def _authorized(self, request: web.Request, route: Route) -> bool:
+        """Would auth let this request through? (A 401 or 403 comes before a 503.)"""
+        if self.auth is None or route.need is None:
+            return True
+        try:
+            self.auth.check(request, route.need, route.recipient_token)
+        except Exception:  # noqa: BLE001 - the handler path below answers it
+            return False
+        return True
 
     @staticmethod
     def _log(request: web.Request, rid: str, route: Route | None, status: int, started: float) -> None:

@@ -44,6 +44,15 @@ from .schemas import (
 __all__ = ["routes"]
 
 
+class _RawBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """A batch with its items undecoded: each is decoded, and refused, on its own."""
+
+    sends: list[msgspec.Raw]
+
+
+_batch_decoder = msgspec.json.Decoder(_RawBatch)
+
+
 def _request(body: SendBody, path: str) -> tuple[str, str | dict[str, Any], dict[str, Any] | None, str | None]:
     """The engine's send request from a validated body (data checked for what the journal can hold)."""
     if body.data:
@@ -73,27 +82,29 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
         try:
             body = decoder.decode(raw)
         except msgspec.ValidationError:
-            parsed = parse_any(raw)  # malformed JSON is 400 whatever its shape
-            if isinstance(parsed, dict) and "sends" in parsed:
-                return json_response(await create_batch(parsed))
-            body = decode(decoder, raw)  # raises the single send's own validation error
+            try:  # a batch? its items stay raw, so one bad item cannot fail the rest
+                batch = _batch_decoder.decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                parsed = parse_any(raw)  # malformed JSON is 400 whatever its shape
+                if isinstance(parsed, dict) and "sends" in parsed:
+                    raise ApiError(400, "bad_request", 'a batch is {"sends": [...]} and nothing else') from None
+                body = decode(decoder, raw)  # the single send's own error
+            else:
+                return json_response(await create_batch(batch.sends))
         except Exception:
             body = decode(decoder, raw)
         reply, created = engine.send(*_request(body, "$"))
         return json_response(await reply, 202 if created else 200)
 
-    async def create_batch(parsed: dict[str, Any]) -> dict[str, Any]:
-        items = parsed["sends"]
-        if isinstance(items, list) and len(items) > MAX_SENDS:
+    async def create_batch(items: list[msgspec.Raw]) -> dict[str, Any]:
+        if len(items) > MAX_SENDS:
             raise ApiError(413, "payload_too_large", f"{len(items)} sends in one batch; the limit is {MAX_SENDS}")
-        if set(parsed) != {"sends"} or not isinstance(items, list):
-            raise ApiError(400, "bad_request", 'a batch is {"sends": [...]} and nothing else')
         requests: list[Any] = []
         refused: dict[int, CascadeError | ApiError] = {}
         for index, item in enumerate(items):
             path = f"$.sends[{index}]"
             try:
-                requests.append((index, _request(msgspec.convert(item, SendBody), path)))
+                requests.append((index, _request(decoder.decode(item), path)))
             except msgspec.ValidationError as exc:
                 refused[index] = validation_error(exc, path)
             except (CascadeError, ApiError) as exc:
@@ -148,7 +159,7 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                   ("recipient", "only this recipient's sends", {"type": "string"}),
                   ("template", "only sends of this template", {"type": "string"}),
                   ("campaign", "only this campaign's sends", {"type": "string"}),
-                  ("status", "only sends in this status", {"type": "string", "enum": list(SEND_STATUS)}),
+                  ("status", "only sends in this status", {"type": "string", "enum": [*SEND_STATUS, "throttled"]}),
                   ("limit", "page size", {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": 50}),
                   ("before", "the `next` cursor of the previous page", {"type": "string"}))),
         Route("GET", path, get_send, READ, "A send and its steps", response=SendView, errors=(404,)),

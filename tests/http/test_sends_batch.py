@@ -81,3 +81,15 @@ async def test_a_single_send_with_a_wrong_field_is_still_its_own_422(client: Tes
     resp = await client.post("/v1/sends", json={"template": "order-shipped", "recipient": 5})
     assert resp.status == 422
     assert error_of(await resp.json())["details"][0]["path"] == "$.recipient"
+
+
+async def test_a_number_json_cannot_hold_fails_its_item_only(client: TestClient, put_shipped: Any,
+                                                           error_of: Any) -> None:
+    await put_shipped()
+    raw = ('{"sends": [{"template": "order-shipped", "recipient": "u-1", "data": {"a": 1e999}},'
+           ' {"template": "order-shipped", "recipient": "u-2"}]}')
+    resp = await client.post("/v1/sends", data=raw, headers={"Content-Type": "application/json"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert [r["status"] for r in body["results"]] == [422, 202]
+    assert error_of({"error": body["results"][0]["error"]})["details"][0]["path"].startswith("$.sends[0]")
