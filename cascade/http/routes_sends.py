@@ -155,7 +155,7 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
               sheddable=True),
         Route("GET", "/v1/sends", list_sends, READ,
               "Sends, newest first (retained finished ones too), by every filter given", response=SendList,
-              errors=(422,), query=(
+              errors=(422, 503), query=(
                   ("recipient", "only this recipient's sends", {"type": "string"}),
                   ("template", "only sends of this template", {"type": "string"}),
                   ("campaign", "only this campaign's sends", {"type": "string"}),
