@@ -37,7 +37,6 @@ from .send import (
     OPENED_KEY,
     REASON_KEY,
     REQUESTED,
-    S_STARTED,
     SKIPPED,
     STEP_CANCELLED,
     STEP_FAILED,
@@ -47,14 +46,9 @@ from .send import (
     Send,
 )
 
-__all__ = ["EVOLVE", "evolve", "count_started"]
+__all__ = ["EVOLVE", "evolve"]
 
 _FAILED = 3  # channels.FAILED: the signal kind a refusal also sets
-
-
-def count_started(send: Send) -> None:
-    for c in send.counters:
-        c.sends[S_STARTED] += 1
 
 
 def _count(send: Send, i: int, column: int) -> None:

@@ -40,8 +40,12 @@ DELIVERED_ANY = 1 << 4
 SNAPSHOT_MARK = 1 << 5
 REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
 FIRED_KEY = 24  # notes key of the time step i (> 0, in a sequence) fired
-OPENED_KEY = 28  # notes key of when step i's window opened, when that was after it fired
-LATE_OPENING_S = 0.001  # the API's time precision: a window opening later than this after its step fired is noted
+OPENED_KEY = 28  # notes key of when step i's window opened, when that was well after it fired
+# A window opening this much later than its step fired is noted, so the view
+# of a closed window shows its real deadline. Not less: a healthy provider
+# answers within milliseconds, and a note costs most sends a notes dict
+# (~230 B) they would not otherwise have; a view is then off by less than this.
+LATE_OPENING_S = 0.25
 
 
 class Counters:

@@ -60,10 +60,6 @@ class Mailbox:
                 arrivals.popleft()
             return arrivals[0][1] if arrivals else None
 
-    def oldest(self) -> float | None:
-        with self._lock:
-            return self._arrivals[0][1] if self._arrivals else None
-
 
 class Admission:
     """What may enter the mailboxes; raises `Overloaded` (503) otherwise."""
@@ -74,7 +70,6 @@ class Admission:
         self.send_limit = max(1, limit // 4) if limit > 0 else 0
         self.behind = behind  # why the server is behind (shed new sends), or None
         self.lock = threading.Lock()
-        self.shed_sends = 0  # sends refused, and why: for /metrics
         self.shed_by_reason: dict[str, int] = {"queue": 0, "lag": 0}
         self.refused_signals = 0
 
@@ -99,7 +94,6 @@ class Admission:
 
     def note_shed(self, reason: str) -> None:
         """Count a send refused (here, or by the HTTP front before reading it)."""
-        self.shed_sends += 1
         self.shed_by_reason[reason] += 1
 
     def _shed(self, reason: str, message: str) -> None:
