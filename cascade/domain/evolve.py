@@ -31,6 +31,7 @@ from .send import (
     C_STOPPED,
     CANCELLED,
     DELIVERED_ANY,
+    FAILED_AT_KEY,
     FIRED,
     FIRED_KEY,
     LATE_OPENING_S,
@@ -119,6 +120,7 @@ def _step_failed(send: Send, rec: StepFailed) -> None:
         send.deadline = None
     send.set_step(rec.step, STEP_FAILED)
     send.note(REASON_KEY + rec.step, rec.reason)
+    send.note(FAILED_AT_KEY + rec.step, rec.at)
 
 
 def _signal_applied(send: Send, rec: SignalApplied) -> None:

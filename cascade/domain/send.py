@@ -16,7 +16,8 @@ __all__ = [
     "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",
     "PENDING", "WAITING", "FIRED", "STEP_STOPPED", "SKIPPED", "STEP_FAILED", "STEP_CANCELLED", "STEP_STATUS",
     "REQUESTED", "C_SKIPPED", "C_STOPPED", "C_ESCALATED", "C_FAILED", "STEP_COLUMNS", "S_STARTED",
-    "DELIVERED_ANY", "SNAPSHOT_MARK", "REASON_KEY", "FIRED_KEY", "OPENED_KEY", "LATE_OPENING_S", "Counters", "Send",
+    "DELIVERED_ANY", "SNAPSHOT_MARK", "REASON_KEY", "FIRED_KEY", "OPENED_KEY",
+    "FAILED_AT_KEY", "RETRIES_KEY", "DEFERRED_KEY", "LATE_OPENING_S", "Counters", "Send",
 ]
 
 # Send status
@@ -41,6 +42,9 @@ SNAPSHOT_MARK = 1 << 5
 REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
 FIRED_KEY = 24  # notes key of the time step i (> 0, in a sequence) fired
 OPENED_KEY = 28  # notes key of when step i's window opened, when that was well after it fired
+FAILED_AT_KEY = 32  # notes key of when step i failed (history)
+RETRIES_KEY = 36  # notes key of step i's delivery retries: [(at, reason), ...] (history)
+DEFERRED_KEY = 40  # notes key of step i's deferral: (deferred at, until) (quiet hours, history)
 # A window opening this much later than its step fired is noted, so the view
 # of a closed window shows its real deadline. Not less: a healthy provider
 # answers within milliseconds, and a note costs most sends a notes dict

@@ -7,6 +7,7 @@ from typing import Any
 import msgpack
 
 from ..domain.channels import CHANNEL_SIGNALS, ENGAGEMENT
+from ..domain.history import history
 from ..domain.ids import format_message_id, format_send_id
 from ..domain.send import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, Send
 from ..domain.templates import TemplateVersion
@@ -57,6 +58,7 @@ def send_view(send: Send) -> dict[str, Any]:
         "finishedAt": iso(send.finished),
         "stoppedBy": {"step": stopped_by // 4 + 1, "signal": ENGAGEMENT[stopped_by % 4]} if stopped_by is not None else None,
         "steps": steps,
+        "history": history(send),
     }
     for c in send.counters:  # a campaign's sends count into its group "c:<id>"
         if c.group.startswith("c:"):

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable
 import msgspec
 from aiohttp import web
 
-from .schemas import MAX_EVENTS, StepBody, TemplateConfig
+from .schemas import MAX_EVENTS, StepBody, TemplateConfig, WebPushSubscription
 
 __all__ = ["Route", "VIEWS", "document"]
 
@@ -83,6 +83,8 @@ class RecipientView(_View, kw_only=True):
     email: str | msgspec.UnsetType = msgspec.UNSET
     phone: str | msgspec.UnsetType = msgspec.UNSET
     pushTokens: list[str] | msgspec.UnsetType = msgspec.UNSET
+    webPush: list[WebPushSubscription] | msgspec.UnsetType = msgspec.UNSET
+    timezone: str | msgspec.UnsetType = msgspec.UNSET
     preferences: dict[str, bool]
 
 
@@ -104,6 +106,16 @@ class StepView(_View, kw_only=True):
     signals: dict[str, str | None]
 
 
+class HistoryEntry(_View, kw_only=True):
+    """One thing that happened to a send; `what` is fired, signal, window_ended,
+    skipped, deferred, delivery_failed, delivery_retried, stopped, cancelled
+    or completed, and `detail` says why (its keys depend on `what`)."""
+    at: str
+    step: int | None
+    what: str
+    detail: dict[str, Any] | None
+
+
 class SendView(_View, kw_only=True):
     id: str
     template: str
@@ -114,6 +126,7 @@ class SendView(_View, kw_only=True):
     finishedAt: str | None
     stoppedBy: StoppedBy | None
     steps: list[StepView]
+    history: list[HistoryEntry]
     campaign: str | msgspec.UnsetType = msgspec.UNSET
 
 
