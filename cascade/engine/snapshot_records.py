@@ -32,12 +32,14 @@ def recipient_record(r: Recipient) -> tuple[Any, ...]:
     """One recipient of an ("R*", [...]) snapshot record, with the order of
     its in-app inbox (as send keys)."""
     inbox = [send.key for send in r.inbox] if r.inbox else []
-    return (r.id, r.email, r.phone, list(r.push_tokens), r.preferences, inbox)
+    web_push = [list(sub) for sub in r.web_push]  # [endpoint, p256dh, auth]
+    return (r.id, r.email, r.phone, list(r.push_tokens), r.preferences, inbox, web_push, r.time_zone)
 
 
 def restore_recipient(rec: Any) -> tuple[Recipient, list[int]]:
-    rid, email, phone, tokens, prefs, inbox = rec
-    return Recipient(rid, email, phone, tuple(tokens), dict(prefs)), list(inbox)
+    rid, email, phone, tokens, prefs, inbox, web_push, time_zone = rec
+    subs = tuple((e, p, a) for e, p, a in web_push)
+    return Recipient(rid, email, phone, tuple(tokens), dict(prefs), subs, time_zone), list(inbox)
 
 
 def send_record(send: Send, shape: int) -> tuple[Any, ...]:

@@ -1,13 +1,15 @@
 """Recipients: PUT replaces every field (absent or null clears it), GET reads.
 
-The engine validates ids and addresses (and names the JSON path); this
-module only drops nulls so that "absent" and "null" mean the same thing.
+The engine validates ids, addresses, Web Push subscriptions and time zones
+(and names the JSON path); this module only drops nulls so that "absent"
+and "null" mean the same thing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from ..config import Settings
@@ -23,7 +25,10 @@ _FIELDS = RecipientBody.__struct_fields__
 
 
 def recipient_fields(body: RecipientBody) -> dict[str, Any]:
-    return {f: v for f in _FIELDS if (v := getattr(body, f)) is not None}
+    fields = {f: v for f in _FIELDS if (v := getattr(body, f)) is not None}
+    if "webPush" in fields:  # Structs to the plain JSON the engine validates and journals
+        fields["webPush"] = msgspec.to_builtins(fields["webPush"])
+    return fields
 
 
 def routes(engine: Engine, settings: Settings) -> list[Route]:

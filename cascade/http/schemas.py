@@ -25,7 +25,8 @@ from .errors import ApiError
 
 __all__ = [
     "CampaignBody", "ClockAdvance", "EventBatch", "EventBody", "MAX_EVENTS", "RecipientBody", "RecipientInline",
-    "SendBody", "StepBody", "TemplateBody", "TemplateConfig", "decode", "decoder_for",
+    "SendBody", "StepBody", "TemplateBody", "TemplateConfig", "WebPushKeys", "WebPushSubscription", "decode",
+    "decoder_for",
     "check_json", "json_problem", "not_json", "parse_any", "read_body", "validation_error",
 ]
 
@@ -76,12 +77,30 @@ class TemplateBody(_Body, kw_only=True):
     config: TemplateConfig | None = None
 
 
+class WebPushKeys(_Body):
+    """A subscription's keys, as the browser's PushSubscription.toJSON() gives them."""
+
+    p256dh: Annotated[str, _doc("base64url of the subscription's P-256 public key (65 bytes, uncompressed)")]
+    auth: Annotated[str, _doc("base64url of the 16-byte authentication secret")]
+
+
+class WebPushSubscription(_Body):
+    """One browser's Web Push subscription: PushSubscription.toJSON() as it is."""
+
+    endpoint: Annotated[str, _doc("the push service's https:// URL (http:// only for 127.0.0.1, ::1, localhost)")]
+    keys: WebPushKeys
+    expirationTime: Annotated[Any, _doc("accepted and ignored (browsers send null)")] = None
+
+
 class RecipientBody(_Body):
-    """A recipient's addresses and per-channel preferences; PUT replaces them all."""
+    """A recipient's addresses, time zone and per-channel preferences; PUT replaces them all."""
 
     email: str | None = None
     phone: Annotated[str, _doc("digits, optional leading +")] | None = None
     pushTokens: list[str] | None = None
+    webPush: Annotated[list[WebPushSubscription], _doc(
+        "Web Push subscriptions (at most 20; the webpush provider posts to each)")] | None = None
+    timezone: Annotated[str, _doc("IANA time zone name, e.g. Europe/Berlin; absent: UTC")] | None = None
     preferences: Annotated[dict[str, bool], _doc("channel: false opts out of that channel")] | None = None
 
 

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 FORMAT = "cascade-snapshot"
-VERSION = 2  # 2: front records are domain/records.py types
+VERSION = 3  # 2: front records are domain/records.py types; 3: recipients carry webPush and timezone
 MAX_FRAME_BYTES = 64 << 20
 CHUNK_BYTES = 1 << 20
 FRAME_HEADER = _HEAD = struct.Struct("<II")  # payload length, crc32(payload)
