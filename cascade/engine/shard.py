@@ -31,7 +31,7 @@ from ..domain.errors import AlreadyFinished, CascadeError, NotFound
 from ..domain.evolve import EVOLVE
 from ..domain.ids import format_message_id, format_send_id
 from ..domain.recipients import Recipient, RecipientUpdate
-from ..domain.records import RecipientPut, SendStarted, ShardBatch, StepFired
+from ..domain.records import RecipientPut, SendStarted, ShardBatch, SignalApplied, StepFired
 from ..domain.send import ACTIVE, Send
 from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
 from ..domain.templates import TemplateRegistry, TemplateVersion
@@ -89,6 +89,9 @@ class ShardState:
         self.submit_jobs = submit_jobs
         self.on_async_results = on_async_results
         self.inbox_listener = inbox_listener  # sees each in-app message id as it lands (tests)
+        # (recipient id, message id, "message" | "viewed" | "clicked") as an inbox changes, live
+        # only (not at replay); set by Engine.watch_inbox. It runs inside the batch: it must be quick.
+        self.inbox_changes: Callable[[str, str, str], None] | None = None
         self.sends: dict[int, Send] = {}
         self.recipients: dict[str, Recipient] = {}
         self.wheel: TimerWheel[Send] = TimerWheel()
@@ -111,7 +114,7 @@ class ShardState:
             "snapshot_begin": self._snapshot_begin, "snapshot_slice": self._snapshot_slice,
             "redrive": self._redrive, "cancel_campaign": self._cancel_campaign,
             "campaign_rows": self._campaign_rows, "keep_campaign_rows": self._keep_campaign_rows,
-            "list_sends": self._list_sends,
+            "list_sends": self._list_sends, "inbox_peek": self._inbox_peek,
         }
 
     # -- the one apply path -------------------------------------------------------
@@ -188,6 +191,9 @@ class ShardState:
             self._records.append(rec)
         if type(rec) is StepFired and send is not None:
             self._deliver(send, rec.step)
+        elif self.inbox_changes is not None and type(rec) is SignalApplied and send is not None \
+                and 0 < rec.kind < 3 and send.tpl.steps[rec.step].channel == "inapp":  # viewed, clicked
+            self.inbox_changes(send.recipient.id, format_message_id(send.key, rec.step + 1), SIGNALS[rec.kind])
 
     def _answer_local(self, now: float) -> None:
         """Answers of channels that answered at once (synchronous providers),
@@ -290,6 +296,8 @@ class ShardState:
         if step.channel == "inapp":  # `apply` put it in the inbox
             if self.inbox_listener is not None:
                 self.inbox_listener(format_message_id(send.key, i + 1))
+            if self.inbox_changes is not None:
+                self.inbox_changes(send.recipient.id, format_message_id(send.key, i + 1), "message")
             return
         provider = self.providers[step.channel]
         message_id = format_message_id(send.key, i + 1)
@@ -492,6 +500,18 @@ class ShardState:
             raise NotFound(f"message {format_message_id(key, i + 1)} is not in the inbox of {rid!r}")
         self.stats.signal(kind, signal(send, i, kind, now, now, self._emit))
         self._answer_local(now)
+
+    def _inbox_peek(self, payload: tuple[str, list[tuple[int, int]]], now: float) -> dict[str, Any]:
+        """An inbox's unseen count and the entries named (send key, step index),
+        marking nothing: what the inbox stream shows."""
+        rid, wanted = payload
+        rcpt = self.recipients.get(rid)
+        found = []
+        for key, i in wanted:
+            send = self.sends.get(key)
+            if send is not None and send.recipient is rcpt and 0 <= i < len(send.tpl.steps):
+                found.append((send, i))
+        return page_view(rcpt, found, False)
 
     def _totals(self, groups: list[str] | None, now: float) -> Any:
         return self.book.totals(groups)

@@ -477,6 +477,20 @@ class Engine:
         """A page of the inbox; listing marks its messages delivered (a signal)."""
         return self._ask(self.shard_of_recipient(rid), "inbox", (rid, limit, before), SIGNAL, self._arrival(arrival))
 
+    def inbox_peek(self, rid: str, message_ids: list[str]) -> Reply:
+        """{"messages": [the entries named that are in the inbox], "next": None,
+        "unseen": n}, marking nothing (the inbox stream's read)."""
+        wanted = [(p[0], p[1] - 1) for p in map(parse_message_id, message_ids) if p is not None]
+        return self._ask(self.shard_of_recipient(rid), "inbox_peek", (rid, wanted))
+
+    def watch_inbox(self, listener: Callable[[str, str, str], None] | None) -> None:
+        """Report every live change to an inbox as (recipient id, message id,
+        kind): "message" (a new in-app message), "viewed" or "clicked". It is
+        called on the shard's thread inside its batch, so it must be quick and
+        must not block; None stops the reports. One listener at a time."""
+        for state in self.states:
+            state.inbox_changes = listener
+
     def inbox_signal(self, rid: str, message_id: str, kind_name: str, arrival: float | None = None) -> Reply:
         parsed = parse_message_id(message_id)
         if parsed is None:
