@@ -47,6 +47,7 @@ from . import (
     routes_recipients,
     routes_sends,
     routes_templates,
+    routes_ui,
 )
 from .arrival import ARRIVAL
 from .auth import Authorizer
@@ -201,6 +202,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     table += routes_admin.routes(engine, settings, admin)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
+    routes_ui.install(app, front.routes)  # the dashboard: public static files, outside the OpenAPI table
     engine.background.foreground = lambda: front.inflight  # campaign work yields to requests in flight
     app.cleanup_ctx.append(_lag_probe(engine))
     app[ENGINE_KEY] = engine

@@ -1,0 +1,57 @@
+// A template's funnel (GET /v1/templates/{id}/metrics), also used for a
+// campaign's metrics block: per step requested → delivered → viewed →
+// clicked as bars scaled to the largest figure, the way each window ended
+// (stopped by engagement, or escalated to the next step), and the numbers
+// in a table.
+import { html } from '../lib.js';
+import { get, seg } from '../api.js';
+import { Loaded, Scroll, Stat, num, pct, useLoad } from '../ui.js';
+
+const STAGES = ['requested', 'delivered', 'viewed', 'clicked'];
+const COLUMNS = ['requested', 'delivered', 'viewed', 'clicked', 'stopped', 'escalated', 'failed', 'skipped'];
+
+function Bar({ label, value, max, kind }) {
+  const width = value === null || !max ? 0 : Math.max((100 * value) / max, value ? 0.5 : 0);
+  return html`<div class="bar-row">
+    <span class="bar-label">${label}</span>
+    <span class="bar-track"><span class=${`bar bar-${kind || label}`} style=${{ width: `${width}%` }}></span></span>
+    <span class="bar-value">${value === null ? 'n/a' : num(value)}</span>
+  </div>`;
+}
+
+export function FunnelChart({ metrics }) {
+  const steps = metrics.steps || [];
+  const max = Math.max(1, ...steps.flatMap((s) => STAGES.map((k) => s[k] || 0)));
+  const sends = metrics.sends || {};
+  return html`
+    <dl class="stats">
+      ${Object.entries(sends).map(([k, v]) => html`<${Stat} label=${`Sends ${k}`} value=${num(v)} />`)}
+    </dl>
+    ${steps.length === 0 ? html`<p>No sends yet.</p>` : html`<div class="funnel">${steps.map((s) => {
+      const ended = (s.stopped || 0) + (s.escalated || 0);
+      return html`<section class="funnel-step" aria-label=${`Step ${s.step}, ${s.channel}`}>
+        <h3>Step ${s.step} · ${s.channel}</h3>
+        ${STAGES.map((k) => html`<${Bar} label=${k} value=${s[k]} max=${max} />`)}
+        <p class="split-caption">Windows that ended: ${num(ended)} — stopped ${num(s.stopped)} (${pct(s.stopped, ended)}),
+          escalated ${num(s.escalated)} (${pct(s.escalated, ended)})</p>
+        <div class="split" aria-hidden="true">
+          <span class="bar-stopped" style=${{ flexGrow: s.stopped || 0 }}></span>
+          <span class="bar-escalated" style=${{ flexGrow: s.escalated || 0 }}></span>
+          ${ended === 0 && html`<span class="bar-none"></span>`}
+        </div>
+      </section>`;
+    })}</div>
+    <${Scroll} label="Funnel numbers"><table class="numbers">
+      <caption>Funnel numbers per step (viewed is n/a for channels that cannot emit it)</caption>
+      <thead><tr><th scope="col">step</th><th scope="col">channel</th>${COLUMNS.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
+      <tbody>${steps.map((s) => html`<tr data-step=${s.step}><th scope="row">${s.step}</th><td>${s.channel}</td>
+        ${COLUMNS.map((c) => html`<td data-col=${c}>${s[c] === null ? 'n/a' : num(s[c])}</td>`)}</tr>`)}</tbody>
+    </table><//>`}`;
+}
+
+export function Funnel({ id }) {
+  const m = useLoad(() => get(`/v1/templates/${seg(id)}/metrics`), [id]);
+  return html`<h1>Funnel of <code>${id}</code></h1>
+    <p class="actions"><a href="#/templates/${seg(id)}">Template</a> · <a href="#/sends?template=${seg(id)}">Sends</a></p>
+    <${Loaded} state=${m} what="the funnel">${(metrics) => html`<${FunnelChart} metrics=${metrics} />`}<//>`;
+}
