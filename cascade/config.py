@@ -19,6 +19,7 @@ import ipaddress
 import json
 import math
 import os
+import re
 import tomllib
 import types
 from pathlib import Path
@@ -50,6 +51,10 @@ class ServerSettings(_Section, frozen=True):
     max_csv_bytes: int = 512 * 1024 * 1024
     max_inflight_requests: int = 4096  # beyond this, 503 with Retry-After
     shutdown_timeout_s: float = 30.0
+    cors_origins: list[str] = []  # origins ("https://app.example.com") whose pages may call the inbox and its stream
+    max_streams: int = 10_000  # open inbox streams (SSE); beyond this, 503 with Retry-After (0: streams off)
+    stream_ping_s: float = 15.0  # an idle stream gets a comment line this often (keeps proxies from closing it)
+    series_save_interval_s: float = 60.0  # GET /v1/stats/series is written to the data dir this often (0: never)
 
 
 class StorageSettings(_Section, frozen=True):
@@ -108,7 +113,8 @@ class Settings(_Section, frozen=True):
 # (section, key, smallest allowed, whether that smallest is allowed): every float
 # must also be finite (NaN passes every comparison, so it would slip through)
 _BOUNDS = (
-    ("server", "shutdown_timeout_s", 0.0, False), ("storage", "snapshot_interval_s", 0.0, True),
+    ("server", "shutdown_timeout_s", 0.0, False), ("server", "stream_ping_s", 0.0, False),
+    ("server", "series_save_interval_s", 0.0, True), ("storage", "snapshot_interval_s", 0.0, True),
     ("storage", "retain_finished_s", 0.0, True), ("clock", "rate", 0.0, False),
     ("engine", "tick_interval_s", 0.0, False), ("engine", "gc_freeze_interval_s", 0.0, True),
     ("engine", "shed_lag_s", 0.0, True), ("engine", "max_pending_per_shard", 1, True),
@@ -135,6 +141,11 @@ def _check(s: Settings) -> None:
     for key in ("max_body_bytes", "max_csv_bytes", "max_inflight_requests"):
         if getattr(s.server, key) <= 0:
             problems.append(f"server.{key} must be positive")
+    if s.server.max_streams < 0:
+        problems.append(f"server.max_streams {s.server.max_streams} must be 0 (streams off) or more")
+    problems += [f"server.cors_origins: {o!r} is not an origin; write scheme://host[:port] without a path "
+                 "(\"https://app.example.com\"), or \"*\" for any"
+                 for o in s.server.cors_origins if o != "*" and _ORIGIN.fullmatch(o) is None]
     if s.storage.snapshots_kept < 1:
         problems.append("storage.snapshots_kept must be at least 1")
     if s.engine.shards < 1 or s.engine.shards > 256:
@@ -149,6 +160,9 @@ def _check(s: Settings) -> None:
                         "configure API keys or listen on 127.0.0.1")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def _is_loopback(host: str) -> bool:

@@ -51,7 +51,9 @@ from . import (
 )
 from .arrival import ARRIVAL
 from .auth import Authorizer
+from .cors import Cors
 from .errors import error_response, response_for_exception
+from .inbox_stream import InboxStreams
 from .openapi import Route, document
 from .routes_admin import AdminHooks
 
@@ -102,7 +104,8 @@ class _Front:
         debug = _log.isEnabledFor(logging.DEBUG)
         started = time.perf_counter() if debug else 0.0
         route = self.routes.get(request.match_info.route)
-        public = route is not None and route.need is None
+        # Public: no bound, gate or auth here (streams are bounded by their own limit and check their own auth).
+        public = route is not None and (route.need is None or route.stream)
         response: web.StreamResponse
         signals = route is not None and route.signals
         # Signals are admitted ahead of everything else (rule 11): they meet
@@ -129,7 +132,7 @@ class _Front:
             if not public:
                 self.inflight += 1
             try:
-                if self.auth is not None and route is not None and route.need is not None:
+                if self.auth is not None and route is not None and route.need is not None and not public:
                     self.auth.check(request, route.need, route.recipient_token)
                 response = await handler(request)
             except Exception as exc:  # noqa: BLE001 - the one place errors become responses
@@ -189,12 +192,17 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     """The whole API of API.md over `engine` (campaigns: their routes, when attached)."""
     front = _Front(engine, settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
+    cors = Cors(settings.server.cors_origins) if settings.server.cors_origins else None
+    if cors is not None:  # installed only when configured: a middleware layer costs every request
+        middlewares.insert(-1, cors.middleware)  # before the front: it answers preflights itself
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
     table: list[Route] = []
     table += routes_ops.routes(ready, metrics.handler if metrics is not None else None, lambda: document(table))
     table += routes_templates.routes(engine, settings)
     table += routes_recipients.routes(engine, settings)
-    table += routes_inbox.routes(engine, settings)
+    streams = InboxStreams(engine, settings)
+    inbox = routes_inbox.routes(engine, settings, streams)
+    table += inbox
     table += routes_sends.routes(engine, settings)
     table += routes_events.routes(engine, settings)
     if campaigns is not None:
@@ -203,6 +211,9 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
     routes_ui.install(app, front.routes)  # the dashboard: public static files, outside the OpenAPI table
+    streams.install(app)
+    if cors is not None:
+        cors.install(app, [route.path for route in inbox])  # the inbox and its stream only, not the admin API
     engine.background.foreground = lambda: front.inflight  # campaign work yields to requests in flight
     app.cleanup_ctx.append(_lag_probe(engine))
     app[ENGINE_KEY] = engine

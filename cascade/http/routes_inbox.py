@@ -1,7 +1,8 @@
 """The built-in in-app inbox: list (newest first, with a cursor) and mark
 viewed/clicked. Open to API keys and to the recipient's own
 `X-Recipient-Token` (see auth.py). Listing a message marks it delivered: the
-engine does that as it builds the page.
+engine does that as it builds the page. The stream of the same inbox
+(Server-Sent Events) is `inbox_stream.py`'s; it is listed here with the rest.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..engine import Engine
 from .arrival import ARRIVAL
 from .auth import READ, WRITE
 from .errors import json_response
+from .inbox_stream import InboxStreams
 from .openapi import InboxPage, Route
 from .schemas import query_limit
 
@@ -21,7 +23,7 @@ __all__ = ["MAX_LIMIT", "routes"]
 MAX_LIMIT = 200
 
 
-def routes(engine: Engine, settings: Settings) -> list[Route]:
+def routes(engine: Engine, settings: Settings, streams: InboxStreams | None = None) -> list[Route]:
     async def list_inbox(request: web.Request) -> web.Response:
         query = request.query
         page = await engine.inbox(request.match_info["id"], query_limit(query.get("limit"), MAX_LIMIT), query.get("before") or None,
@@ -45,4 +47,5 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                      ("before", "the `next` cursor of the previous page", {"type": "string"}))),
         marker("viewed"),
         marker("clicked"),
+        *([streams.route()] if streams is not None else []),
     ]
