@@ -76,12 +76,56 @@ class ClockSettings(_Section, frozen=True):
 
 
 class ChannelSettings(_Section, frozen=True):
-    provider: Literal["log", "webhook", "memory"] = "log"
+    """A channel's provider. Common keys: provider, timeout_s (an attempt as
+    a whole), max_attempts, max_in_flight (also the smtp connection pool's
+    size). webhook: url, secret. smtp (email only): host, port (default 465
+    with tls = "tls", 587 with "starttls", else 25), tls, username, password,
+    from. webpush (push only): vapid_private_key (base64url of the raw
+    32-byte key, DER or PEM), vapid_subject (mailto: or https: URL)."""
+
+    provider: Literal["log", "webhook", "memory", "smtp", "webpush"] = "log"
     url: str | None = None
     secret: str | None = None
     timeout_s: float = 5.0
     max_attempts: int = 3
     max_in_flight: int = 256
+    host: str | None = None
+    port: int | None = None
+    tls: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+    sender: str | None = msgspec.field(name="from", default=None)
+    vapid_private_key: str | None = None
+    vapid_subject: str | None = None
+
+    def problems(self, name: str) -> list[str]:
+        """What is wrong with this channel's provider keys, naming each key."""
+        out = []
+        key = f"channels.{name}"
+        if self.provider == "webhook" and not (self.url or "").startswith(("http://", "https://")):
+            out.append(f"{key}.url must be an http(s) URL when provider = \"webhook\"")
+        if self.provider == "smtp":
+            if name != "email":
+                out.append(f"{key}.provider = \"smtp\" is for the email channel only")
+            if not self.host:
+                out.append(f"{key}.host is required when provider = \"smtp\" (the SMTP server's name)")
+            if "@" not in (self.sender or ""):
+                out.append(f"{key}.from is required when provider = \"smtp\": the sender, "
+                           "\"Shop <shop@example.com>\" or \"shop@example.com\"")
+            if self.port is not None and not 0 < self.port < 65536:
+                out.append(f"{key}.port {self.port} must be between 1 and 65535")
+            if (self.username is None) != (self.password is None):
+                out.append(f"{key}: set username and password together (or neither)")
+        if self.provider == "webpush":
+            if name != "push":
+                out.append(f"{key}.provider = \"webpush\" is for the push channel only")
+            if not (self.vapid_subject or "").startswith(("mailto:", "https://")):
+                out.append(f"{key}.vapid_subject is required when provider = \"webpush\": a mailto: or "
+                           "https:// URL push services can reach you at")
+            if not self.vapid_private_key:
+                out.append(f"{key}.vapid_private_key is required when provider = \"webpush\" "
+                           "(the provider reads it at start and names what is wrong with it)")
+        return out
 
 
 class EngineSettings(_Section, frozen=True):
@@ -151,8 +195,7 @@ def _check(s: Settings) -> None:
     if s.engine.shards < 1 or s.engine.shards > 256:
         problems.append(f"engine.shards {s.engine.shards} must be between 1 and 256")
     for name, ch in s.channels.items():
-        if ch.provider == "webhook" and not (ch.url or "").startswith(("http://", "https://")):
-            problems.append(f"channels.{name}.url must be an http(s) URL when provider = \"webhook\"")
+        problems += ch.problems(name)
         if ch.max_attempts < 1 or ch.max_in_flight < 1 or ch.timeout_s <= 0:
             problems.append(f"channels.{name}: max_attempts, max_in_flight and timeout_s must be positive")
     if not s.auth.api_keys and not _is_loopback(s.server.host):
@@ -270,7 +313,7 @@ def _env_value(name: str, parts: list[str], value: str) -> Any:
     """An environment value (text) read as the type of the setting at `parts`."""
     *parent, key = parts
     section = _field_type(parent)
-    fields: tuple[str, ...] = getattr(section, "__struct_fields__", ())
+    fields: tuple[str, ...] = getattr(section, "__struct_encode_fields__", ())  # as the file spells them ("from")
     if key not in fields:
         raise ConfigError(f"{name} names no setting: [{'.'.join(parent)}] has no key {key!r} "
                           f"(it has {', '.join(fields)})")
@@ -279,7 +322,7 @@ def _env_value(name: str, parts: list[str], value: str) -> Any:
     except msgspec.ValidationError:
         raise ConfigError(f"{name}={value!r} is not allowed: {'.'.join(parts)} must be "
                           f"{_describe(_field_type(parts))}") from None
-    return msgspec.to_builtins(getattr(converted, key))
+    return msgspec.to_builtins(converted)[key]
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

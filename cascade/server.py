@@ -30,7 +30,9 @@ from .campaigns import attach_campaigns
 from .config import Settings
 from .delivery.dispatcher import DeliveryDispatcher, Job, OnResults
 from .delivery.providers.base import Provider
+from .delivery.providers.smtp import SmtpProvider
 from .delivery.providers.webhook import WebhookProvider
+from .delivery.providers.webpush import OnGone, WebPushProvider
 from .durability.service import Durability
 from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvider, RealClock, ScaledClock
 from .engine.clock import Clock
@@ -52,8 +54,11 @@ def build_clock(settings: Settings) -> Clock:
     return RealClock()
 
 
-def build_providers(settings: Settings) -> tuple[dict[str, Provider], dict[str, int]]:
-    """The provider of each non-inapp channel, and the in-flight bound of each."""
+def build_providers(settings: Settings, on_gone: OnGone | None = None) -> tuple[dict[str, Provider], dict[str, int]]:
+    """The provider of each non-inapp channel, and the in-flight bound of each.
+    `on_gone` is told of Web Push subscriptions a push service called gone.
+    ValueError names a provider key that cannot be used (a VAPID key that
+    does not parse)."""
     providers: dict[str, Provider] = {}
     limits: dict[str, int] = {}
     for channel in ("push", "email", "sms"):
@@ -62,6 +67,19 @@ def build_providers(settings: Settings) -> tuple[dict[str, Provider], dict[str, 
             assert ch.url is not None  # config checked it
             providers[channel] = WebhookProvider(name=channel, url=ch.url, secret=ch.secret, timeout_s=ch.timeout_s,
                                                  max_attempts=ch.max_attempts, max_in_flight=ch.max_in_flight)
+        elif ch.provider == "smtp":
+            assert ch.host is not None and ch.sender is not None  # config checked them
+            providers[channel] = SmtpProvider(channel, ch.host, ch.sender, port=ch.port, tls=ch.tls,
+                                              username=ch.username, password=ch.password, timeout_s=ch.timeout_s,
+                                              max_attempts=ch.max_attempts, max_connections=ch.max_in_flight)
+        elif ch.provider == "webpush":
+            assert ch.vapid_private_key is not None and ch.vapid_subject is not None  # config checked them
+            try:
+                providers[channel] = WebPushProvider(
+                    channel, ch.vapid_private_key, ch.vapid_subject, on_gone=on_gone, timeout_s=ch.timeout_s,
+                    max_attempts=ch.max_attempts, max_in_flight=ch.max_in_flight)
+            except ValueError as exc:
+                raise ValueError(f"channels.{channel}.{exc}") from None
         elif ch.provider == "memory":
             providers[channel] = MemoryProvider("memory", record=False)
         else:
@@ -75,7 +93,12 @@ def config_summary(settings: Settings) -> dict[str, Any]:
     channels = {}
     for channel in ("push", "email", "sms"):
         ch = settings.channel(channel)
-        channels[channel] = f"webhook {ch.url}" if ch.provider == "webhook" else ch.provider
+        if ch.provider == "webhook":
+            channels[channel] = f"webhook {ch.url}"
+        elif ch.provider == "smtp":
+            channels[channel] = f"smtp {ch.host}{f':{ch.port}' if ch.port else ''} ({ch.tls})"
+        else:
+            channels[channel] = ch.provider
     clock = settings.clock.mode + (f" x{settings.clock.rate:g}" if settings.clock.mode == "scaled" else "")
     keys = settings.auth.api_keys
     return {
@@ -109,7 +132,7 @@ class Server:
         self.settings = settings
         self.registry = registry if registry is not None else CollectorRegistry()
         self.clock = build_clock(settings)
-        self.providers, self._limits = build_providers(settings)
+        self.providers, self._limits = build_providers(settings, on_gone=self._drop_web_push)
         self.ready = asyncio.Event()
         self.dispatcher: DeliveryDispatcher | None = None
         self.engine: Engine | None = None
@@ -130,6 +153,12 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _drop_web_push(self, rid: str, endpoints: tuple[str, ...]) -> None:
+        """On the delivery loop (the server's): drop gone subscriptions, journaled."""
+        engine = self.engine
+        if engine is not None:
+            await engine.drop_web_push(rid, endpoints)
 
     def _submit_jobs(self, jobs: list[Job], on_results: OnResults) -> None:
         assert self.dispatcher is not None

@@ -15,6 +15,7 @@ import base64
 import binascii
 import re
 import zoneinfo
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ from .channels import CHANNELS
 from .errors import Detail, InvalidInput
 
 __all__ = ["MAX_WEB_PUSH", "RECIPIENT_ID", "Recipient", "RecipientUpdate", "WebPushSubscription",
-           "validate_recipient", "zone"]
+           "validate_recipient", "without_subscriptions", "zone"]
 
 RECIPIENT_ID = re.compile(r"[^\s/]{1,128}")
 MAX_WEB_PUSH = 20  # subscriptions a recipient: a browser or device each, so a handful in practice
@@ -96,7 +97,7 @@ class Recipient:
         if self.push_tokens:
             out["pushTokens"] = list(self.push_tokens)
         if self.web_push:
-            out["webPush"] = [{"endpoint": e, "keys": {"p256dh": p, "auth": a}} for e, p, a in self.web_push]
+            out["webPush"] = _subscription_json(self.web_push)
         if self.time_zone is not None:
             out["timezone"] = self.time_zone
         out["preferences"] = dict(self.preferences)
@@ -212,6 +213,22 @@ def validate_recipient(rid: Any, body: Any, path: str = "$") -> list[Detail]:
                 elif not isinstance(on, bool):
                     errs.append((f"{path}.preferences.{ch}", "a preference must be true or false"))
     return errs
+
+
+def _subscription_json(subs: Iterable[WebPushSubscription]) -> list[dict[str, Any]]:
+    return [{"endpoint": e, "keys": {"p256dh": p, "auth": a}} for e, p, a in subs]
+
+
+def without_subscriptions(rcpt: Recipient, endpoints: Iterable[str]) -> RecipientUpdate | None:
+    """The update that drops `endpoints` from the recipient's webPush (a push
+    service answered 404/410 for them), or None if it lists none of them.
+    Decided on the recipient's shard against its current subscriptions, so a
+    PUT in between is never undone."""
+    gone = set(endpoints)
+    kept = [sub for sub in rcpt.web_push if sub[0] not in gone]
+    if len(kept) == len(rcpt.web_push):
+        return None
+    return RecipientUpdate.trusted({"webPush": _subscription_json(kept)})
 
 
 def _subscriptions(subs: Any) -> tuple[WebPushSubscription, ...]:

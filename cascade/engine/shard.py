@@ -30,7 +30,7 @@ from ..domain.channels import SIGNALS
 from ..domain.errors import AlreadyFinished, CascadeError, NotFound
 from ..domain.evolve import EVOLVE
 from ..domain.ids import format_message_id, format_send_id
-from ..domain.recipients import Recipient, RecipientUpdate
+from ..domain.recipients import Recipient, RecipientUpdate, without_subscriptions
 from ..domain.records import RecipientPut, SendStarted, ShardBatch, SignalApplied, StepFired
 from ..domain.send import ACTIVE, Send
 from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
@@ -109,6 +109,7 @@ class ShardState:
             "start": self._start, "signals": self._signals, "results": self._results,
             "get_send": self._get_send, "cancel": self._cancel, "fire": self._fire_until,
             "put_recipient": self._put_recipient, "get_recipient": self._get_recipient,
+            "drop_web_push": self._drop_web_push,
             "inbox": self._inbox, "inbox_signal": self._inbox_signal,
             "totals": self._totals, "stats": self._stats, "tick": self._tick,
             "snapshot_begin": self._snapshot_begin, "snapshot_slice": self._snapshot_slice,
@@ -475,6 +476,17 @@ class ShardState:
         rid, update, replace = payload
         self._emit(RecipientPut(rid, update.fields, replace, now))
         return self.recipients[rid].view()
+
+    def _drop_web_push(self, payload: tuple[str, tuple[str, ...]], now: float) -> int:
+        """A push service said these subscriptions are gone: drop them, journaled as a RecipientPut."""
+        rid, endpoints = payload
+        rcpt = self.recipients.get(rid)
+        update = without_subscriptions(rcpt, endpoints) if rcpt is not None else None
+        if rcpt is None or update is None:
+            return 0
+        before = len(rcpt.web_push)
+        self._emit(RecipientPut(rid, update.fields, False, now))
+        return before - len(rcpt.web_push)
 
     def _get_recipient(self, rid: str, now: float) -> dict[str, Any]:
         rcpt = self.recipients.get(rid)

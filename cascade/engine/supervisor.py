@@ -255,6 +255,12 @@ class Engine:
     def get_recipient(self, rid: str) -> Reply:
         return self._ask(self.shard_of_recipient(rid), "get_recipient", rid)
 
+    def drop_web_push(self, rid: str, endpoints: tuple[str, ...]) -> Reply:
+        """Drop Web Push subscriptions a push service called gone (404/410) from
+        the recipient, journaled; the reply is how many it still listed.
+        Work already accepted (a provider's answer): never shed."""
+        return self._ask(self.shard_of_recipient(rid), "drop_web_push", (rid, tuple(endpoints)))
+
     # -- sends --------------------------------------------------------------------
     def send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None = None,
              idempotency_key: str | None = None) -> tuple[Reply, bool]:
