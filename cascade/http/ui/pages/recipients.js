@@ -19,7 +19,7 @@ function Inbox({ id }) {
       that counts in metrics and stops a chain whose in-app step waits for <code>delivered</code>.</p>
     <p><button type="button" class="secondary" onClick=${load}>${page ? 'List again' : 'List the inbox'}</button></p>
     <${ErrorNote} error=${error} title="Inbox not listed" />
-    ${page && html`<p role="status">${page.messages.length} messages shown, ${page.unseen} unseen.</p>
+    ${page && html`<p role="status">${page.messages.length} message${page.messages.length === 1 ? '' : 's'} shown, ${page.unseen} unseen.</p>
       <${Scroll} label="Inbox"><table><thead><tr><th scope="col">created</th><th scope="col">template</th>
         <th scope="col">content</th><th scope="col">viewed</th><th scope="col">clicked</th></tr></thead>
       <tbody>${page.messages.map((m) => html`<tr><td><${Time} iso=${m.createdAt} /></td>
