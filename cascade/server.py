@@ -36,6 +36,8 @@ from .delivery.providers.webpush import OnGone, WebPushProvider
 from .durability.service import Durability
 from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvider, RealClock, ScaledClock
 from .engine.clock import Clock
+from .engine.series_file import FILE_NAME, read_series, write_series
+from .engine.series_sampler import SeriesSampler, attach_series
 from .http.app import build_app
 from .http.metrics import HttpMetrics
 from .logs import request_id_var
@@ -189,12 +191,13 @@ class Server:
         self.engine.delivery_wait = self.dispatcher.oldest_wait
         self.campaigns = attach_campaigns(self.engine, os.path.join(self.durability.data_dir, "campaigns"),
                                           s.campaigns.max_sends_per_s)
+        self.series = self._attach_series(self.engine, self.durability.data_dir)
         try:
             self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher, self.durability.stats,
                                        campaigns=self.campaigns)
             ProcessCollector(registry=self.registry)
             self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics,
-                                 admin=self.durability, campaigns=self.campaigns)
+                                 admin=self.durability, campaigns=self.campaigns, series=self.series)
             access = os.environ.get("CASCADE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
             self._runner = web.AppRunner(
                 self.app, shutdown_timeout=s.server.shutdown_timeout_s, handle_signals=False,
@@ -223,6 +226,19 @@ class Server:
             raise
         self.ready.set()
         _log.info("ready on %s", self.url, extra={"event": "ready", "url": self.url})
+
+    def _attach_series(self, engine: Engine, data_dir: str) -> SeriesSampler:
+        """GET /v1/stats/series, kept in the data dir (series_file.py) and restored from it here."""
+        interval = self.settings.server.series_save_interval_s
+        series = attach_series(engine, save=lambda data: write_series(data_dir, data), save_interval_s=interval)
+        try:
+            saved = read_series(data_dir) if interval > 0 else None
+            if saved is not None:
+                series.ring.load(saved)
+        except (OSError, ValueError) as exc:  # the series is a convenience: start without it, loudly
+            _log.warning("stats series not restored from %s: %s", os.path.join(data_dir, FILE_NAME), exc,
+                         extra={"event": "series_not_restored"})
+        return series
 
     async def stop(self, reason: str = "stop requested") -> None:
         _log.info("stopping: %s", reason, extra={"event": "stopping", "reason": reason})

@@ -38,6 +38,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from ..campaigns import Campaigns
 from ..config import Settings
 from ..engine import Engine
+from ..engine.series_sampler import SeriesSampler
 from . import (
     routes_admin,
     routes_campaigns,
@@ -46,6 +47,7 @@ from . import (
     routes_ops,
     routes_recipients,
     routes_sends,
+    routes_stats,
     routes_templates,
     routes_ui,
 )
@@ -188,8 +190,9 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
 
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None,
-              campaigns: Campaigns | None = None) -> web.Application:
-    """The whole API of API.md over `engine` (campaigns: their routes, when attached)."""
+              campaigns: Campaigns | None = None, series: SeriesSampler | None = None) -> web.Application:
+    """The whole API of API.md over `engine` (campaigns: their routes, when attached;
+    series: GET /v1/stats/series, when the engine keeps one)."""
     front = _Front(engine, settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
     cors = Cors(settings.server.cors_origins) if settings.server.cors_origins else None
@@ -207,6 +210,8 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     table += routes_events.routes(engine, settings)
     if campaigns is not None:
         table += routes_campaigns.routes(engine, campaigns.book, settings)
+    if series is not None:
+        table += routes_stats.routes(series)
     table += routes_admin.routes(engine, settings, admin)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
