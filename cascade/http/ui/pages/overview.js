@@ -101,13 +101,15 @@ function Series({ body, missing }) {
   const latest = (vals) => `latest ${secs(vals.filter((v) => v !== null).slice(-1)[0] ?? null)}`;
   return html`<div class="charts">
     <${TimeChart} title="Sends started and finished per minute" xs=${s.xs}
-      series=${[{ label: 'started', values: s.started }, { label: 'finished', values: s.finished }]} />
+      series=${[{ label: 'started', values: s.started },
+        ...Object.entries(s.outcomes).filter(([, v]) => v.some((x) => x)).map(([k, v]) => ({ label: k, values: v }))]} />
     <${TimeChart} title="Requests per channel per minute" xs=${s.xs}
       series=${CHANNELS.map((c) => ({ label: c, values: s.channels[c].requested }))} />
     <${TimeChart} title="Engagement per channel per minute" xs=${s.xs}
       series=${CHANNELS.map((c) => ({ label: c, values: s.channels[c].engaged }))} />
-    <${TimeChart} title="Timer lateness (seconds)" xs=${s.xs}
-      series=${[{ label: 'p50', values: s.p50, summary: latest(s.p50) }, { label: 'p99', values: s.p99, summary: latest(s.p99) }]} />
+    <${TimeChart} title="Timer lateness of the timers that fired (seconds)" xs=${s.xs}
+      series=${[{ label: 'p50', values: s.p50, summary: latest(s.p50), points: true },
+        { label: 'p99', values: s.p99, summary: latest(s.p99), points: true }]} />
   </div>`;
 }
 
