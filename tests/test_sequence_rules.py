@@ -52,8 +52,8 @@ def start(send: st.Send, now: float) -> list[Any]:
     return decide(send, rules.start, now)[1]
 
 
-def window_ended(send: st.Send, now: float) -> list[Any]:
-    return decide(send, rules.window_ended, now)[1]
+def timer_due(send: st.Send, now: float) -> list[Any]:
+    return decide(send, rules.timer_due, now)[1]
 
 
 def delivery_result(send: st.Send, i: int, ok: bool, reason: str | None, now: float) -> list[Any]:
@@ -138,7 +138,7 @@ def test_rule2_the_condition_met_in_the_window_cancels_the_timer_and_stops() -> 
 
 def test_rule3_a_late_signal_on_an_earlier_step_stops_the_rest() -> None:
     send = started(make())
-    answer_all(send, window_ended(send, T0 + 600), T0 + 600)
+    answer_all(send, timer_due(send, T0 + 600), T0 + 600)
     assert statuses(send) == ["fired", "waiting", "pending"] and send.deadline == T0 + 600 + 3600
     assert signal_records(send, 0, VIEWED, T0 + 700, T0 + 700) == [SendStopped(1, 0, VIEWED, T0 + 700)]
     assert send.deadline is None
@@ -148,15 +148,15 @@ def test_rule3_a_late_signal_on_an_earlier_step_stops_the_rest() -> None:
 
 def test_rule3_a_late_signal_below_its_steps_condition_changes_nothing() -> None:
     send = started(make())
-    answer_all(send, window_ended(send, T0 + 600), T0 + 600)
+    answer_all(send, timer_due(send, T0 + 600), T0 + 600)
     assert signal_records(send, 0, DELIVERED, T0 + 700, T0 + 700) == []
     assert statuses(send) == ["fired", "waiting", "pending"]
 
 
 def test_rule4_a_window_ending_without_its_condition_fires_the_next_step_at_once() -> None:
     send = started(make())
-    assert window_ended(send, T0 + 599) == []  # not yet due: nothing happens
-    records = window_ended(send, T0 + 600)
+    assert timer_due(send, T0 + 599) == []  # not yet due: nothing happens
+    records = timer_due(send, T0 + 600)
     assert delivers(records) == [2]
     assert row(send, 1)["escalated"] == 1 and row(send, 2)["requested"] == 1
     assert send.fired_at(1) == T0 + 600
@@ -169,7 +169,7 @@ def test_rule4_a_window_ending_without_its_condition_fires_the_next_step_at_once
 def test_rule5_a_step_that_cannot_reach_the_recipient_is_skipped_without_waiting(
         recipient: dict[str, Any], reason: str) -> None:
     send = started(make(**recipient))
-    records = answer_all(send, window_ended(send, T0 + 600), T0 + 600)
+    records = answer_all(send, timer_due(send, T0 + 600), T0 + 600)
     assert delivers(records) == [3]
     assert statuses(send) == ["fired", "skipped", "fired"]
     assert send.get(st.REASON_KEY + 1) == reason
@@ -178,7 +178,7 @@ def test_rule5_a_step_that_cannot_reach_the_recipient_is_skipped_without_waiting
 
 def test_rule5_a_provider_refusal_escalates_without_waiting() -> None:
     send = started(make())
-    records = window_ended(send, T0 + 600)  # push fires ...
+    records = timer_due(send, T0 + 600)  # push fires ...
     more = delivery_result(send, 1, False, "retries_exhausted", T0 + 601)  # ... and is refused
     assert delivers(more) == [3] and send.deadline is None  # sms is terminal: nothing waits
     assert delivers(records) == [2]
@@ -195,8 +195,8 @@ def test_rule5_a_failed_signal_while_waiting_escalates_at_once() -> None:
 
 def test_rule6_firing_the_terminal_step_completes_the_send() -> None:
     send = started(make())
-    answer_all(send, window_ended(send, T0 + 600), T0 + 600)
-    records = answer_all(send, window_ended(send, T0 + 4200), T0 + 4200)
+    answer_all(send, timer_due(send, T0 + 600), T0 + 600)
+    records = answer_all(send, timer_due(send, T0 + 4200), T0 + 4200)
     assert records[-1] == SendFinished(1, st.COMPLETED, T0 + 4200)
     assert st.SEND_STATUS[send.status] == "completed" and statuses(send) == ["fired", "fired", "fired"]
 
@@ -249,7 +249,7 @@ def test_rule9_a_wait_window_outside_the_allowed_values_is_refused_naming_them(m
 def test_rule10_deadlines_are_absolute_and_a_late_firing_starts_the_next_window_then() -> None:
     send = started(make())
     assert send.deadline == T0 + 600  # an absolute time, not a countdown
-    records = window_ended(send, T0 + 5000)  # the server was down past the deadline
+    records = timer_due(send, T0 + 5000)  # the server was down past the deadline
     assert delivers(records) == [2] and send.deadline == T0 + 5000 + 3600
 
 

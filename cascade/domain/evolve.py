@@ -16,8 +16,10 @@ from .records import (
     DeliveryAnswered,
     SendCancelled,
     SendFinished,
+    SendOrdered,
     SendStopped,
     SignalApplied,
+    StepDeferred,
     StepFailed,
     StepFired,
     StepSkipped,
@@ -25,17 +27,22 @@ from .records import (
 )
 from .send import (
     ACTIVE,
+    C_DEFERRED,
     C_ESCALATED,
     C_FAILED,
     C_SKIPPED,
     C_STOPPED,
     CANCELLED,
+    DEFERRED,
+    DEFERRED_KEY,
     DELIVERED_ANY,
     FAILED_AT_KEY,
     FIRED,
     FIRED_KEY,
     LATE_OPENING_S,
     OPENED_KEY,
+    ORDER_KEY,
+    PENDING,
     REASON_KEY,
     REQUESTED,
     SKIPPED,
@@ -73,13 +80,20 @@ def _step_fired(send: Send, rec: StepFired) -> None:
     shift = 4 * i
     send.steps = (send.steps & ~(15 << shift)) | ((WAITING if waits else FIRED) << shift)
     send.current = i
-    if i:
+    if rec.at != send.created:  # most first steps, and every unsequenced one, fire as the send is made
         send.note(FIRED_KEY + i, rec.at)
     for c in send.counters:
         c.steps[i][REQUESTED] += 1
-    send.deadline = rec.at + step.wait_s if waits else None
+    if waits:
+        send.deadline = rec.at + step.wait_s
+    elif tpl.sequence or tpl.quiet is None or not _deferred_left(send):  # a broadcast's deferred steps share one timer
+        send.deadline = None
     if step.channel == "inapp":  # the built-in inbox accepts at once
         send.answers |= (1 << i) | DELIVERED_ANY
+
+
+def _deferred_left(send: Send) -> bool:
+    return any(send.step_status(j) == DEFERRED for j in range(len(send.tpl.steps)))
 
 
 def _step_skipped(send: Send, rec: StepSkipped) -> None:
@@ -87,6 +101,25 @@ def _step_skipped(send: Send, rec: StepSkipped) -> None:
     send.current = rec.step
     send.note(REASON_KEY + rec.step, rec.reason)
     _count(send, rec.step, C_SKIPPED)
+
+
+def _step_deferred(send: Send, rec: StepDeferred) -> None:
+    send.set_step(rec.step, DEFERRED)
+    send.current = rec.step
+    send.deadline = rec.until  # a timer like a window's: durable, replayed, fired by the watermark
+    send.note(DEFERRED_KEY + rec.step, (rec.at, rec.until))
+    _count(send, rec.step, C_DEFERRED)
+
+
+def _send_ordered(send: Send, rec: SendOrdered) -> None:
+    """Before any step fires: from here on the send's steps are in its own order."""
+    send.tpl = send.tpl.ordered(tuple(rec.order))
+    send.note(ORDER_KEY, tuple(rec.scores))
+
+
+def _unfired(status: int) -> int:
+    """What a step that waited becomes when the chain ends: a deferred step never fired."""
+    return PENDING if status == DEFERRED else STEP_CANCELLED
 
 
 def _window_ended(send: Send, rec: WindowEnded) -> None:
@@ -132,8 +165,9 @@ def _signal_applied(send: Send, rec: SignalApplied) -> None:
 
 def _send_stopped(send: Send, rec: SendStopped) -> None:
     cur = send.current
-    if cur != rec.step and send.step_status(cur) == WAITING:
-        send.set_step(cur, STEP_CANCELLED)  # rule 3: what waits now stops too
+    st = send.step_status(cur)
+    if cur != rec.step and st in (WAITING, DEFERRED):
+        send.set_step(cur, _unfired(st))  # rule 3: what waits now stops too
     send.set_step(rec.step, STEP_STOPPED)
     send.note("stoppedBy", 4 * rec.step + rec.kind)
     _count(send, rec.step, C_STOPPED)
@@ -142,8 +176,9 @@ def _send_stopped(send: Send, rec: SendStopped) -> None:
 
 def _send_cancelled(send: Send, rec: SendCancelled) -> None:
     for i in range(len(send.tpl.steps)):
-        if send.step_status(i) == WAITING:
-            send.set_step(i, STEP_CANCELLED)
+        st = send.step_status(i)
+        if st in (WAITING, DEFERRED):
+            send.set_step(i, _unfired(st))
     _finish(send, CANCELLED, rec.at)
 
 
@@ -155,6 +190,7 @@ EVOLVE: dict[type, Callable[[Send, Any], None]] = {  # by record type
     StepFired: _step_fired, StepSkipped: _step_skipped, WindowEnded: _window_ended,
     DeliveryAnswered: _delivery_answered, StepFailed: _step_failed, SignalApplied: _signal_applied,
     SendStopped: _send_stopped, SendCancelled: _send_cancelled, SendFinished: _send_finished,
+    StepDeferred: _step_deferred, SendOrdered: _send_ordered,
 }
 
 

@@ -29,6 +29,7 @@ from .send import (
     SKIPPED,
     STEP_FAILED,
     STOPPED,
+    THROTTLED,
     Send,
 )
 from .timefmt import iso
@@ -94,6 +95,9 @@ def _add_outcome(send: Send, add: Callable[[float | None, int | None, str, dict[
         add(finished, by // 4 + 1, "stopped", {"signal": SIGNALS[by % 4]})
     elif send.status == CANCELLED:
         add(finished, None, "cancelled", None)
+    elif send.status == THROTTLED:  # rule 13: it started no step
+        limit, window = send.tpl.throttle or (0, 0.0)
+        add(finished, None, "skipped", {"reason": "throttled", "limit": limit, "windowMinutes": int(window // 60)})
     elif finished is not None:  # completed, or failed: no step reached its channel
         add(finished, None, "completed", {"status": SEND_STATUS[send.status]})
 

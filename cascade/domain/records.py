@@ -18,9 +18,10 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 __all__ = [
-    "CampaignCreated", "CampaignEnded", "ClockMoved", "DeliveryAnswered", "IdempotencyKept", "RecipientPut",
-    "Record", "SendCancelled", "SendFinished", "SendStarted", "SendStopped", "ShardBatch", "SignalApplied",
-    "StepFailed", "StepFired", "StepSkipped", "TemplateDeleted", "TemplatePut", "UnknownRecord", "WindowEnded",
+    "CampaignCreated", "CampaignEnded", "ClockMoved", "DeliveryAnswered", "EngagementKept", "IdempotencyKept",
+    "RecipientPut", "Record", "SendCancelled", "SendFinished", "SendOrdered", "SendStarted", "SendStopped",
+    "ShardBatch", "SignalApplied", "StepDeferred", "StepFailed", "StepFired", "StepSkipped", "ThrottleKept",
+    "TemplateDeleted", "TemplatePut", "UnknownRecord", "WindowEnded",
     "decode", "SEND_RECORDS",
 ]
 
@@ -50,6 +51,27 @@ class StepFired(NamedTuple):
     step: int
     at: float
     tag: int = 2
+
+
+class StepDeferred(NamedTuple):
+    """Step `step` fell due inside the recipient's quiet hours (rule 12): it
+    fires at `until` instead, and its window opens then."""
+    send: int
+    step: int
+    until: float
+    at: float
+    tag: int = 12
+
+
+class SendOrdered(NamedTuple):
+    """An engagement-ordered send's channel order (rule 14), decided when it
+    started: template step indexes in the send's own order, and the sampled
+    score of each."""
+    send: int
+    order: tuple[int, ...]
+    scores: tuple[float, ...]
+    at: float
+    tag: int = 13
 
 
 class StepSkipped(NamedTuple):
@@ -176,6 +198,25 @@ class CampaignEnded(NamedTuple):
     tag: int = 24
 
 
+class ThrottleKept(NamedTuple):
+    """Snapshot only: when the latest sends of a throttled template started
+    for a recipient (rule 13), so the limit holds across a restart."""
+    recipient: str
+    template: str
+    starts: tuple[float, ...]
+    tag: int = 26
+
+
+class EngagementKept(NamedTuple):
+    """Snapshot only: an engagement record (rule 14) of a recipient, or of a
+    template's whole population: per channel, messages sent and how many
+    met their stop condition within the window."""
+    scope: str  # "recipient" | "template"
+    name: str
+    counts: dict[str, list[int]]
+    tag: int = 27
+
+
 class IdempotencyKept(NamedTuple):
     """Snapshot only: a live idempotency key and the send it names."""
     key: str
@@ -187,10 +228,10 @@ class IdempotencyKept(NamedTuple):
 
 Record = Any  # any of the above; typed loosely because NamedTuples share no base but tuple
 SEND_RECORDS = (SendStarted, StepFired, StepSkipped, WindowEnded, DeliveryAnswered, SignalApplied, StepFailed,
-                SendStopped, SendCancelled, SendFinished)
+                SendStopped, SendCancelled, SendFinished, StepDeferred, SendOrdered)
 _TYPES: dict[int, Any] = {cls._field_defaults["tag"]: cls for cls in (
     *SEND_RECORDS, RecipientPut, ShardBatch, TemplatePut, TemplateDeleted, ClockMoved, CampaignCreated,
-    CampaignEnded, IdempotencyKept)}
+    CampaignEnded, IdempotencyKept, ThrottleKept, EngagementKept)}
 
 
 _ARITY = {cls: len(cls._fields) for cls in _TYPES.values()}

@@ -13,24 +13,25 @@ from .recipients import Recipient
 from .templates import TemplateVersion
 
 __all__ = [
-    "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "SEND_STATUS",
-    "PENDING", "WAITING", "FIRED", "STEP_STOPPED", "SKIPPED", "STEP_FAILED", "STEP_CANCELLED", "STEP_STATUS",
-    "REQUESTED", "C_SKIPPED", "C_STOPPED", "C_ESCALATED", "C_FAILED", "STEP_COLUMNS", "S_STARTED",
+    "ACTIVE", "STOPPED", "COMPLETED", "CANCELLED", "FAILED_SEND", "THROTTLED", "SEND_STATUS",
+    "PENDING", "WAITING", "FIRED", "STEP_STOPPED", "SKIPPED", "STEP_FAILED", "STEP_CANCELLED", "DEFERRED",
+    "STEP_STATUS", "REQUESTED", "C_SKIPPED", "C_STOPPED", "C_ESCALATED", "C_FAILED", "C_DEFERRED", "STEP_COLUMNS",
+    "S_STARTED", "ORDER_KEY",
     "DELIVERED_ANY", "SNAPSHOT_MARK", "REASON_KEY", "FIRED_KEY", "OPENED_KEY",
     "FAILED_AT_KEY", "RETRIES_KEY", "DEFERRED_KEY", "LATE_OPENING_S", "Counters", "Send",
 ]
 
 # Send status
-ACTIVE, STOPPED, COMPLETED, CANCELLED, FAILED_SEND = range(5)
-SEND_STATUS = ("active", "stopped", "completed", "cancelled", "failed")
+ACTIVE, STOPPED, COMPLETED, CANCELLED, FAILED_SEND, THROTTLED = range(6)
+SEND_STATUS = ("active", "stopped", "completed", "cancelled", "failed", "throttled")
 
 # Step status, 4 bits each in Send.steps
-PENDING, WAITING, FIRED, STEP_STOPPED, SKIPPED, STEP_FAILED, STEP_CANCELLED = range(7)
-STEP_STATUS = ("pending", "waiting", "fired", "stopped", "skipped", "failed", "cancelled")
+PENDING, WAITING, FIRED, STEP_STOPPED, SKIPPED, STEP_FAILED, STEP_CANCELLED, DEFERRED = range(8)
+STEP_STATUS = ("pending", "waiting", "fired", "stopped", "skipped", "failed", "cancelled", "deferred")
 
 # Columns of a step counter row; a signal of kind k counts in column k + 1.
-REQUESTED, C_DELIVERED, C_VIEWED, C_CLICKED, C_FAILED, C_SKIPPED, C_STOPPED, C_ESCALATED = range(8)
-STEP_COLUMNS = ("requested", "delivered", "viewed", "clicked", "failed", "skipped", "stopped", "escalated")
+REQUESTED, C_DELIVERED, C_VIEWED, C_CLICKED, C_FAILED, C_SKIPPED, C_STOPPED, C_ESCALATED, C_DEFERRED = range(9)
+STEP_COLUMNS = ("requested", "delivered", "viewed", "clicked", "failed", "skipped", "stopped", "escalated", "deferred")
 S_STARTED = 0  # column of a send counter row; the others are indexed by send status
 
 # Bits of Send.sig: 4 signal bits per step (kind k of step i at bit 4i+k).
@@ -45,6 +46,7 @@ OPENED_KEY = 28  # notes key of when step i's window opened, when that was well 
 FAILED_AT_KEY = 32  # notes key of when step i failed (history)
 RETRIES_KEY = 36  # notes key of step i's delivery retries: [(at, reason), ...] (history)
 DEFERRED_KEY = 40  # notes key of step i's deferral: (deferred at, until) (quiet hours, history)
+ORDER_KEY = "order"  # notes key of an engagement-ordered send's channel scores, in its own step order
 # A window opening this much later than its step fired is noted, so the view
 # of a closed window shows its real deadline. Not less: a healthy provider
 # answers within milliseconds, and a note costs most sends a notes dict
@@ -110,11 +112,11 @@ class Send:
         return self.get("finished")  # type: ignore[no-any-return]
 
     def fired_at(self, i: int) -> float | None:
-        if self.step_status(i) in (PENDING, SKIPPED):
+        """A step fired at the send's creation has no note of it (most do)."""
+        if self.step_status(i) in (PENDING, SKIPPED, DEFERRED):
             return None
-        if i == 0 or not self.tpl.sequence:
-            return self.created
-        return self.get(FIRED_KEY + i)  # type: ignore[no-any-return]
+        at: float | None = self.get(FIRED_KEY + i)
+        return self.created if at is None else at
 
     def window_deadline(self, i: int) -> float | None:
         """When step i's window closes (or closed): counted from when its

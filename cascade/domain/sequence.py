@@ -18,14 +18,28 @@ from .records import (
     SendFinished,
     SendStopped,
     SignalApplied,
+    StepDeferred,
     StepFailed,
     StepFired,
     StepSkipped,
     WindowEnded,
 )
-from .send import ACTIVE, COMPLETED, DELIVERED_ANY, FAILED_SEND, FIRED, PENDING, SKIPPED, STEP_FAILED, WAITING, Send
+from .send import (
+    ACTIVE,
+    COMPLETED,
+    DEFERRED,
+    DELIVERED_ANY,
+    FAILED_SEND,
+    FIRED,
+    PENDING,
+    SKIPPED,
+    STEP_FAILED,
+    THROTTLED,
+    WAITING,
+    Send,
+)
 
-__all__ = ["Emit", "SignalOutcome", "cancel", "delivery_result", "signal", "start", "window_ended"]
+__all__ = ["Emit", "SignalOutcome", "cancel", "delivery_result", "signal", "start", "timer_due"]
 
 Emit = Callable[[Any], None]
 _FAILED = 3  # channels.FAILED
@@ -36,14 +50,22 @@ class SignalOutcome:
     NAMES = ("accepted", "duplicate", "unknown_message", "unsupported_signal")  # API item codes and metric labels
 
 
-def _fire(send: Send, i: int, now: float, emit: Emit) -> bool:
-    """Fire step i; False if it was skipped (no address, opted out)."""
-    reason = send.recipient.unreachable(send.tpl.steps[i].channel)
-    if reason is None:
-        emit(StepFired(send.key, i, now))
-        return True
-    emit(StepSkipped(send.key, i, reason, now))
-    return False
+def _fire(send: Send, i: int, now: float, emit: Emit, quiet: bool = True) -> bool:
+    """Fire step i, or defer it past the recipient's quiet hours (rule 12);
+    False if it was skipped (no address, opted out)."""
+    channel = send.tpl.steps[i].channel
+    reason = send.recipient.unreachable(channel)
+    if reason is not None:
+        emit(StepSkipped(send.key, i, reason, now))
+        return False
+    hours = send.tpl.quiet
+    if quiet and hours is not None and channel in hours.channels:
+        until = hours.until(now, send.recipient.timezone)
+        if until is not None:
+            emit(StepDeferred(send.key, i, until, now))
+            return True
+    emit(StepFired(send.key, i, now))
+    return True
 
 
 def _settle(send: Send, now: float, emit: Emit) -> None:
@@ -53,7 +75,7 @@ def _settle(send: Send, now: float, emit: Emit) -> None:
     for i in range(len(send.tpl.steps)):
         if not (answers >> i) & 1:  # cheaper first: most fired steps have answered
             st = (steps >> (4 * i)) & 15
-            if st == FIRED or st == WAITING or st == STEP_FAILED:
+            if st == FIRED or st == WAITING or st == STEP_FAILED or st == DEFERRED:
                 return
     emit(SendFinished(send.key, COMPLETED if answers & DELIVERED_ANY else FAILED_SEND, now))
 
@@ -75,8 +97,12 @@ def _escalate_now(send: Send, i: int, reason: str, now: float, emit: Emit) -> No
         _settle(send, now, emit)
 
 
-def start(send: Send, now: float, emit: Emit) -> None:
-    """Step 1 fires at once; without a sequence every step does."""
+def start(send: Send, now: float, emit: Emit, throttled: bool = False) -> None:
+    """Step 1 fires at once; without a sequence every step does. A send over
+    its template's throttle for this recipient fires nothing (rule 13)."""
+    if throttled:
+        emit(SendFinished(send.key, THROTTLED, now))
+        return
     if send.tpl.sequence:
         _advance(send, 0, now, emit)
         return
@@ -85,13 +111,24 @@ def start(send: Send, now: float, emit: Emit) -> None:
     _settle(send, now, emit)
 
 
-def window_ended(send: Send, now: float, emit: Emit) -> None:
-    """The waiting step's deadline has come (rule 4); nothing if it has not."""
+def timer_due(send: Send, now: float, emit: Emit) -> None:
+    """The send's timer has come: the waiting step's window ends (rule 4),
+    or the quiet hours a step was deferred past are over (rule 12)."""
     i = send.current
-    if send.status != ACTIVE or send.step_status(i) != WAITING or send.deadline is None or send.deadline > now:
+    if send.status != ACTIVE or send.deadline is None or send.deadline > now:
         return
-    emit(WindowEnded(send.key, i, now))
-    _advance(send, i + 1, now, emit)
+    st = send.step_status(i)
+    if st == WAITING:
+        emit(WindowEnded(send.key, i, now))
+        _advance(send, i + 1, now, emit)
+    elif st == DEFERRED:
+        if not send.tpl.sequence:  # every deferred step of a broadcast has the same end
+            for j in range(len(send.tpl.steps)):
+                if send.step_status(j) == DEFERRED:
+                    _fire(send, j, now, emit, quiet=False)
+            _settle(send, now, emit)
+        elif not _fire(send, i, now, emit, quiet=False) or send.deadline is None:
+            _advance(send, i + 1, now, emit)
 
 
 def delivery_result(send: Send, i: int, ok: bool, reason: str | None, now: float, emit: Emit) -> None:
@@ -116,7 +153,7 @@ def signal(send: Send, i: int, kind: int, at: float, now: float, emit: Emit) -> 
     if i < 0 or i >= len(steps):
         return SignalOutcome.UNKNOWN_MESSAGE
     st = (send.steps >> (4 * i)) & 15
-    if st == PENDING or st == SKIPPED:
+    if st == PENDING or st == SKIPPED or st == DEFERRED:
         return SignalOutcome.UNKNOWN_MESSAGE
     if send.sig & (1 << (4 * i + kind)):
         return SignalOutcome.DUPLICATE  # rule 8
@@ -134,7 +171,7 @@ def signal(send: Send, i: int, kind: int, at: float, now: float, emit: Emit) -> 
     # Rule 2 (the waiting step's own condition) or rule 3 (an earlier step's,
     # while a later one waits). Once the terminal step has fired there is
     # nothing left to stop.
-    if (i == cur and st == WAITING) or (i < cur and send.step_status(cur) == WAITING):
+    if (i == cur and st == WAITING) or (i < cur and send.step_status(cur) in (WAITING, DEFERRED)):
         emit(SendStopped(send.key, i, kind, now))
     return SignalOutcome.ACCEPTED
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 from .channels import CHANNEL_SIGNALS, CHANNELS, ENGAGEMENT, SIGNALS, WAIT_MINUTES
 from .errors import Detail, NotFound, TemplateInvalid
+from .quiet_hours import QuietHours, parse_hhmm
 from .render import CompiledContent
 from .timefmt import iso
 
@@ -25,6 +26,8 @@ TEMPLATE_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _ALLOWED_WAITS = ", ".join(str(m) for m in WAIT_MINUTES)
 _STEP_KEYS = {"channel", "stopCondition", "waitMinutes", "content"}
 _TEMPLATE_KEYS = {"name", "channels", "config"}
+_CONFIG_KEYS = {"sequenceEnabled", "quietHours", "throttle", "order"}
+_ORDERS = ("template", "engagement")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +38,10 @@ class Step:
     wait_s: float
     content: CompiledContent
     signal_mask: int  # bit k set: the channel can emit SIGNALS[k]
+    # What engagement means on this channel for rule 14: its stopCondition and
+    # window as written, kept when the step ends up terminal in a send's order.
+    engage_rank: int = -1
+    engage_s: float = 0.0
 
     @property
     def stop_condition(self) -> str | None:
@@ -55,6 +62,32 @@ class TemplateVersion:
     created_at: float
     updated_at: float
     body: Mapping[str, Any] = field(repr=False)
+    quiet: QuietHours | None = None
+    throttle: tuple[int, float] | None = None  # (limit, window in seconds)
+    by_engagement: bool = False  # config.order = "engagement"
+    order: tuple[int, ...] = ()  # a send's own order of the steps (indexes of `base`); () for the template's
+    base: TemplateVersion | None = field(default=None, repr=False)  # the template's own order, for a reordered one
+    _orders: dict[tuple[int, ...], TemplateVersion] = field(default_factory=dict, repr=False)
+
+    def ordered(self, order: tuple[int, ...]) -> TemplateVersion:
+        """This version with its steps in `order` (indexes into its steps),
+        renumbered from 1, the last one terminal (rule 14). Made once per
+        order: at most 24, shared by every send in that order."""
+        base = self.base or self
+        if order == tuple(range(len(base.steps))):
+            return base
+        found = base._orders.get(order)
+        if found is None:
+            steps = []
+            for n, i in enumerate(order):
+                s = base.steps[i]
+                last = n == len(order) - 1
+                steps.append(Step(n + 1, s.channel, -1 if last else s.engage_rank, 0.0 if last else s.engage_s,
+                                  s.content, s.signal_mask, s.engage_rank, s.engage_s))
+            found = base._orders[order] = TemplateVersion(
+                base.id, base.version, base.name, tuple(steps), base.sequence, base.created_at, base.updated_at,
+                base.body, base.quiet, base.throttle, base.by_engagement, order, base)
+        return found
 
     def view(self) -> dict[str, Any]:
         return {
@@ -130,15 +163,17 @@ def validate_template(template_id: str, body: Any) -> list[Detail]:
     if not isinstance(name, str):
         errs.append(("$.name", "name must be a string"))
     config = body.get("config", {})
-    sequence = False
+    sequence = engagement = False
     if not isinstance(config, dict):
         errs.append(("$.config", "config must be an object"))
     else:
-        errs += _unknown_keys(config, {"sequenceEnabled"}, "$.config")
+        errs += _unknown_keys(config, _CONFIG_KEYS, "$.config")
         sequence = config.get("sequenceEnabled", False)
         if not isinstance(sequence, bool):
             errs.append(("$.config.sequenceEnabled", "sequenceEnabled must be true or false"))
             sequence = False
+        errs += _check_config(config, sequence)
+        engagement = config.get("order") == "engagement"
     channels = body.get("channels")
     if not isinstance(channels, list) or not channels:
         return errs + [("$.channels", "channels must be a list of 1 to 4 steps")]
@@ -148,29 +183,85 @@ def validate_template(template_id: str, body: Any) -> list[Detail]:
         errs.append(("$.channels", "a sequence needs at least two steps"))
     seen: set[str] = set()
     for i, raw in enumerate(channels):
-        errs += _check_step(raw, i, sequence, i == len(channels) - 1, seen)
+        errs += _check_step(raw, i, sequence, i == len(channels) - 1 and not engagement, seen)
+    return errs
+
+
+def _check_config(config: Mapping[str, Any], sequence: bool) -> list[Detail]:
+    errs: list[Detail] = []
+    quiet = config.get("quietHours")
+    if quiet is not None:
+        path = "$.config.quietHours"
+        if not isinstance(quiet, dict):
+            return [(path, 'quietHours must be an object like {"start": "22:00", "end": "08:00"}')]
+        errs += _unknown_keys(quiet, {"start", "end", "channels"}, path)
+        for key in ("start", "end"):
+            if parse_hhmm(quiet.get(key)) is None:
+                errs.append((f"{path}.{key}", f"{key} {_spelled(quiet.get(key))} must be a 24-hour time HH:MM, "
+                             "like 22:00"))
+        listed = quiet.get("channels", [])
+        if not isinstance(listed, list) or not listed or any(c not in CHANNELS for c in listed):
+            errs.append((f"{path}.channels", f"channels must be a non-empty list of {', '.join(CHANNELS)}"))
+    throttle = config.get("throttle")
+    if throttle is not None:
+        path = "$.config.throttle"
+        if not isinstance(throttle, dict):
+            return errs + [(path, 'throttle must be an object like {"limit": 3, "windowMinutes": 60}')]
+        errs += _unknown_keys(throttle, {"limit", "windowMinutes"}, path)
+        for key, low, high in (("limit", 1, 1000), ("windowMinutes", 1, 10080)):
+            value = throttle.get(key)
+            if type(value) is not int or not low <= value <= high:
+                errs.append((f"{path}.{key}", f"{key} {_spelled(value)} must be a whole number from {low} to {high}"))
+    order = config.get("order", "template")
+    if order not in _ORDERS:
+        errs.append(("$.config.order", f"order {_spelled(order)} is not one of {', '.join(_ORDERS)}"))
+    elif order == "engagement" and not sequence:
+        errs.append(("$.config.order", "order engagement orders a sequence; set sequenceEnabled to true"))
     return errs
 
 
 def _build(template_id: str, version: int, body: dict[str, Any], created: float, now: float) -> TemplateVersion:
-    sequence = bool(body.get("config", {}).get("sequenceEnabled", False))
+    config = body.get("config", {})
+    sequence = bool(config.get("sequenceEnabled", False))
+    by_engagement = config.get("order") == "engagement"
     steps = []
+    last = len(body["channels"]) - 1
     for i, raw in enumerate(body["channels"]):
         cond = raw.get("stopCondition")
+        rank = ENGAGEMENT.index(cond) if cond else -1
+        wait_s = float(raw.get("waitMinutes", 0)) * 60.0
+        terminal = i == last and by_engagement  # its condition counts for engagement only
         steps.append(Step(
             number=i + 1,
             channel=raw["channel"],
-            stop_rank=ENGAGEMENT.index(cond) if cond else -1,
-            wait_s=float(raw.get("waitMinutes", 0)) * 60.0,
+            stop_rank=-1 if terminal else rank,
+            wait_s=0.0 if terminal else wait_s,
             content=CompiledContent(raw.get("content", {})),
             signal_mask=sum(1 << k for k, name in enumerate(SIGNALS) if name in CHANNEL_SIGNALS[raw["channel"]]),
+            engage_rank=rank,
+            engage_s=wait_s,
         ))
+    normal_config: dict[str, Any] = {"sequenceEnabled": sequence}
+    quiet = throttle = None
+    if "quietHours" in config:
+        q = config["quietHours"]
+        listed = q.get("channels", [c for c in CHANNELS if c != "inapp"])
+        quiet = QuietHours(parse_hhmm(q["start"]) or 0, parse_hhmm(q["end"]) or 0,
+                           frozenset(c for c in listed if c != "inapp"))  # rule 12: inapp is never deferred
+        normal_config["quietHours"] = {"start": q["start"], "end": q["end"], "channels": list(listed)}
+    if "throttle" in config:
+        t = config["throttle"]
+        throttle = (t["limit"], t["windowMinutes"] * 60.0)
+        normal_config["throttle"] = {"limit": t["limit"], "windowMinutes": t["windowMinutes"]}
+    if "order" in config:
+        normal_config["order"] = config["order"]
     normal = {
         "name": body.get("name", template_id),
         "channels": [{**raw, "content": raw.get("content", {})} for raw in body["channels"]],
-        "config": {"sequenceEnabled": sequence},
+        "config": normal_config,
     }
-    return TemplateVersion(template_id, version, normal["name"], tuple(steps), sequence, created, now, normal)
+    return TemplateVersion(template_id, version, normal["name"], tuple(steps), sequence, created, now, normal,
+                           quiet, throttle, by_engagement)
 
 
 class TemplateRegistry:
@@ -212,6 +303,9 @@ class TemplateRegistry:
         if tv is None:
             raise NotFound(f"template {template_id!r} does not exist")
         return tv
+
+    def current(self, template_id: str) -> TemplateVersion | None:
+        return self._current.get(template_id)
 
     def version(self, template_id: str, version: int) -> TemplateVersion | None:
         return self._versions.get((template_id, version))

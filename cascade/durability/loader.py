@@ -13,12 +13,12 @@ import functools
 from collections import deque
 from typing import Any, Iterable
 
-from ..domain.records import RecipientPut
+from ..domain.records import RecipientPut, ThrottleKept
 from ..domain.send import ACTIVE, FIRED, STEP_FAILED, WAITING
 from ..engine.shard import ShardState
 from ..engine.snapshot_records import restore_recipient, restore_send, restore_shape
 
-__all__ = ["ShardLoader", "owner_of"]
+__all__ = ["ShardLoader", "kept_recipient", "owner_of"]
 
 _HANDED = (WAITING, FIRED, STEP_FAILED)  # step states of a message handed to its channel
 
@@ -30,6 +30,14 @@ def _handed_mask() -> list[int]:
     nibble = [1 if n in _HANDED else 0 for n in range(16)]
     return [nibble[s & 15] | nibble[(s >> 4) & 15] << 1 | nibble[(s >> 8) & 15] << 2 | nibble[s >> 12] << 3
             for s in range(1 << 16)]
+
+
+def kept_recipient(kept: Any) -> str | None:
+    """The recipient a snapshot's throttle or engagement record belongs to
+    (None: a template's population, which any shard may hold)."""
+    if type(kept) is ThrottleKept:
+        return str(kept.recipient)
+    return str(kept.name) if kept.scope == "recipient" else None
 
 
 def owner_of(record: Any) -> str | int:
@@ -69,6 +77,12 @@ class ShardLoader:
 
     def restore_counters(self, rec: Any) -> None:
         self.state.book.load_record(rec)
+
+    def restore_kept(self, rec: Any) -> None:
+        if type(rec) is ThrottleKept:
+            self.state.throttle.load(rec)
+        else:
+            self.state.engagement.load(rec)
 
     def restore_campaign_rows(self, campaign_id: str, bits: bytes) -> None:
         """A campaign's started rows (merged: the snapshots of another layout add up)."""

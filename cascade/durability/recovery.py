@@ -28,7 +28,7 @@ from ..engine.shard import ShardState
 from ..storage.codec import CorruptSnapshot, UnsupportedFormat
 from ..storage.files import SnapshotSet, list_snapshots, read_snapshot, verify_snapshot
 from ..storage.journal import Journal
-from .loader import ShardLoader, owner_of
+from .loader import ShardLoader, kept_recipient, owner_of
 
 __all__ = ["RecoveryRefused", "RecoveryResult", "recover"]
 
@@ -182,6 +182,10 @@ def _recover(engine: Recoverable, directory: str, journal: Journal) -> RecoveryR
                     result.snapshot_records += len(rec[1])
                 elif tag == "counters":
                     loaders[writer % len(states)].restore_counters(rec[1])
+                elif tag == "kept":  # throttle starts and engagement records
+                    for kept in map(decode, rec[1]):
+                        rid = kept_recipient(kept)
+                        loaders[writer % len(states) if rid is None else by_rid(rid)].restore_kept(kept)
                 elif tag == "rows":  # a campaign's started rows: any shard may hold them
                     loaders[writer % len(states)].restore_campaign_rows(rec[1], rec[2])
         for loader in loaders:

@@ -16,7 +16,7 @@ from ..domain.templates import TemplateVersion
 
 __all__ = ["CounterBook", "GroupTotals", "SEND_COLUMNS", "STEP_COLUMNS", "merge_totals"]
 
-SEND_COLUMNS = ("started", "stopped", "completed", "cancelled", "failed")
+SEND_COLUMNS = ("started", "stopped", "completed", "cancelled", "failed", "throttled")
 
 # (send outcome counts, {(step, channel): step counts})
 GroupTotals = tuple[list[int], dict[tuple[int, str], list[int]]]
@@ -33,11 +33,13 @@ class _Group:
 class CounterBook:
     def __init__(self) -> None:
         self._groups: dict[str, _Group] = {}
-        self._views: dict[tuple[str, str, int], Counters] = {}
-        self._sets: dict[tuple[tuple[str, ...], str, int], tuple[Counters, ...]] = {}
+        # keyed by template version and step order: a send in an order of its
+        # own (rule 14) counts into the rows of the step numbers it fired as
+        self._views: dict[tuple[str, str, int, tuple[int, ...]], Counters] = {}
+        self._sets: dict[tuple[tuple[str, ...], str, int, tuple[int, ...]], tuple[Counters, ...]] = {}
 
     def counters_for(self, group: str, tpl: TemplateVersion) -> Counters:
-        view_key = (group, tpl.id, tpl.version)
+        view_key = (group, tpl.id, tpl.version, tpl.order)
         view = self._views.get(view_key)
         if view is None:
             g = self._groups.get(group)
@@ -49,7 +51,7 @@ class CounterBook:
 
     def counters_of(self, groups: tuple[str, ...], tpl: TemplateVersion) -> tuple[Counters, ...]:
         """The tuple a send holds: shared by every send of the same groups and version."""
-        key = (groups, tpl.id, tpl.version)
+        key = (groups, tpl.id, tpl.version, tpl.order)
         found = self._sets.get(key)
         if found is None:
             found = self._sets[key] = tuple(self.counters_for(g, tpl) for g in groups)
@@ -58,7 +60,7 @@ class CounterBook:
     def sets_with(self, group: str) -> set[int]:
         """Ids of the counter tuples that count into `group`: a send belongs to
         the group if its `counters` is one of them."""
-        return {id(found) for (groups, _, _), found in self._sets.items() if group in groups}
+        return {id(found) for (groups, *_), found in self._sets.items() if group in groups}
 
     def totals(self, groups: list[str] | None = None) -> dict[str, GroupTotals]:
         names = self._groups.keys() if groups is None else [g for g in groups if g in self._groups]

@@ -31,19 +31,21 @@ from ..domain.errors import AlreadyFinished, CascadeError, NotFound
 from ..domain.evolve import EVOLVE
 from ..domain.ids import format_message_id, format_send_id
 from ..domain.recipients import Recipient, RecipientUpdate, without_subscriptions
-from ..domain.records import RecipientPut, SendStarted, ShardBatch, SignalApplied, StepFired
-from ..domain.send import ACTIVE, Send
-from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, window_ended
+from ..domain.records import RecipientPut, SendOrdered, SendStarted, ShardBatch, SignalApplied, StepFired
+from ..domain.send import ACTIVE, THROTTLED, Send
+from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, timer_due
 from ..domain.templates import TemplateRegistry, TemplateVersion
 from ..storage.journal import Journal
 from .commands import Command
 from .counters import CounterBook
+from .engagement import EngagementBook
 from .inbox import page_of, page_view, remove_from_inbox
 from .mailbox import Mailbox
 from .outstanding import Outstanding
 from .reply import Reply, resolve_batch
 from .shard_snapshot import ShardSnapshot
 from .shard_stats import LATENESS_BUCKETS, ShardStats
+from .throttle import ThrottleBook
 from .timers import TimerWheel
 from .views import SendQuery, decode_data, send_view
 
@@ -96,6 +98,8 @@ class ShardState:
         self.recipients: dict[str, Recipient] = {}
         self.wheel: TimerWheel[Send] = TimerWheel()
         self.book = CounterBook()
+        self.throttle = ThrottleBook()
+        self.engagement = EngagementBook()
         self.campaign_rows: dict[str, bytearray] = {}  # campaign id -> bitmap of its rows started here
         self.retained: deque[tuple[float, Send]] = deque()
         self.stats = ShardStats()
@@ -138,6 +142,7 @@ class ShardState:
             self._snap.touch_send(send)  # copy on write: the snapshot gets it as it was
         before = send.deadline
         active = send.status == ACTIVE
+        sig = send.sig
         EVOLVE[kind](send, rec)
         after = send.deadline
         if before != after:
@@ -148,13 +153,24 @@ class ShardState:
         if active and send.status != ACTIVE:
             self.active -= 1
             self.retained.append((rec.at + self.retain_s, send))
-        if kind is StepFired and send.tpl.steps[rec.step].channel == "inapp":
-            rcpt = send.recipient
-            if self._snap is not None:
-                self._snap.touch_recipient(rcpt)  # its inbox is part of it
-            if rcpt.inbox is None:
-                rcpt.inbox = []
-            rcpt.inbox.append(send)  # one in-app step per template: the send names the message
+            if send.status == THROTTLED:
+                self.throttle.refused(send.recipient.id, send.tpl.id)
+        if kind is StepFired:
+            tpl = send.tpl
+            if tpl.by_engagement:
+                self.engagement.fired(send, rec.step)
+            if tpl.steps[rec.step].channel == "inapp":
+                rcpt = send.recipient
+                if self._snap is not None:
+                    self._snap.touch_recipient(rcpt)  # its inbox is part of it
+                if rcpt.inbox is None:
+                    rcpt.inbox = []
+                rcpt.inbox.append(send)  # one in-app step per template: the send names the message
+        elif kind is SignalApplied:
+            if send.tpl.by_engagement:
+                self.engagement.signal(send, rec, sig)
+        elif kind is SendOrdered:  # its steps are renumbered: so are the rows it counts into
+            send.counters = self.book.counters_of(tuple(c.group for c in send.counters), send.tpl)
         return send
 
     def _apply_started(self, rec: SendStarted) -> Send | None:
@@ -183,6 +199,8 @@ class ShardState:
         self.active += 1
         for c in counters:  # started
             c.sends[0] += 1
+        if tpl.throttle is not None:
+            self.throttle.started(rid, tpl, rec.at)
         return send
 
     def _emit(self, rec: Any) -> None:
@@ -323,7 +341,7 @@ class ShardState:
                 lateness = now - send.deadline  # type: ignore[operator]
                 late += lateness
                 counts[bisect_left(LATENESS_BUCKETS, lateness)] += 1
-                window_ended(send, now, self._emit)
+                timer_due(send, now, self._emit)
                 self._answer_local(now)
             self.stats.lateness_sum += late
         retained = self.retained
@@ -344,6 +362,13 @@ class ShardState:
     def _tick(self, _: Any, now: float) -> None:
         return None  # `process` already fired what was due
 
+    def throttle_window(self, template: str) -> float:
+        """How far back a throttle of `template` looks (the longest allowed
+        once the template is gone: its sends may be started again by
+        replay of an older version)."""
+        current = self.templates.current(template)
+        return current.throttle[1] if current is not None and current.throttle else 10080 * 60.0
+
     # -- commands -----------------------------------------------------------
     def recipient(self, rid: str) -> Recipient:
         r = self.recipients.get(rid)
@@ -358,9 +383,13 @@ class ShardState:
         emit = self._emit
         if update is not None:
             emit(RecipientPut(rid, update.fields, False, now))
+        throttled = self.throttle.over(rid, tpl_v, now)
         emit(SendStarted(key, tpl_v.id, tpl_v.version, rid, data, groups, now, idem, campaign_row))
         send = self.sends[key]
-        start(send, now, emit)
+        if tpl_v.by_engagement and not throttled:
+            order, scores = self.engagement.order(key, rid, tpl_v)
+            emit(SendOrdered(key, order, scores, now))
+        start(send, now, emit, throttled)
         self._answer_local(now)
         return send_view(send) if want_view else None
 

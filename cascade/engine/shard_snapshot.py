@@ -21,7 +21,9 @@ from ..domain.recipients import Recipient
 from ..domain.send import SNAPSHOT_MARK, Send
 from ..storage.journal import Journal
 from .counters import CounterBook
+from .engagement import EngagementBook
 from .snapshot_records import recipient_record, send_record, shape_record
+from .throttle import ThrottleBook
 
 
 class ShardState(Protocol):
@@ -35,6 +37,11 @@ class ShardState(Protocol):
     recipients: dict[str, Recipient]
     book: CounterBook
     campaign_rows: dict[str, bytearray]
+    throttle: ThrottleBook
+    engagement: EngagementBook
+    clock: Any
+
+    def throttle_window(self, template: str) -> float: ...
 
 __all__ = ["ShardSnapshot", "SLICE"]
 
@@ -63,7 +70,9 @@ class ShardSnapshot:
             "engine_shard": state.index, "created_at": time.time(),
             "counts": {"sends": len(self._sends), "recipients": len(self._rids)},
         }
-        self._queue.put([pack(("counters", state.book.to_record()))]
+        kept = [*state.throttle.records(state.clock.now(), state.throttle_window),
+                *state.engagement.records()]  # copies, as of this journal position
+        self._queue.put([pack(("counters", state.book.to_record())), pack(("kept", kept))]
                         + [pack(("rows", cid, bytes(bits))) for cid, bits in state.campaign_rows.items()])
         self._thread = threading.Thread(target=self._write, args=(write, directory, file_shard, header),
                                         name=f"cascade-snapshot-{state.index}", daemon=True)

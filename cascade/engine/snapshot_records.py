@@ -52,7 +52,7 @@ def send_record(send: Send, shape: int) -> tuple[Any, ...]:
 
 
 def shape_record(index: int, send: Send) -> tuple[Any, ...]:
-    return ("shape", index, send.tpl.id, send.tpl.version, [c.group for c in send.counters])
+    return ("shape", index, send.tpl.id, send.tpl.version, [c.group for c in send.counters], list(send.tpl.order))
 
 
 def restore_send(rec: Any, shapes: dict[int, tuple[TemplateVersion, Any]], recipient: Recipient) -> Send:
@@ -64,8 +64,10 @@ def restore_send(rec: Any, shapes: dict[int, tuple[TemplateVersion, Any]], recip
 
 
 def restore_shape(rec: Any, templates: TemplateRegistry, book: CounterBook) -> tuple[TemplateVersion, Any]:
-    _, _, tpl_id, version, groups = rec
+    _, _, tpl_id, version, groups, order = rec
     tpl = templates.version(tpl_id, version)
     if tpl is None:
         raise ValueError(f"sends need template {tpl_id!r} version {version}, which the snapshot lacks")
+    if order:
+        tpl = tpl.ordered(tuple(order))  # an engagement-ordered send's own order (rule 14)
     return tpl, book.counters_of(tuple(groups), tpl)

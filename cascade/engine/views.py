@@ -9,7 +9,17 @@ import msgpack
 from ..domain.channels import CHANNEL_SIGNALS, ENGAGEMENT
 from ..domain.history import history
 from ..domain.ids import format_message_id, format_send_id
-from ..domain.send import REASON_KEY, SEND_STATUS, SKIPPED, STEP_FAILED, STEP_STATUS, Send
+from ..domain.send import (
+    DEFERRED,
+    DEFERRED_KEY,
+    ORDER_KEY,
+    REASON_KEY,
+    SEND_STATUS,
+    SKIPPED,
+    STEP_FAILED,
+    STEP_STATUS,
+    Send,
+)
 from ..domain.templates import TemplateVersion
 from ..domain.timefmt import iso
 from .counters import SEND_COLUMNS, STEP_COLUMNS, GroupTotals
@@ -47,6 +57,12 @@ def send_view(send: Send) -> dict[str, Any]:
             "reason": reason,
             "signals": {name: iso(_signal_at(send, i, k)) for k, name in enumerate(ENGAGEMENT)},
         })
+        if st == DEFERRED:
+            steps[-1]["deferredUntil"] = iso(send.get(DEFERRED_KEY + i)[1])
+    scores = send.get(ORDER_KEY)
+    if scores is not None:  # rule 14: the send's own order, and what each channel drew
+        for entry, score in zip(steps, scores):
+            entry["score"] = score
     stopped_by = send.get("stoppedBy")
     view: dict[str, Any] = {
         "id": format_send_id(send.key),
@@ -60,6 +76,8 @@ def send_view(send: Send) -> dict[str, Any]:
         "steps": steps,
         "history": history(send),
     }
+    if send.tpl.by_engagement:
+        view["order"] = [step.channel for step in send.tpl.steps]
     for c in send.counters:  # a campaign's sends count into its group "c:<id>"
         if c.group.startswith("c:"):
             view["campaign"] = c.group[2:]
@@ -83,23 +101,41 @@ def inbox_message_view(send: Send, i: int) -> dict[str, Any]:
 
 def metrics_view(template: str, tpl: TemplateVersion | None, totals: GroupTotals | None) -> dict[str, Any]:
     sends, rows = totals if totals is not None else ([0] * len(SEND_COLUMNS), {})
-    keys = set(rows)
-    if tpl is not None:
-        keys |= {(s.number, s.channel) for s in tpl.steps}
+    if tpl is not None and tpl.by_engagement:
+        rows = _by_channel(rows)  # rule 14: each send numbers its steps its own way
+        keys = set(rows) | {(0, s.channel) for s in tpl.steps}
+    else:
+        keys = set(rows)
+        if tpl is not None:
+            keys |= {(s.number, s.channel) for s in tpl.steps}
     steps = []
     for number, channel in sorted(keys):
         row = rows.get((number, channel), [0] * len(STEP_COLUMNS))
-        entry: dict[str, Any] = {"step": number, "channel": channel}
+        entry: dict[str, Any] = {"step": number or None, "channel": channel}
         entry.update(zip(STEP_COLUMNS, row))
         if "viewed" not in CHANNEL_SIGNALS[channel]:
             entry["viewed"] = None
+        if not entry["deferred"] and (tpl is None or tpl.quiet is None):
+            del entry["deferred"]  # shown once quiet hours are in use (API: Metrics)
         steps.append(entry)
     finished = sum(sends[1:])
+    outcomes = dict(zip(SEND_COLUMNS[1:], sends[1:]))
+    if not outcomes["throttled"] and (tpl is None or tpl.throttle is None):
+        del outcomes["throttled"]
     return {
         "template": template,
-        "sends": {"started": sends[0], "active": sends[0] - finished, **dict(zip(SEND_COLUMNS[1:], sends[1:]))},
+        "sends": {"started": sends[0], "active": sends[0] - finished, **outcomes},
         "steps": steps,
     }
+
+
+def _by_channel(rows: dict[tuple[int, str], list[int]]) -> dict[tuple[int, str], list[int]]:
+    merged: dict[tuple[int, str], list[int]] = {}
+    for (_, channel), row in rows.items():
+        acc = merged.setdefault((0, channel), [0] * len(row))
+        for k, v in enumerate(row):
+            acc[k] += v
+    return merged
 
 
 class SendQuery:

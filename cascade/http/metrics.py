@@ -197,12 +197,15 @@ class HttpMetrics:
             sends, rows = totals[group]
             started.add_metric([template], sends[0])
             for k, outcome in enumerate(FINISH_OUTCOMES, start=1):
-                finished.add_metric([template, outcome], sends[k])
+                if outcome != "throttled" or sends[k]:  # rule 13: a series once a send was throttled
+                    finished.add_metric([template, outcome], sends[k])
             for (step, channel), row in sorted(rows.items()):
                 emits = CHANNEL_SIGNALS.get(channel, frozenset())
                 for column, value in zip(STEP_COLUMNS, row):
                     if column in _ENGAGEMENT_COLUMNS and column not in emits:
                         continue  # push and sms emit no viewed: no always-zero series
+                    if column == "deferred" and not value:
+                        continue  # quiet hours (rule 12): a series once a step has been deferred
                     signals.add_metric([template, str(step), channel, column], value)
         yield started
         yield finished

@@ -37,8 +37,18 @@ def template_dict(body: TemplateBody) -> dict[str, Any]:
     if body.name is not None:
         out["name"] = body.name
     out["channels"] = [_step_dict(s) for s in body.channels]
-    if body.config is not None:
-        out["config"] = {"sequenceEnabled": body.config.sequenceEnabled}
+    config = body.config
+    if config is not None:
+        out["config"] = {"sequenceEnabled": config.sequenceEnabled}
+        if config.quietHours is not None:
+            q = config.quietHours
+            out["config"]["quietHours"] = {"start": q.start, "end": q.end,
+                                           **({} if q.channels is None else {"channels": q.channels})}
+        if config.throttle is not None:
+            out["config"]["throttle"] = {"limit": config.throttle.limit,
+                                         "windowMinutes": config.throttle.windowMinutes}
+        if config.order is not None:
+            out["config"]["order"] = config.order
     return out
 
 

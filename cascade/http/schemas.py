@@ -65,8 +65,29 @@ class StepBody(_Body):
                                             "the send's data and recipient")] = {}
 
 
+class QuietHoursBody(_Body):
+    start: Annotated[Any, _doc("24-hour HH:MM in the recipient's time zone", extra_json_schema={"type": "string"})]
+    end: Annotated[Any, _doc("24-hour HH:MM; may be earlier than start (wraps midnight)",
+                             extra_json_schema={"type": "string"})]
+    channels: Annotated[Any, _doc("channels deferred; default every channel but inapp (never deferred)",
+                                  extra_json_schema={"type": "array", "items": {"type": "string"}})] = None
+
+
+class ThrottleBody(_Body):
+    limit: Annotated[Any, _doc("sends of the template a recipient may start per window, 1-1000",
+                               extra_json_schema={"type": "integer", "minimum": 1, "maximum": 1000})]
+    windowMinutes: Annotated[Any, _doc("1-10080", extra_json_schema={"type": "integer", "minimum": 1,
+                                                                     "maximum": 10080})]
+
+
 class TemplateConfig(_Body):
     sequenceEnabled: Annotated[bool, _doc("steps fire one after another (else all at once)")] = False
+    # The engine's rules check these values and name the path of each wrong
+    # one (API: Validation); here only their shape is documented.
+    quietHours: Annotated[QuietHoursBody | None, _doc("rule 12: steps due inside these hours wait for their end")] = None
+    throttle: Annotated[ThrottleBody | None, _doc("rule 13: at most limit sends per recipient per window")] = None
+    order: Annotated[Any, _doc("template (default) or engagement (rule 14)",
+                               extra_json_schema={"type": "string", "enum": ["template", "engagement"]})] = None
 
 
 class TemplateBody(_Body, kw_only=True):
