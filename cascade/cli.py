@@ -1,4 +1,4 @@
-"""The `cascade` command: `serve`, `snapshot inspect|verify`, `--version`.
+"""The `cascade` command: `serve`, `send-test`, `snapshot inspect|verify`, `--version`.
 
 `main(argv)` returns the exit code: 0 fine, 1 a runtime failure (e.g. the
 port is taken), 2 a usage or configuration error (the message names the key),
@@ -9,8 +9,10 @@ written, with its path and the reason; a corrupt journal or snapshot).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from typing import Any
 
 from . import __version__
 
@@ -24,6 +26,26 @@ then these flags; every key has a default, so `cascade serve` alone runs on
 127.0.0.1:8080 with a real clock.
 Logging: CASCADE_LOG_LEVEL (default INFO), CASCADE_LOG_FORMAT=json|logfmt,
 CASCADE_ACCESS_LOG=1 for one line a request.
+"""
+
+
+_SEND_TEST = """\
+Render the template's steps for the recipient and post each step but inapp
+once through its channel's configured provider (with its retries), printing
+each provider's answer. No server is needed and nothing is written: the
+template and the recipient are read from the data directory (the newest
+snapshot set and the journal after it, as a restart reads them, but
+read-only, so a running server is not disturbed; it takes as long as a
+restart's recovery), or the recipient from --recipient-json. No send is
+started, no window opens, and message ids are fresh.
+"""
+
+_SEND_TEST_EPILOG = """\
+exit status: 0 when every provider step was requested; 1 when a step failed
+or was not posted (the recipient lacks its address or opted out); 2 for a
+usage, configuration or data problem. A Web Push subscription answered
+404/410 is reported, not removed (the server removes it when it delivers).
+
 """
 
 
@@ -44,7 +66,53 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--clock-rate", type=float, metavar="R", help="clock.rate for --clock scaled (default 60)")
     commands.add_parser("snapshot", help="inspect or verify snapshot and journal files (snapshot --help)",
                         add_help=False)
+    test = commands.add_parser(
+        "send-test", help="post one template's steps for one recipient through the configured providers",
+        description=_SEND_TEST,
+        epilog=_SEND_TEST_EPILOG + _EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    test.add_argument("--template", required=True, metavar="ID", help="the template's id")
+    test.add_argument("--recipient", required=True, metavar="ID", help="the recipient's id")
+    test.add_argument("--config", metavar="FILE", help="TOML configuration file (as for serve)")
+    test.add_argument("--data-dir", metavar="DIR", help="storage.data_dir to read templates and recipients from")
+    test.add_argument("--data", metavar="JSON", help="the send's data, a JSON object filling {{placeholders}}")
+    test.add_argument("--recipient-json", metavar="JSON",
+                      help='the recipient\'s fields instead of the stored ones, e.g. \'{"email": "a@example.com"}\'')
     return parser
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{flag} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")  # noqa: TRY004 (a usage error, reported as such)
+    return value
+
+
+def _send_test(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_settings
+    from .logs import setup_logging
+
+    setup_logging()
+    try:
+        settings = load_settings(args.config, flags={"storage.data_dir": args.data_dir})
+        data = _json_object(args.data, "--data")
+        inline = _json_object(args.recipient_json, "--recipient-json")
+    except (ConfigError, ValueError) as exc:
+        print(f"cascade send-test: {exc}", file=sys.stderr)
+        return 2
+    from .send_test import SendTestError, send_test
+    from .storage import JournalError, SnapshotError
+
+    try:
+        return send_test(settings, args.template, args.recipient, data, inline, sys.stdout)
+    except (SendTestError, SnapshotError, JournalError, OSError) as exc:
+        print(f"cascade send-test: {exc}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -62,7 +130,13 @@ def _serve(args: argparse.Namespace) -> int:
         log.error("refusing to start: %s", exc, extra={"event": "config_error"})
         return 2
     from .durability.service import DataDirError
-    from .server import serve
+    from .server import build_providers, serve
+
+    try:
+        build_providers(settings)  # a key only its provider can read (a VAPID key): a config error too
+    except ValueError as exc:
+        log.error("refusing to start: %s", exc, extra={"event": "config_error"})
+        return 2
     from .storage import JournalError, SnapshotError
 
     try:
@@ -98,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if args.command == "serve":
         return _serve(args)
+    if args.command == "send-test":
+        return _send_test(args)
     parser.print_help()
     return 2
 
