@@ -90,7 +90,9 @@ class _Stream:
         self.wake.set()
         transport = self.request.transport
         if abort and transport is not None:
-            transport.close()  # a write stuck on a full socket buffer fails now, freeing the stream
+            # abort, not close: close would wait to flush what the client does not read; this
+            # fails the write stuck on the full socket at once, freeing the stream and its buffers
+            transport.abort()
 
 
 class InboxStreams:
@@ -222,7 +224,7 @@ class InboxStreams:
             page = await self.engine.inbox_peek(rid, [])
             response = web.StreamResponse(headers=_HEADERS)
             await response.prepare(request)
-            await response.write(_event("unseen", {"unseen": page["unseen"]}))
+            stream.queue.appendleft(_event("unseen", {"unseen": page["unseen"]}))  # before any change since
             await self._serve(stream, response)
         finally:
             self.open -= 1

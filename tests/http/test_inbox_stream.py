@@ -164,3 +164,33 @@ async def test_streams_end_when_the_server_stops_without_waiting_for_the_shutdow
     finally:
         if not stopped:
             await server.stop()
+
+
+async def test_a_client_that_stops_reading_is_cut_off_instead_of_queueing_without_end(
+        make_client: Any, monkeypatch: Any) -> None:
+    from cascade.http import inbox_stream
+
+    monkeypatch.setattr(inbox_stream, "QUEUE_LIMIT", 4)
+    client = await make_client(msgspec.convert({"server": {"max_streams": 1}}, Settings))
+    big = {"channels": [{"channel": "inapp", "content": {"title": "{{blob}}"}}]}
+    assert (await client.put("/v1/templates/big", json=big)).status == 201
+    blob = "x" * 1_000_000
+    stalled = await client.get("/v1/recipients/u-1/inbox/stream")  # and never read again
+    assert stalled.status == 200
+    deadline = time.monotonic() + 20.0
+    while True:  # a megabyte a message: the sockets' buffers fill, then the stream's queue
+        resp = await client.post("/v1/sends", json={"template": "big", "recipient": "u-1", "data": {"blob": blob}})
+        assert resp.status in (202, 503)  # 503: shed while the loop is busy with these bodies; the next goes on
+        again = await client.get("/v1/recipients/u-2/inbox/stream")
+        if again.status == 200:  # the stalled stream was dropped: its place is free
+            again.close()
+            break
+        assert again.status == 503 and time.monotonic() < deadline, "the stalled stream was never cut off"
+    stalled.close()
+
+
+async def test_max_streams_0_turns_streams_off(make_client: Any, error_of: Any) -> None:
+    client = await make_client(msgspec.convert({"server": {"max_streams": 0}}, Settings))
+    resp = await client.get("/v1/recipients/u-1/inbox/stream")
+    assert resp.status == 503 and "Retry-After" in resp.headers
+    error_of(await resp.json(), "overloaded")
