@@ -150,3 +150,37 @@ async def test_the_series_survives_a_restart(tmp_path: Path) -> None:
             after = await series(session, base=server.url)
         assert time.monotonic() - began < 30
     assert after == before  # the clock resumed where it was, and every interval's counts came back
+
+
+class SteppedClock:
+    """A scaled-mode clock the test moves by hand (so the sampler's own thread, not an advance, reads)."""
+
+    mode = "scaled"
+    rate = 500.0  # the sampler looks every 5 clock seconds: every 10 ms here
+
+    def __init__(self, now: float) -> None:
+        self.at = now
+
+    def now(self) -> float:
+        return self.at
+
+
+def test_under_a_running_clock_the_sampler_files_each_minute_as_it_ends() -> None:
+    clock = SteppedClock(START + 10)
+    engine = Engine(clock, {ch: MemoryProvider(ch) for ch in ("push", "email", "sms")}, EngineConfig(shards=2))
+    sampler = attach_series(engine)
+    engine.start()
+    try:
+        engine.put_template("note", {"channels": [{"channel": "inapp", "content": {"title": "hi"}}]}).wait(5)
+        engine.send("note", "u-1")[0].wait(5)
+        clock.at = START + 70  # the next minute: the thread reads on its own, filing the send under 10:00
+        deadline = time.monotonic() + 5.0
+        while len(sampler.ring) == 0:
+            assert time.monotonic() < deadline, "the sampler did not read as the minute changed"
+            time.sleep(0.01)
+        engine.send("note", "u-2")[0].wait(5)
+        body = sampler.view(5, 60)
+    finally:
+        engine.stop()
+    assert point(body, START)["sendsStarted"] == 1
+    assert point(body, START + 60)["sendsStarted"] == 1
