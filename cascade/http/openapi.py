@@ -107,6 +107,8 @@ class StepView(_View, kw_only=True):
     deadline: str | None
     reason: str | None
     signals: dict[str, str | None]
+    deferredUntil: str | msgspec.UnsetType = msgspec.UNSET  # quiet hours (rule 12), while deferred
+    score: float | msgspec.UnsetType = msgspec.UNSET  # engagement order (rule 14)
 
 
 class HistoryEntry(_View, kw_only=True):
@@ -130,6 +132,7 @@ class SendView(_View, kw_only=True):
     stoppedBy: StoppedBy | None
     steps: list[StepView]
     history: list[HistoryEntry]
+    order: list[str] | msgspec.UnsetType = msgspec.UNSET  # engagement order (rule 14): channels in the send's order
     campaign: str | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -185,10 +188,11 @@ class SendCounts(_View, kw_only=True):
     completed: int
     cancelled: int
     failed: int
+    throttled: int | msgspec.UnsetType = msgspec.UNSET  # once the template throttles (rule 13)
 
 
 class StepMetrics(_View, kw_only=True):
-    step: int
+    step: int | None  # null: per channel, for an engagement-ordered template (rule 14)
     channel: str
     requested: int
     delivered: int
@@ -198,6 +202,7 @@ class StepMetrics(_View, kw_only=True):
     skipped: int
     stopped: int
     escalated: int
+    deferred: int | msgspec.UnsetType = msgspec.UNSET  # once the template has quiet hours (rule 12)
 
 
 class TemplateMetrics(_View, kw_only=True):
