@@ -54,7 +54,7 @@ function Create({ templates }) {
         <input id="c-file" type="file" accept=".csv,text/csv" onChange=${(e) => setFile(e.target.files[0] || null)} />
         <${FieldError} id="c-file-error" errors=${errors.file} /></div>
       <p><button type="submit" disabled=${progress !== null || !template}>Upload and create</button></p>
-      ${progress && html`<p><label for="c-progress">Uploading</label>
+      ${progress && html`<p class="progress-line"><label for="c-progress">Uploading</label>
         <progress id="c-progress" max=${progress.total || 1} value=${progress.loaded}></progress>
         ${num(progress.loaded)} of ${num(progress.total)} bytes</p>`}
       <${ErrorNote} error=${error} title="No campaign created" />
@@ -110,7 +110,7 @@ export function CampaignPage({ id }) {
         <dt>Finished</dt><dd><${Time} iso=${v.finishedAt} /></dd>
         <dt>Rejected rows</dt><dd>${num(v.rejectedRows)}</dd>
       </dl>
-      <p><label for="fanout">Sends started</label>
+      <p class="progress-line"><label for="fanout">Sends started</label>
         <progress id="fanout" max=${v.recipients || 1} value=${v.sendsStarted}></progress>
         <span>${num(v.sendsStarted)} of ${num(v.recipients)}</span></p>
       <p><a href="#/sends?campaign=${seg(v.id)}">Its sends</a></p>

@@ -19,9 +19,24 @@ function newStep(channel) {
     contentText: JSON.stringify({ title: '', body: '' }, null, 1) };
 }
 
-function fromTemplate(t) {
-  const { sequenceEnabled, ...otherConfig } = t.config || {};
+const QUIET_CHANNELS = ['push', 'email', 'sms']; // in-app is never deferred (API: rule 12)
+
+function rules(config) {
+  const { order, throttle, quietHours } = config;
   return {
+    order: order === 'engagement' ? 'engagement' : 'template',
+    throttle: throttle ? { on: true, limit: String(throttle.limit), windowMinutes: String(throttle.windowMinutes) }
+      : { on: false, limit: '3', windowMinutes: '60' },
+    quiet: quietHours ? { on: true, start: quietHours.start, end: quietHours.end,
+      channels: quietHours.channels || QUIET_CHANNELS }
+      : { on: false, start: '22:00', end: '08:00', channels: QUIET_CHANNELS },
+  };
+}
+
+function fromTemplate(t) {
+  const { sequenceEnabled, order, throttle, quietHours, ...otherConfig } = t.config || {};
+  return {
+    ...rules({ order, throttle, quietHours }),
     id: t.id, name: t.name, sequence: Boolean(sequenceEnabled), otherConfig,
     steps: t.channels.map((c) => ({ key: nextKey++, channel: c.channel,
       stopCondition: c.stopCondition || defaultCondition(c.channel), waitMinutes: c.waitMinutes || 30,
@@ -29,14 +44,23 @@ function fromTemplate(t) {
   };
 }
 
-const BLANK = () => ({ id: '', name: '', sequence: true, otherConfig: {}, steps: [newStep('inapp'), newStep('push')] });
+const BLANK = () => ({ ...rules({}), id: '', name: '', sequence: true, otherConfig: {}, steps: [newStep('inapp'), newStep('push')] });
 
 function fieldKeys(steps) {
-  const keys = ['id', 'name', 'config', 'channels'];
+  const keys = ['id', 'name', 'config', 'channels', 'config.order', 'config.throttle', 'config.throttle.limit',
+    'config.throttle.windowMinutes', 'config.quietHours', 'config.quietHours.start', 'config.quietHours.end',
+    'config.quietHours.channels'];
   steps.forEach((_, i) => {
     for (const f of ['', '.channel', '.stopCondition', '.waitMinutes', '.content']) keys.push(`channels[${i}]${f}`);
   });
   return keys;
+}
+
+// Which steps carry a stop condition and a window: in a sequence every step
+// but the terminal one; ordered by engagement, every step (the one that ends
+// up last for a recipient ignores them).
+function windowed(form, terminal) {
+  return form.sequence && (!terminal || form.order === 'engagement');
 }
 
 function body(form) {
@@ -44,7 +68,7 @@ function body(form) {
   const problems = [];
   const channels = form.steps.map((s, i) => {
     const out = { channel: s.channel };
-    if (form.sequence && i < last) {
+    if (windowed(form, i === last)) {
       out.stopCondition = s.stopCondition;
       out.waitMinutes = Number(s.waitMinutes);
     }
@@ -57,7 +81,11 @@ function body(form) {
     }
     return out;
   });
-  const b = { channels, config: { ...form.otherConfig, sequenceEnabled: form.sequence } };
+  const config = { ...form.otherConfig, sequenceEnabled: form.sequence };
+  if (form.order === 'engagement') config.order = 'engagement';
+  if (form.throttle.on) config.throttle = { limit: Number(form.throttle.limit), windowMinutes: Number(form.throttle.windowMinutes) };
+  if (form.quiet.on) config.quietHours = { start: form.quiet.start, end: form.quiet.end, channels: form.quiet.channels };
+  const b = { channels, config };
   if (form.name.trim()) b.name = form.name.trim();
   return { b, problems };
 }
@@ -69,8 +97,9 @@ function Step({ step, index, count, form, errors, set, move, remove, disabled })
   const id = (f) => `step-${step.key}-${f}`;
   const err = (f) => errors[`${p}${f}`];
   const described = (f) => (err(f) ? id(`${f}-error`) : undefined);
+  const byEngagement = form.sequence && form.order === 'engagement';
   return html`<fieldset class="step" aria-invalid=${errors[p] ? 'true' : undefined}>
-    <legend>Step ${index + 1}${form.sequence && terminal ? ' (terminal)' : ''}</legend>
+    <legend>Step ${index + 1}${form.sequence && terminal && !byEngagement ? ' (terminal)' : ''}</legend>
     <${FieldError} id=${id('-error')} errors=${errors[p]} />
     <div class="row">
       <label for=${id('channel')}>Channel</label>
@@ -84,7 +113,7 @@ function Step({ step, index, count, form, errors, set, move, remove, disabled })
       </select>
       <${FieldError} id=${id('.channel-error')} errors=${err('.channel')} />
     </div>
-    ${form.sequence && !terminal && html`<div class="row">
+    ${windowed(form, terminal) && html`<div class="row">
       <label for=${id('stop')}>Stop when</label>
       <select id=${id('stop')} value=${step.stopCondition} disabled=${disabled}
         aria-invalid=${err('.stopCondition') ? 'true' : undefined} aria-describedby=${described('.stopCondition')}
@@ -102,7 +131,7 @@ function Step({ step, index, count, form, errors, set, move, remove, disabled })
       </select>
       <${FieldError} id=${id('.waitMinutes-error')} errors=${err('.waitMinutes')} />
     </div>`}
-    ${form.sequence && terminal && html`<p class="muted">The terminal step fires last: no stop condition, no window.</p>`}
+    ${form.sequence && terminal && !byEngagement && html`<p class="muted">The terminal step fires last: no stop condition, no window.</p>`}
     ${!form.sequence && html`<p class="muted">Without a sequence every step fires at send time.</p>`}
     <div class="row wide">
       <label for=${id('content')}>Content (JSON object; <code>{{order.id}}</code> placeholders)</label>
@@ -115,6 +144,61 @@ function Step({ step, index, count, form, errors, set, move, remove, disabled })
       <button type="button" class="secondary" disabled=${index === 0} onClick=${() => move(-1)}>Move up<span class="sr-only"> step ${index + 1}</span></button>
       <button type="button" class="secondary" disabled=${terminal} onClick=${() => move(1)}>Move down<span class="sr-only"> step ${index + 1}</span></button>
       <button type="button" class="secondary" disabled=${count === 1} onClick=${remove}>Remove<span class="sr-only"> step ${index + 1}</span></button>
+    </div>`}
+  </fieldset>`;
+}
+
+function Rules({ form, errors, disabled, update }) {
+  const t = form.throttle;
+  const q = form.quiet;
+  const err = (k) => errors[`config.${k}`];
+  const inv = (k) => (err(k) ? 'true' : undefined);
+  const desc = (k) => (err(k) ? `tpl-${k.replace('.', '-')}-error` : undefined);
+  const fe = (k) => html`<${FieldError} id=${`tpl-${k.replace('.', '-')}-error`} errors=${err(k)} />`;
+  return html`<fieldset class="rules">
+    <legend>Delivery rules</legend>
+    <div class="row">
+      <label for="tpl-order">Order of the steps</label>
+      <select id="tpl-order" value=${form.order} disabled=${disabled} aria-invalid=${inv('order')} aria-describedby=${desc('order')}
+        onChange=${(e) => update({ order: e.target.value })}>
+        <option value="template">as listed below</option>
+        <option value="engagement" disabled=${!form.sequence}>by each recipient's engagement (sequences only)</option>
+      </select>${fe('order')}
+    </div>
+    <div class="row check">
+      <input id="tpl-throttle" type="checkbox" checked=${t.on} disabled=${disabled}
+        onChange=${(e) => update({ throttle: { ...t, on: e.target.checked } })} />
+      <label for="tpl-throttle">Throttle: at most a number of sends per recipient per window</label>${fe('throttle')}
+    </div>
+    ${t.on && html`<div class="pair">
+      <div class="row"><label for="tpl-throttle-limit">Sends (1–1000)</label>
+        <input id="tpl-throttle-limit" type="number" inputmode="numeric" min="1" max="1000" value=${t.limit} disabled=${disabled}
+          aria-invalid=${inv('throttle.limit')} aria-describedby=${desc('throttle.limit')}
+          onInput=${(e) => update({ throttle: { ...t, limit: e.target.value } })} />${fe('throttle.limit')}</div>
+      <div class="row"><label for="tpl-throttle-window">Window in minutes (1–10080)</label>
+        <input id="tpl-throttle-window" type="number" inputmode="numeric" min="1" max="10080" value=${t.windowMinutes} disabled=${disabled}
+          aria-invalid=${inv('throttle.windowMinutes')} aria-describedby=${desc('throttle.windowMinutes')}
+          onInput=${(e) => update({ throttle: { ...t, windowMinutes: e.target.value } })} />${fe('throttle.windowMinutes')}</div>
+    </div>`}
+    <div class="row check">
+      <input id="tpl-quiet" type="checkbox" checked=${q.on} disabled=${disabled}
+        onChange=${(e) => update({ quiet: { ...q, on: e.target.checked } })} />
+      <label for="tpl-quiet">Quiet hours: defer steps due inside them, in the recipient's time zone</label>${fe('quietHours')}
+    </div>
+    ${q.on && html`<div class="pair">
+      <div class="row"><label for="tpl-quiet-start">From</label>
+        <input id="tpl-quiet-start" type="time" value=${q.start} disabled=${disabled} aria-invalid=${inv('quietHours.start')}
+          aria-describedby=${desc('quietHours.start')} onInput=${(e) => update({ quiet: { ...q, start: e.target.value } })} />${fe('quietHours.start')}</div>
+      <div class="row"><label for="tpl-quiet-end">Until</label>
+        <input id="tpl-quiet-end" type="time" value=${q.end} disabled=${disabled} aria-invalid=${inv('quietHours.end')}
+          aria-describedby=${desc('quietHours.end')} onInput=${(e) => update({ quiet: { ...q, end: e.target.value } })} />${fe('quietHours.end')}</div>
+      <fieldset class="row"><legend>Channels deferred (in-app never is)</legend>
+        ${QUIET_CHANNELS.map((c) => html`<span class="check-item"><input id=${`tpl-quiet-${c}`} type="checkbox" disabled=${disabled}
+          checked=${q.channels.includes(c)} onChange=${(e) => update({ quiet: { ...q,
+            channels: e.target.checked ? QUIET_CHANNELS.filter((x) => x === c || q.channels.includes(x)) : q.channels.filter((x) => x !== c) } })} />
+          <label for=${`tpl-quiet-${c}`}>${c}</label></span>`)}
+        ${fe('quietHours.channels')}
+      </fieldset>
     </div>`}
   </fieldset>`;
 }
@@ -194,10 +278,11 @@ export function Editor({ id }) {
       </div>
       <div class="row check">
         <input id="tpl-seq" type="checkbox" checked=${form.sequence} disabled=${disabled}
-          onChange=${(e) => update({ sequence: e.target.checked })} />
+          onChange=${(e) => update({ sequence: e.target.checked, order: e.target.checked ? form.order : 'template' })} />
         <label for="tpl-seq">A sequence: each step waits for its stop condition before the next fires</label>
         <${FieldError} id="tpl-config-error" errors=${errors.config} />
       </div>
+      <${Rules} form=${form} errors=${errors} disabled=${disabled} update=${update} />
       <fieldset class="steps-box" aria-describedby=${errors.channels ? 'tpl-channels-error' : undefined}>
         <legend>Steps</legend>
         <${FieldError} id="tpl-channels-error" errors=${errors.channels} />

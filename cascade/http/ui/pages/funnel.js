@@ -32,13 +32,13 @@ export function FunnelChart({ metrics }) {
       return html`<section class="funnel-step" aria-label=${`Step ${s.step}, ${s.channel}`}>
         <h3>Step ${s.step} · ${s.channel}</h3>
         ${STAGES.map((k) => html`<${Bar} label=${k} value=${s[k]} max=${max} />`)}
+        ${ended === 0 ? html`<p class="split-caption">No window has ended on this step (a terminal step has none).</p>` : html`
         <p class="split-caption">Windows that ended: ${num(ended)} — stopped ${num(s.stopped)} (${pct(s.stopped, ended)}),
           escalated ${num(s.escalated)} (${pct(s.escalated, ended)})</p>
         <div class="split" aria-hidden="true">
           <span class="bar-stopped" style=${{ flexGrow: s.stopped || 0 }}></span>
           <span class="bar-escalated" style=${{ flexGrow: s.escalated || 0 }}></span>
-          ${ended === 0 && html`<span class="bar-none"></span>`}
-        </div>
+        </div>`}
       </section>`;
     })}</div>
     <${Scroll} label="Funnel numbers"><table class="numbers">

@@ -28,6 +28,17 @@ export function Templates() {
       </table><//>`)}<//>`;
 }
 
+export function RuleList({ config }) {
+  const items = [];
+  if (config.order === 'engagement') items.push('ordered for each recipient by their engagement with each channel');
+  if (config.throttle) items.push(`throttled: at most ${config.throttle.limit} sends per recipient per ${minutes(config.throttle.windowMinutes)}`);
+  if (config.quietHours) {
+    const q = config.quietHours;
+    items.push(`quiet hours ${q.start}–${q.end} (recipient's time zone) for ${(q.channels || ['push', 'email', 'sms']).join(', ')}`);
+  }
+  return items.length ? html`<ul class="rules">${items.map((i) => html`<li>${i}</li>`)}</ul>` : null;
+}
+
 export function StepList({ template }) {
   const seq = template.config && template.config.sequenceEnabled;
   return html`<ol class="steps">${template.channels.map((c, i) => {
@@ -50,6 +61,7 @@ export function TemplatePage({ id }) {
         ${auth.canEdit && html` · <a href="#/templates/${seg(id)}/edit">Edit</a>`}</p>
       <${Versions} template=${tv} />
       <h2>Steps (${tv.config.sequenceEnabled ? 'a sequence' : 'all at once'})</h2>
+      <${RuleList} config=${tv.config} />
       <${StepList} template=${tv} />`}<//>`;
 }
 
@@ -59,7 +71,8 @@ export function Versions({ template, saved }) {
   return html`<section aria-labelledby="versions"><h2 id="versions">Versions</h2>
     <p class="current-version">Version <strong>${template.version}</strong> is current, since <${Time} iso=${template.updatedAt} />;
       first created <${Time} iso=${template.createdAt} />.
-      ${template.version > 1 && ` Versions 1–${template.version - 1} were replaced; sends that started on them finish on them.`}</p>
+      ${template.version === 2 && ' Version 1 was replaced; sends that started on it finish on it.'}
+      ${template.version > 2 && ` Versions 1–${template.version - 1} were replaced; sends that started on them finish on them.`}</p>
     ${saved && saved.length > 0 && html`<${Scroll} label="Versions saved here"><table>
       <caption>Saved from this page</caption>
       <thead><tr><th scope="col">version</th><th scope="col">saved</th><th scope="col">steps</th></tr></thead>
