@@ -354,3 +354,49 @@ def test_a_recipient_page_shows_addresses_and_the_inbox_also_live(dash: Dash, ap
     expect(page.get_by_role("status").filter(has_text="connected")).to_contain_text("unseen: 2")
     expect(page.locator("section", has_text="Live inbox").locator("ol.history li")).to_contain_text(["message"])
     page.get_by_role("button", name="Stop following").click()
+
+
+def test_delivery_rules_offer_engagement_order_to_sequences_only_and_their_422s_land_at_their_fields(
+        dash: Dash, api: Api) -> None:
+    dash.expect_http_error(422, "/v1/templates/")
+    page = dash.sign_in(route="templates/new")
+    page.get_by_label("Template id").fill("ruled")
+    engagement = page.get_by_label("Order of the steps").locator('option[value="engagement"]')
+    page.get_by_label("A sequence").uncheck()
+    expect(engagement).to_be_disabled()
+    page.get_by_label("A sequence").check()
+    expect(engagement).to_be_enabled()
+    page.get_by_label("Order of the steps").select_option("engagement")
+    # ordered by engagement, whichever step ends up last ignores its window, so every step has one
+    last = page.get_by_role("group", name="Step 2", exact=True)
+    expect(last.get_by_label("Stop when")).to_have_count(1)
+    last.get_by_label("Stop when").select_option("clicked")
+    page.get_by_label("Throttle").check()
+    page.get_by_label("Sends (1–1000)").fill("0")
+    page.get_by_role("button", name="Save template").click()
+    limit = page.get_by_label("Sends (1–1000)")
+    expect(limit).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#tpl-throttle-limit-error")).to_have_text("limit 0 must be a whole number from 1 to 1000")
+    limit.fill("5")
+    page.get_by_role("button", name="Save template").click()
+    expect(page.get_by_role("status").filter(has_text="Saved")).to_have_text("Saved: version 1 of ruled.")
+    saved = api.get("/v1/templates/ruled")
+    assert saved["config"]["order"] == "engagement"
+    assert saved["config"]["throttle"] == {"limit": 5, "windowMinutes": 60}
+    assert [c.get("stopCondition") for c in saved["channels"]] == ["viewed", "clicked"]
+    expect(limit).not_to_have_attribute("aria-invalid", "true")
+
+
+def test_keyboard_users_see_where_focus_is_and_can_skip_to_the_content(dash: Dash) -> None:
+    page = dash.sign_in(route="sends")
+    page.keyboard.press("Tab")
+    skip = page.get_by_role("link", name="Skip to content")
+    expect(skip).to_be_focused()
+    expect(skip).to_be_in_viewport()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
+    page.keyboard.press("Tab")  # the first control of the page: the recipient filter, with a visible outline
+    field = page.get_by_label("Recipient id")
+    expect(field).to_be_focused()
+    outline = field.evaluate("e => { const s = getComputedStyle(e); return [s.outlineStyle, parseFloat(s.outlineWidth)]; }")
+    assert outline[0] == "solid" and outline[1] >= 2, outline

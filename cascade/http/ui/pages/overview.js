@@ -1,6 +1,6 @@
 // Overview: what the server is doing now (GET /metrics, GET /readyz,
 // snapshots) and over the last hour (GET /v1/stats/series).
-import { html, useContext } from '../lib.js';
+import { html, useContext, useEffect } from '../lib.js';
 import { get, ApiError } from '../api.js';
 import { Metrics } from '../prom.js';
 import { Auth, CHANNELS, Loaded, Stat, Scroll, num, pct, secs, useLoad, when, ErrorNote } from '../ui.js';
@@ -117,8 +117,12 @@ export function Overview() {
   const auth = useContext(Auth);
   const now = useLoad(() => loadNow(auth.canEdit), []);
   const series = useLoad(loadSeries, []);
+  useEffect(() => { // figures move on their own under a real clock: read again every 10 s
+    const timer = setInterval(() => { now.reload(); series.reload(); }, 10000);
+    return () => clearInterval(timer);
+  }, []);
   return html`<h1>Overview</h1>
-    <p class="muted">Counters since this server process started (<code>/metrics</code>); charts over the last hour.${' '}
+    <p class="muted">Counters since this server process started (<code>/metrics</code>); charts over the last hour; read again every 10 s.${' '}
       <button type="button" class="link" onClick=${() => { now.reload(); series.reload(); }}>Refresh</button></p>
     <section aria-labelledby="hour"><h2 id="hour">The last hour</h2>
       <${Loaded} state=${series} what="time series">${(d) => html`<${Series} ...${d} />`}<//>
