@@ -1,7 +1,8 @@
 """Recovery is the records, applied: replaying a live run's journal into an
 empty engine gives the state the live engine ended with: every send's view,
 every inbox, every recipient and every counter. Driven by hypothesis over
-sends, signals in any order, cancels, re-sent recipients and clock moves."""
+sends (quiet hours, throttles and engagement orders among them), signals in
+any order, cancels, re-sent recipients and clock moves."""
 
 from __future__ import annotations
 
@@ -24,8 +25,21 @@ TEMPLATES = {
         {"channel": "email", "stopCondition": "delivered", "waitMinutes": 5, "content": {}},
         {"channel": "push", "content": {}}], "config": {"sequenceEnabled": True}},
     "all": {"channels": [{"channel": "inapp"}, {"channel": "email"}], "config": {"sequenceEnabled": False}},
+    # T0 is 08:00 UTC: inside these quiet hours for UTC recipients, not for Kolkata (13:30)
+    "night": {"channels": [
+        {"channel": "push", "stopCondition": "clicked", "waitMinutes": 5, "content": {}},
+        {"channel": "email", "content": {}}],
+        "config": {"sequenceEnabled": True, "quietHours": {"start": "07:00", "end": "08:30"}}},
+    "capped": {"channels": [{"channel": "inapp"}, {"channel": "sms"}],
+               "config": {"sequenceEnabled": False, "throttle": {"limit": 1, "windowMinutes": 10},
+                          "quietHours": {"start": "07:59", "end": "08:02", "channels": ["sms"]}}},
+    "learned": {"channels": [
+        {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 5, "content": {}},
+        {"channel": "push", "stopCondition": "clicked", "waitMinutes": 10, "content": {}},
+        {"channel": "email", "stopCondition": "delivered", "waitMinutes": 5, "content": {}}],
+        "config": {"sequenceEnabled": True, "order": "engagement"}},
 }
-RECIPIENTS = [("full", {"email": "f@x.io", "phone": "+15550100", "pushTokens": ["p"]}),
+RECIPIENTS = [("full", {"email": "f@x.io", "phone": "+15550100", "pushTokens": ["p"], "timezone": "Asia/Kolkata"}),
               ("nopush", {"email": "n@x.io"}), ("quiet", {"pushTokens": ["q"], "preferences": {"sms": False}})]
 SIGNALS = ("delivered", "viewed", "clicked", "failed")
 

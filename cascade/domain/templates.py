@@ -199,7 +199,7 @@ def _check_config(config: Mapping[str, Any], sequence: bool) -> list[Detail]:
             if parse_hhmm(quiet.get(key)) is None:
                 errs.append((f"{path}.{key}", f"{key} {_spelled(quiet.get(key))} must be a 24-hour time HH:MM, "
                              "like 22:00"))
-        listed = quiet.get("channels", [])
+        listed = quiet.get("channels", ["push"])  # absent: every channel but inapp
         if not isinstance(listed, list) or not listed or any(c not in CHANNELS for c in listed):
             errs.append((f"{path}.channels", f"channels must be a non-empty list of {', '.join(CHANNELS)}"))
     throttle = config.get("throttle")

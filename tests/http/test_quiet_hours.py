@@ -140,3 +140,14 @@ async def test_quiet_hours_are_validated_with_paths(at: Any) -> None:
     assert resp.status == 422
     paths = {d["path"] for d in (await resp.json())["error"]["details"]}
     assert paths == {"$.config.quietHours.start", "$.config.quietHours.end", "$.config.quietHours.channels"}
+
+
+async def test_without_channels_every_channel_but_inapp_is_quiet(at: Any) -> None:
+    client, _ = await at("2026-11-27T23:00:00.000Z")
+    template = {**INAPP_FIRST, "config": {"sequenceEnabled": True, "quietHours": {"start": "22:00", "end": "08:00"}}}
+    send = await send_to(client, template, None)
+    assert send["steps"][0]["status"] == "waiting"  # inapp
+    stored = await ok(client, "GET", "/v1/templates/t")
+    assert stored["config"]["quietHours"] == {"start": "22:00", "end": "08:00", "channels": ["push", "email", "sms"]}
+    await advance_to(client, "2026-11-28T00:00:00.000Z")
+    assert (await ok(client, "GET", f"/v1/sends/{send['id']}"))["steps"][1]["status"] == "deferred"
