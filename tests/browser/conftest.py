@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for serverproc
-from serverproc import ADMIN_KEY, ROOT, ServerProc, config_text, free_port  # noqa: E402
+from serverproc import ADMIN_KEY, ROOT, ServerProc, config_text, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -52,16 +52,19 @@ def _missing_browser() -> str | None:
     return None
 
 
+@dataclass
 class DashboardServer(ServerProc):
-    """ServerProc with a `read` key beside the admin key."""
+    """ServerProc with these API keys (default: an admin and a read key; none: auth off, loopback only)."""
+
+    keys: dict[str, str] = field(default_factory=lambda: {ADMIN_KEY: "admin", READ_KEY: "read"})
 
     def start(self) -> DashboardServer:
         self.starts += 1
         self.port = free_port()
         text = config_text(self.data_dir, self.port, clock="manual", shards=2)
-        keys = f'api_keys = {{ "{ADMIN_KEY}" = "admin" }}'
-        assert keys in text, "serverproc.config_text changed how it writes the API keys"
-        text = text.replace(keys, f'api_keys = {{ "{ADMIN_KEY}" = "admin", "{READ_KEY}" = "read" }}')
+        written = f'api_keys = {{ "{ADMIN_KEY}" = "admin" }}'
+        assert written in text, "serverproc.config_text changed how it writes the API keys"
+        text = text.replace(written, "api_keys = { " + ", ".join(f'"{k}" = "{v}"' for k, v in self.keys.items()) + " }")
         cfg = self.workdir / f"cascade-{self.starts}.toml"
         cfg.write_text(text, encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}

@@ -7,6 +7,8 @@ Set CASCADE_SCREENSHOTS=<dir> to save a screenshot of every page there at
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import os
 import urllib.error
 import urllib.request
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PHONE, READ_KEY, Api, Dash
+from conftest import PHONE, READ_KEY, Api, Dash, DashboardServer
 from playwright.sync_api import Page, expect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -400,3 +402,29 @@ def test_keyboard_users_see_where_focus_is_and_can_skip_to_the_content(dash: Das
     expect(field).to_be_focused()
     outline = field.evaluate("e => { const s = getComputedStyle(e); return [s.outlineStyle, parseFloat(s.outlineWidth)]; }")
     assert outline[0] == "solid" and outline[1] >= 2, outline
+
+
+def test_with_no_keys_configured_the_dashboard_opens_without_a_sign_in(
+        browser: Any, tmp_path: Path) -> None:
+    open_server = DashboardServer(tmp_path, tmp_path / "data", keys={}).start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, open_server.wait_ready()).result()
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{open_server.base}/ui/#/templates")
+            expect(page.get_by_role("heading", level=1)).to_have_text("Templates")
+            expect(page.get_by_text("no keys configured")).to_be_visible()
+            expect(page.get_by_label("API key")).to_have_count(0)
+            expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+            expect(page.get_by_role("link", name="New template")).to_be_visible()  # open means the API's admin
+            expect(page.get_by_role("button", name="Advance clock")).to_be_visible()
+            assert errors == []
+        finally:
+            context.close()
+    finally:
+        open_server.cleanup()
