@@ -81,14 +81,17 @@ def seeded(api: Api) -> dict[str, Any]:
     """A little of everything, for the pages test and the screenshots."""
     api.put("/v1/templates/order-shipped", sequence("inapp", "viewed", 5, "push", "Order shipped"))
     api.put("/v1/templates/order-shipped", sequence("inapp", "viewed", 30, "push", "Order shipped"))
-    ids = start_sends(api, "order-shipped", "shop", 8)
-    for sid in ids[:3]:
+    ids = []
+    for minute in range(8):  # spread over minutes, so the charts have a shape
+        ids += start_sends(api, "order-shipped", f"shop{minute}", 1 + minute % 3)
+        api.post("/v1/admin/clock", {"advanceSeconds": 60})
+    for sid in ids[:5]:
         api.post("/v1/events", {"messageId": f"{sid}.1", "type": "viewed"})
-    api.post("/v1/events", {"messageId": f"{ids[3]}.1", "type": "clicked"})
+    api.post("/v1/events", {"messageId": f"{ids[5]}.1", "type": "clicked"})
     campaign = api.post("/v1/campaigns", {"template": "order-shipped", "name": "Winter sale",
-                                          "recipients": ["shop-u0", "shop-u1", "shop-u2", "new-u9"]})
+                                          "recipients": ["shop0-u0", "shop1-u0", "shop1-u1", "new-u9"]})
     api.post("/v1/admin/clock", {"advanceSeconds": 1800})
-    for sid in ids[4:6]:
+    for sid in ids[8:11]:
         api.post("/v1/events", {"messageId": f"{sid}.2", "type": "clicked"})
     return {"sends": ids, "campaign": campaign["id"]}
 
@@ -143,7 +146,7 @@ def test_every_page_loads_without_console_errors_at_desktop_and_phone_width(
         (f"sends/{send}", f"Send {send}", page.get_by_role("heading", name="History")),
         ("campaigns", "Campaigns", page.get_by_role("link", name=seeded["campaign"])),
         (f"campaigns/{seeded['campaign']}", f"Campaign {seeded['campaign']}", page.get_by_role("table").filter(has_text="Funnel numbers")),
-        ("recipients/shop-u1", "Recipients · shop-u1", page.get_by_text("shop-u1@example.com")),
+        ("recipients/shop1-u1", "Recipients · shop1-u1", page.get_by_text("shop1-u1@example.com")),
     ]
     for route, heading, proof in pages:
         for width in ("desktop", "phone"):
