@@ -45,6 +45,7 @@ from .send import (
     PENDING,
     REASON_KEY,
     REQUESTED,
+    RETRIES_KEY,
     SKIPPED,
     STEP_CANCELLED,
     STEP_FAILED,
@@ -131,6 +132,8 @@ def _window_ended(send: Send, rec: WindowEnded) -> None:
 def _delivery_answered(send: Send, rec: DeliveryAnswered) -> None:
     i = rec.step
     send.answers |= 1 << i
+    if rec.attempts > 1:
+        send.note(RETRIES_KEY + i, (rec.at, rec.attempts))
     if rec.ok:
         send.answers |= DELIVERED_ANY
         if send.step_status(i) == WAITING and send.status == ACTIVE:

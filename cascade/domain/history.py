@@ -7,8 +7,8 @@ signal times, reasons, the deadline a window closed on, who stopped the
 chain), so the million sends that nobody looks at pay nothing for it. The
 few facts the steps do not show (when a step failed, deferrals, retries)
 are notes on the rare sends they happen to. Bounded by construction: at
-most four steps, each with a handful of entries and at most
-`MAX_RETRIES_SHOWN` retries, so a history never reaches 64 entries.
+most four steps, each with at most nine entries, so a history never nears
+64 entries.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ from .send import (
 )
 from .timefmt import iso
 
-__all__ = ["MAX_RETRIES_SHOWN", "history"]
-
-MAX_RETRIES_SHOWN = 8  # per step; more are counted in the last one's detail
+__all__ = ["history"]
 
 Entry = tuple[float, int, dict[str, Any]]  # (at, order of emission, entry)
 
@@ -66,8 +64,9 @@ def history(send: Send) -> list[dict[str, Any]]:
             after = {"after": "skipped", "previousStep": n, "reason": reason}
             continue
         add(send.fired_at(i), n, "fired", {"channel": step.channel, **after})
-        for attempt, (at, reason) in enumerate(send.get(RETRIES_KEY + i) or (), start=1):
-            add(at, n, "delivery_retried", {"attempt": attempt, "reason": reason})
+        retried = send.get(RETRIES_KEY + i)
+        if retried is not None:  # the provider's answer came after it had tried more than once
+            add(retried[0], n, "delivery_retried", {"attempts": retried[1]})
         for kind, name in enumerate(SIGNALS):
             if send.has_signal(i, kind):
                 add(send.get(4 * i + kind), n, "signal", {"signal": name})

@@ -95,6 +95,7 @@ class DeliveryAnswered(NamedTuple):
     step: int
     ok: bool
     reason: str | None
+    attempts: int  # the provider's tries; more than 1: it retried (history)
     at: float
     tag: int = 5
 

@@ -44,7 +44,7 @@ REASON_KEY = 16  # notes key of step i's skip/failure reason: REASON_KEY + i
 FIRED_KEY = 24  # notes key of the time step i (> 0, in a sequence) fired
 OPENED_KEY = 28  # notes key of when step i's window opened, when that was well after it fired
 FAILED_AT_KEY = 32  # notes key of when step i failed (history)
-RETRIES_KEY = 36  # notes key of step i's delivery retries: [(at, reason), ...] (history)
+RETRIES_KEY = 36  # notes key of step i's answer after retries: (at, attempts) (history)
 DEFERRED_KEY = 40  # notes key of step i's deferral: (deferred at, until) (quiet hours, history)
 ORDER_KEY = "order"  # notes key of an engagement-ordered send's channel scores, in its own step order
 # A window opening this much later than its step fired is noted, so the view

@@ -131,11 +131,12 @@ def timer_due(send: Send, now: float, emit: Emit) -> None:
             _advance(send, i + 1, now, emit)
 
 
-def delivery_result(send: Send, i: int, ok: bool, reason: str | None, now: float, emit: Emit) -> None:
+def delivery_result(send: Send, i: int, ok: bool, reason: str | None, now: float, emit: Emit,
+                    attempts: int = 1) -> None:
     """The channel's answer for step i: accepted (requested) or refused (failed)."""
     if send.answers & (1 << i):
         return
-    emit(DeliveryAnswered(send.key, i, ok, reason, now))
+    emit(DeliveryAnswered(send.key, i, ok, reason, attempts, now))
     if send.status != ACTIVE:
         return
     if not ok:

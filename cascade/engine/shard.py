@@ -220,7 +220,7 @@ class ShardState:
         local = self._local
         while local:
             send, i, outcome = local.popleft()
-            delivery_result(send, i, outcome.ok, outcome.reason, now, self._emit)
+            delivery_result(send, i, outcome.ok, outcome.reason, now, self._emit, outcome.attempts)
 
     # -- the batch loop -------------------------------------------------
     def process(self, commands: list[Command]) -> None:
@@ -498,7 +498,7 @@ class ShardState:
         for (key, i), outcome in results:
             send = self.sends.get(key)
             if send is not None:
-                delivery_result(send, i, outcome.ok, outcome.reason, now, self._emit)
+                delivery_result(send, i, outcome.ok, outcome.reason, now, self._emit, outcome.attempts)
                 self._answer_local(now)
 
     def _put_recipient(self, payload: tuple[str, Any, bool], now: float) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from cascade.config import Settings
-from cascade.engine import MemoryProvider
+from cascade.delivery.providers.base import DeliveryOutcome, OutgoingMessage
+from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 
 CHAIN = {"channels": [
     {"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 30, "content": {"body": "hi"}},
@@ -104,3 +105,34 @@ async def test_history_is_in_listed_views_and_survives_the_listing(make_client: 
     send = await start_send(client, {"id": "u-5"})
     listed = await (await client.get("/v1/sends?recipient=u-5")).json()
     assert [s["history"] for s in listed["sends"]] == [send["history"]]
+
+
+class RetryingProvider:
+    """Answers every message as accepted on its third try."""
+
+    synchronous = True
+    name = "retrying"
+
+    def deliver_now(self, message: OutgoingMessage) -> DeliveryOutcome:
+        return DeliveryOutcome(True, attempts=3)
+
+    async def deliver(self, message: OutgoingMessage) -> DeliveryOutcome:
+        return self.deliver_now(message)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_message_its_provider_took_after_retries_says_so(make_client: Any, start: float) -> None:
+    engine = Engine(ManualClock(start), {"push": RetryingProvider(), "email": MemoryProvider("email"),
+                                         "sms": MemoryProvider("sms")}, EngineConfig(shards=1)).start()
+    try:
+        client = await make_client(Settings(), on=engine, campaigns=None)
+        assert (await client.put("/v1/templates/chain", json=CHAIN)).status == 201
+        send = await start_send(client, {"id": "u-6", "pushTokens": ["t"]})
+        await advance(client, 30 * 60)
+        h = (await view(client, send["id"]))["history"]
+        assert whats(h)[2:4] == [(2, "fired"), (2, "delivery_retried")]
+        assert h[3]["detail"] == {"attempts": 3}
+    finally:
+        engine.stop()
