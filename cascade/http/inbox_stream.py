@@ -4,8 +4,10 @@ Events pushed from the engine, never polled per stream.
 Owns the bridge from the shards to the open streams, and the streams:
 
 - The engine reports each live inbox change on a shard's thread
-  (`Engine.watch_inbox`). `report` keeps it only when that recipient has a
-  stream open (one dict lookup) and adds it to a pending list; the first
+  (`Engine.watch_inbox`), but only while some stream is open: with none,
+  the shards report nothing and pay nothing. `report` keeps a change only
+  when its recipient has a stream open (one dict lookup) and adds it to a
+  pending list; the first
   change into an empty list wakes the loop with ONE `call_soon_threadsafe`,
   so changes that land together cross over as one batch.
 - On the loop a batch is grouped by recipient, and one engine read
@@ -129,10 +131,9 @@ class InboxStreams:
 
     async def _lifetime(self, _: web.Application) -> AsyncIterator[None]:
         self._loop = asyncio.get_running_loop()
-        self.engine.watch_inbox(self.report)
         yield
-        self.engine.watch_inbox(None)
         self.close_all()
+        self.engine.watch_inbox(None)
 
     async def _shutdown(self, _: web.Application) -> None:
         self.close_all()
@@ -220,6 +221,8 @@ class InboxStreams:
         stream = _Stream(rid, request)
         self._by_recipient.setdefault(rid, set()).add(stream)  # before the first read: no change is missed
         self.open += 1
+        if self.open == 1:
+            self.engine.watch_inbox(self.report)  # the first stream: the shards start reporting
         try:
             page = await self.engine.inbox_peek(rid, [])
             response = web.StreamResponse(headers=_HEADERS)
@@ -228,6 +231,8 @@ class InboxStreams:
             await self._serve(stream, response)
         finally:
             self.open -= 1
+            if self.open == 0:
+                self.engine.watch_inbox(None)
             streams = self._by_recipient.get(rid)
             if streams is not None:
                 streams.discard(stream)
