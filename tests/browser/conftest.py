@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -91,13 +92,20 @@ class Api:
         headers = {"Authorization": f"Bearer {self.key}"}
         if data is not None:
             headers["Content-Type"] = content_type
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                status, text = r.status, r.read()
-        except urllib.error.HTTPError as e:
-            with e:
-                status, text = e.code, e.read()
+        deadline = time.monotonic() + 10.0
+        while True:
+            req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    status, text = r.status, r.read()
+            except urllib.error.HTTPError as e:
+                with e:
+                    status, text = e.code, e.read()
+            # 503 overloaded means nothing was applied; a client retries it (the machine may be busy with
+            # other test runs). Shortly, rather than after Retry-After's whole second, to keep the tests fast.
+            if status != 503 or 503 in ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert status in ok, f"{method} {path}: HTTP {status} {text[:500]!r}"
         return json.loads(text) if text else None
 

@@ -394,6 +394,9 @@ def test_delivery_rules_offer_engagement_order_to_sequences_only_and_their_422s_
 
 def test_keyboard_users_see_where_focus_is_and_can_skip_to_the_content(dash: Dash) -> None:
     page = dash.sign_in(route="sends")
+    expect(page.locator("main")).to_be_focused()  # signing in puts focus at the content
+    page.reload()  # arrive at the page, signed in (the key is in sessionStorage), with nothing focused yet
+    expect(page.get_by_role("heading", level=1)).to_have_text("Sends")
     page.keyboard.press("Tab")
     skip = page.get_by_role("link", name="Skip to content")
     expect(skip).to_be_focused()

@@ -68,8 +68,11 @@ function SignIn({ error, onKey }) {
   </main>`;
 }
 
-function Shell({ auth, onSignOut }) {
+function Shell({ auth, onSignOut, signedIn }) {
   const route = useRoute();
+  useEffect(() => { // the sign-in form is gone: put keyboard focus at the start of the content
+    if (signedIn) document.getElementById('main').focus();
+  }, []);
   const [tick, setTick] = useState(0);
   const bump = useCallback(() => setTick((n) => n + 1), []);
   const current = route.parts[0];
@@ -111,13 +114,13 @@ function App() {
   if (!state.auth) {
     return html`<${SignIn} error=${state.error} onKey=${(key) => {
       signIn(key);
-      whoami().then((auth) => setState({ auth, error: null, checking: false }), (error) => {
+      whoami().then((auth) => setState({ auth, error: null, checking: false, signedIn: true }), (error) => {
         signOut();
         setState({ auth: null, error, checking: false });
       });
     }} />`;
   }
-  return html`<${Shell} auth=${state.auth} onSignOut=${() => { signOut(); setState({ auth: null, error: null, checking: false }); }} />`;
+  return html`<${Shell} auth=${state.auth} signedIn=${Boolean(state.signedIn)} onSignOut=${() => { signOut(); setState({ auth: null, error: null, checking: false }); }} />`;
 }
 
 render(html`<${App} />`, document.getElementById('app'));
