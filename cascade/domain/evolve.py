@@ -74,19 +74,19 @@ def _finish(send: Send, status: int, at: float) -> None:
 
 
 def _step_fired(send: Send, rec: StepFired) -> None:
-    i = rec.step
+    _, i, at, _tag = rec  # one unpacking: replay runs this for every send
     tpl = send.tpl
     step = tpl.steps[i]
     waits = step.stop_rank >= 0 and tpl.sequence
     shift = 4 * i
     send.steps = (send.steps & ~(15 << shift)) | ((WAITING if waits else FIRED) << shift)
     send.current = i
-    if rec.at != send.created:  # most first steps, and every unsequenced one, fire as the send is made
-        send.note(FIRED_KEY + i, rec.at)
+    if at != send.created:  # most first steps, and every unsequenced one, fire as the send is made
+        send.note(FIRED_KEY + i, at)
     for c in send.counters:
         c.steps[i][REQUESTED] += 1
     if waits:
-        send.deadline = rec.at + step.wait_s
+        send.deadline = at + step.wait_s
     elif tpl.sequence or tpl.quiet is None or not _deferred_left(send):  # a broadcast's deferred steps share one timer
         send.deadline = None
     if step.channel == "inapp":  # the built-in inbox accepts at once

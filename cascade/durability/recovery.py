@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from ..domain.records import ClockMoved, SendStarted, ShardBatch, UnknownRecord, decode
+from ..domain.records import ClockMoved, SendStarted, ShardBatch, UnknownRecord, decode, decode_all
 from ..engine.clock import Clock
 from ..engine.idempotency import IdempotencyKeys
 from ..engine.shard import ShardState
@@ -207,7 +207,7 @@ def _recover(engine: Recoverable, directory: str, journal: Journal) -> RecoveryR
     for position, raw in journal.replay(after=after):
         try:
             rec = decode(raw)
-            inner = [decode(r) for r in rec.records] if type(rec) is ShardBatch else None
+            inner = decode_all(rec.records) if type(rec) is ShardBatch else None
         except UnknownRecord as exc:
             raise RecoveryRefused(f"journal position {position}: {exc}. Start the version of cascade that "
                                   "wrote this data directory, or move it away.") from None

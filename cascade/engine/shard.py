@@ -174,33 +174,34 @@ class ShardState:
         return send
 
     def _apply_started(self, rec: SendStarted) -> Send | None:
-        key = rec.send
+        # One unpacking instead of eight field lookups: replay runs this a
+        # million times. Its arity is the record's (decode checks it).
+        key, template, version, rid, data, groups, at, _idempotency, campaign_row, _tag = rec
         sends = self.sends
         if key in sends:
             return None
-        shape = (rec.template, rec.version, rec.groups)
+        shape = (template, version, groups)
         if shape != self._shape:  # most sends repeat the shape of the one before
-            tpl = self.templates.version(rec.template, rec.version)
+            tpl = self.templates.version(template, version)
             self._shape = shape
-            self._shape_of = (tpl, self.book.counters_of(tuple(rec.groups), tpl) if tpl is not None else None)
+            self._shape_of = (tpl, self.book.counters_of(tuple(groups), tpl) if tpl is not None else None)
         tpl, counters = self._shape_of
         if tpl is None:
             return None
-        if rec.campaign_row is not None:
-            campaign, row = rec.campaign_row
+        if campaign_row is not None:
+            campaign, row = campaign_row
             bits = self.campaign_rows.get(campaign)
             if bits is None:
                 bits = self.campaign_rows[campaign] = bytearray()
             set_bit(bits, row)
-        rid = rec.recipient
-        send = Send(key, tpl, self.recipients.get(rid) or self.recipient(rid), rec.data, rec.at, counters)
+        send = Send(key, tpl, self.recipients.get(rid) or self.recipient(rid), data, at, counters)
         send.answers = self.send_mark  # born after any snapshot in progress began
         sends[key] = send
         self.active += 1
         for c in counters:  # started
             c.sends[0] += 1
         if tpl.throttle is not None:
-            self.throttle.started(rid, tpl, rec.at)
+            self.throttle.started(rid, tpl, at)
         return send
 
     def _emit(self, rec: Any) -> None:
