@@ -254,7 +254,7 @@ def decode(raw: Any) -> Record:
 
 def decode_all(raws: Any) -> list[Record]:
     """`decode` of every record of a batch, in one loop (replay's inner loop)."""
-    out = []
+    out: list[Record] = []
     append = out.append
     types, arity = _TYPES, _ARITY
     for raw in raws:
