@@ -93,6 +93,8 @@ async def test_a_recipient_without_an_email_fails_without_a_connection() -> None
         smtp = provider(port)
         outcome = await smtp.deliver(message(email_to=None))
         assert not outcome.ok and outcome.reason is not None and outcome.reason.startswith("no_address")
+        two = await smtp.deliver(message(email_to="ann@example.com, bob@example.com"))
+        assert not two.ok and two.reason is not None and two.reason.startswith("invalid_address"), two
         assert mailbox.connections == 0 and smtp.connections() == 0
 
 

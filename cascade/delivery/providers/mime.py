@@ -12,6 +12,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+import email.errors
 import email.utils
 from email.message import EmailMessage
 from typing import Any
@@ -53,8 +54,11 @@ def build_email(message: OutgoingMessage, sender: str) -> EmailMessage:
         msg["From"] = sender
         msg["To"] = to
         msg["Subject"] = subject
-    except (ValueError, IndexError) as exc:  # the header registry refuses what it cannot parse
+    except (ValueError, IndexError, email.errors.MessageError) as exc:  # the header registry refuses what it cannot parse
         raise MessageUnsendable(f"invalid_header: {exc}") from None
+    addresses = msg["To"].addresses
+    if len(addresses) != 1 or not addresses[0].username or not addresses[0].domain:
+        raise MessageUnsendable(f"invalid_address: {to!r} is not one email address")
     msg["Date"] = email.utils.formatdate(usegmt=True)
     _, address = email.utils.parseaddr(sender)
     msg["Message-ID"] = message_id_header(message.message_id, address)

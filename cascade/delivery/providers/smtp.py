@@ -95,7 +95,7 @@ class SmtpProvider:
             mail = build_email(message, self.sender)
         except MessageUnsendable as exc:
             return DeliveryOutcome(False, str(exc), attempts=0)
-        to = mail["To"].addresses[0].addr_spec if mail["To"].addresses else str(mail["To"])
+        to = mail["To"].addresses[0].addr_spec  # build_email made sure there is exactly one
         last = ""
         attempts = self._backoff.max_attempts
         for attempt in range(1, attempts + 1):
