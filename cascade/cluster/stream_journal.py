@@ -1,0 +1,485 @@
+"""The journal of one partition on a JetStream stream, fenced by expected sequence.
+
+Stream `<prefix>-p<N>` holds subject `<prefix>.p<N>.journal` (records) and
+`<prefix>.p<N>.owner` (takeover records). It is the same `Journal` as
+`storage/journal.py` (one behaviour suite): positions count records, not
+stream messages. A stream message carries the msgpack frames of one or more
+appends (the file journal's frames, from the same codec) and headers:
+`Cascade-End` (the position after its records), `Cascade-Count`,
+`Cascade-Epoch`. So the last message alone gives the position on open, and
+`replay(after)` finds its first message by binary search on `Cascade-End`
+(stream get by sequence, from the stream leader: about 20 requests for a
+million messages), then reads on with a pull consumer (ack none, in memory,
+fetched a few hundred messages a request): one round trip per batch rather
+than per message, served by the stream leader, so a lagging replica cannot
+show a short journal. Direct get would be one request per message and, with
+`allow_direct`, may be answered by a follower that is behind.
+
+Fencing (Temporal's range ids, on JetStream): opening is a takeover. The new
+owner reads the last message, refuses if it carries an epoch at or above
+its own (`Fenced`), and publishes a takeover record `{node, epoch}`
+conditioned on that message's sequence. Every later publish carries
+`Nats-Expected-Last-Sequence` = the sequence of this owner's previous
+message, so after a takeover the old owner's next write is refused by
+JetStream itself; the journal then raises `Fenced` on every append and calls
+`on_lost` once, so the owner stops serving the partition at once. Publishes
+also carry `Nats-Msg-Id` (<stream>:<epoch>:<sequence>): a publish whose ack
+was lost is retried with the same id and answered as a duplicate by the
+server's dedupe (checked before the expected sequence), not mistaken for
+fencing. A publish not acknowledged within `give_up_s` fails the journal
+(`JournalError`, `on_lost` too): a write whose fate is unknown cannot be
+followed by others.
+
+Threads: `append` only encodes and queues (shard threads never wait on the
+network, only on back-pressure above `max_pending_bytes`); the writer runs on
+the NATS client's loop (client.NatsThread), one publish per group of queued
+appends (group commit: everything queued while the last publish was in
+flight), one in flight at a time. `on_durable` fires on the loop thread after
+the publish ack, i.e. once a quorum of the stream's replicas holds the
+records; callbacks must not block. `rotate` ends the current message
+(returns the position once what came before is acknowledged);
+`drop_before` purges the messages whose records all lie at or before the
+position (the last message always stays: it carries the position).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError
+
+from ..storage.codec import FrameReader, StopReason, encode_records
+from ..storage.journal import JournalClosed, JournalError, JournalIssue, RecoveryReport, JournalStats
+from .client import NatsThread
+from .journal_stats import AckCounters
+
+__all__ = ["Fenced", "StreamJournal", "Takeover"]
+
+log = logging.getLogger("cascade.cluster.journal")
+Callback = Callable[[], None]
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, ...ConstantErr
+EXPECTED, MSG_ID = "Nats-Expected-Last-Sequence", "Nats-Msg-Id"
+END, COUNT, EPOCH = "Cascade-End", "Cascade-Count", "Cascade-Epoch"
+
+
+class Fenced(JournalError):
+    """Another owner took the partition over; this journal's writes are refused from now on."""
+
+    def __init__(self, partition: int, node: str, epoch: int, detail: str) -> None:
+        super().__init__(f"partition {partition}: {node} (epoch {epoch}) is fenced: {detail}")
+        self.partition, self.node, self.epoch = partition, node, epoch
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """A takeover record: `node` owns the partition from stream sequence `seq` on, at journal `position`."""
+
+    seq: int
+    node: str
+    epoch: int
+    position: int
+
+
+@dataclass
+class _Entry:
+    data: bytes | None  # None: a rotate marker
+    count: int
+    end: int
+    done: Callback | None
+    at: float
+
+
+class _WrongLast(Exception):
+    pass
+
+
+def _header_int(msg_headers: dict[str, str] | None, name: str, seq: int) -> int:
+    value = (msg_headers or {}).get(name)
+    if value is None:
+        raise JournalError(f"stream message {seq} has no {name} header: not written by a cascade journal")
+    return int(value)
+
+
+class StreamJournal:
+    """A `Journal` on one JetStream stream per partition; opening it takes the partition over with `epoch`."""
+
+    recovery_report: RecoveryReport
+
+    def __init__(self, client: NatsThread, partition: int, node: str, epoch: int, *, replicas: int = 1,
+                 prefix: str = "cascade", on_lost: Callable[[JournalError], None] | None = None,
+                 max_pending_bytes: int = 64 << 20, max_message_bytes: int = 1 << 20,
+                 publish_timeout_s: float = 2.0, give_up_s: float = 30.0, open_timeout_s: float = 30.0,
+                 replay_batch: int = 256) -> None:
+        self.client, self.partition, self.node, self.epoch, self.replicas = client, partition, node, epoch, replicas
+        self.stream = f"{prefix}-p{partition}"
+        self.subject, self.owner_subject = f"{prefix}.p{partition}.journal", f"{prefix}.p{partition}.owner"
+        self.on_lost, self.publish_timeout_s, self.give_up_s = on_lost, publish_timeout_s, give_up_s
+        self._max_pending, self._replay_batch = max_pending_bytes, replay_batch
+        self._max_message = min(max_message_bytes, client.nc.max_payload - 4096)
+        self._lock = threading.Lock()
+        self._space = threading.Condition(self._lock)  # appenders under back-pressure; replay; rotate
+        self._queue: list[_Entry] = []
+        self._pending = 0
+        self._closing = False
+        self.failure: JournalError | None = None
+        self._counters = AckCounters()
+        self._wake = asyncio.Event()
+        self.takeover, self._first_seq = client.run(self._open(), open_timeout_s)
+        self._last_seq = self.takeover.seq
+        self._position = self._durable = self.takeover.position
+        self.recovery_report = RecoveryReport(self._position, 1, [])
+        self._writer = asyncio.run_coroutine_threadsafe(self._write_loop(), client.loop)
+
+    # -- callers' side ---------------------------------------------------------
+
+    def append(self, records: Sequence[Any], on_durable: Callback | None = None) -> int:
+        data = encode_records(records) if records else b""
+        if len(data) > self._max_message:
+            raise ValueError(f"an append of {len(data)} bytes exceeds the {self._max_message}-byte message limit")
+        with self._lock:
+            self._check_open()
+            if self._pending and self._pending + len(data) > self._max_pending and not self.client.on_loop:
+                self._counters.waits += 1
+                while self._pending and self._pending + len(data) > self._max_pending:
+                    self._space.wait()
+                    self._check_open()
+            self._pending += len(data)
+            self._position += len(records)
+            position = self._position
+            self._queue.append(_Entry(data, len(records), position, on_durable, time.perf_counter()))
+            self._counters.appended(len(records), len(data))
+            wake = len(self._queue) == 1
+        if wake:
+            self._wake_writer()
+        return position
+
+    def position(self) -> int:
+        return self._position
+
+    def rotate(self) -> int:
+        """End the current stream message here; the position, once everything before it is acknowledged."""
+        done = threading.Event()
+        with self._lock:
+            self._check_open()
+            start = self._position
+            self._queue.append(_Entry(None, 0, start, done.set, 0.0))
+            wake = len(self._queue) == 1
+        if wake:
+            self._wake_writer()
+        if not done.wait(self.give_up_s + self.publish_timeout_s + 5.0):
+            raise JournalError(f"journal {self.stream}: rotate not done within {self.give_up_s} s")
+        with self._lock:
+            self._check_open(closing_ok=True)
+        return start
+
+    def replay(self, after: int = 0) -> Iterator[tuple[int, Any]]:
+        """(position, record) after `after` for every record appended before the call, in order."""
+        deadline = time.monotonic() + self.give_up_s + self.publish_timeout_s
+        with self._lock:
+            while self._durable < self._position and self.failure is None:
+                if not self._space.wait(max(0.0, deadline - time.monotonic())):
+                    raise JournalError(f"journal {self.stream}: appends not acknowledged within {self.give_up_s} s")
+            target = self._last_seq
+        return self._replay(after, target)
+
+    def drop_before(self, position: int) -> None:
+        """Purge the messages whose records all lie at or before `position` (never the last message)."""
+        self._first_seq = self.client.run(self._drop_before(position), self.give_up_s)
+
+    def close(self) -> None:
+        """Publish what is queued, stop the writer; later appends raise JournalClosed. The client stays open."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self._wake_writer()
+        if not self.client.on_loop:  # on the loop (an on_lost callback closing us) it cannot wait
+            try:
+                self._writer.result(self.give_up_s + self.publish_timeout_s + 5.0)
+            except Exception:
+                log.warning("journal %s: writer did not stop cleanly", self.stream, exc_info=True)
+
+    def stats(self) -> JournalStats:
+        with self._lock:
+            return self._counters.freeze(self._position, self._durable, self._pending,
+                                         self._last_seq - self._first_seq + 1)
+
+    def takeovers(self) -> list[Takeover]:
+        """The takeover records still in the stream, oldest first (admin views, tests)."""
+        return self.client.run(self._takeovers(), self.give_up_s)
+
+    def _check_open(self, closing_ok: bool = False) -> None:
+        if self.failure is not None:
+            raise self.failure
+        if self._closing and not closing_ok:
+            raise JournalClosed(f"journal {self.stream} is closed")
+
+    def _wake_writer(self) -> None:
+        try:
+            self.client.call_soon(self._wake.set)
+        except RuntimeError as exc:  # the loop is gone: nothing can be published
+            self._fail(JournalError(f"journal {self.stream}: the NATS client is closed"), [])
+            raise JournalError(f"journal {self.stream}: the NATS client is closed") from exc
+
+    # -- on the loop: open, write ----------------------------------------------
+
+    async def _open(self) -> tuple[Takeover, int]:
+        jsm = self.client.js
+        try:
+            info = await jsm.stream_info(self.stream)
+            if info.config.num_replicas != self.replicas:
+                log.warning("journal %s: replicas %s -> %d", self.stream, info.config.num_replicas, self.replicas)
+                info = await jsm.update_stream(config=info.config.evolve(num_replicas=self.replicas))
+        except NotFoundError:
+            info = await jsm.add_stream(
+                name=self.stream, subjects=[self.subject, self.owner_subject], num_replicas=self.replicas,
+                storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD,
+                duplicate_window=120.0, allow_direct=False, deny_delete=True)
+        for _ in range(20):  # someone else may publish between our read and our takeover: read again
+            last = info.state.last_seq
+            position = epoch = 0
+            if last:
+                msg = await jsm.get_msg(self.stream, seq=last)
+                position, epoch = _header_int(msg.headers, END, last), _header_int(msg.headers, EPOCH, last)
+            if epoch >= self.epoch:
+                raise Fenced(self.partition, self.node, self.epoch,
+                             f"the stream already carries epoch {epoch} (sequence {last})")
+            payload = msgpack.packb({"takeover": self.node, "epoch": self.epoch})
+            try:
+                seq = await self._publish(self.owner_subject, payload, last, position, 0)
+            except _WrongLast:
+                info = await jsm.stream_info(self.stream)
+                continue
+            log.info("journal %s: %s took over with epoch %d at sequence %d, position %d",
+                     self.stream, self.node, self.epoch, seq, position)
+            return Takeover(seq, self.node, self.epoch, position), max(info.state.first_seq, 1)
+        raise JournalError(f"journal {self.stream}: could not publish a takeover; the stream keeps moving")
+
+    async def _publish(self, subject: str, payload: bytes, expected: int, end: int, count: int) -> int:
+        """Publish conditioned on `expected`; retried (same Msg-Id) until acknowledged or `give_up_s`."""
+        headers = {EXPECTED: str(expected), MSG_ID: f"{self.stream}:{self.epoch}:{expected + 1}",
+                   END: str(end), COUNT: str(count), EPOCH: str(self.epoch)}
+        loop = asyncio.get_running_loop()
+        deadline, attempt = loop.time() + self.give_up_s, 0
+        while True:
+            began = time.perf_counter()
+            try:
+                ack = await self.client.js.publish(subject, payload, timeout=self.publish_timeout_s,
+                                                   headers=dict(headers))
+            except APIError as exc:
+                if exc.err_code in WRONG_LAST_SEQUENCE:
+                    raise _WrongLast(exc.description or str(exc)) from None
+                error: Exception = exc
+            except nats.errors.ConnectionClosedError:
+                raise JournalError(f"journal {self.stream}: the NATS connection is closed") from None
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                error = exc
+            else:
+                self._counters.acked(time.perf_counter() - began)
+                if ack.seq != expected + 1:
+                    raise JournalError(f"journal {self.stream}: published at sequence {ack.seq}, "
+                                       f"expected {expected + 1}")
+                return ack.seq
+            attempt += 1
+            pause = min(0.05 * attempt, 0.5)
+            if loop.time() + pause > deadline:
+                raise JournalError(f"journal {self.stream}: a publish was not acknowledged within "
+                                   f"{self.give_up_s} s ({error!r}); its records may or may not be stored")
+            log.warning("journal %s: publish attempt %d failed (%r); retrying", self.stream, attempt, error)
+            await asyncio.sleep(pause)  # back-off between retries
+
+    async def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                closing = self._closing
+            if batch:
+                await self._commit(batch)
+                continue
+            if closing:
+                return
+            await self._wake.wait()
+            self._wake.clear()
+
+    async def _commit(self, batch: list[_Entry]) -> None:
+        group: list[_Entry] = []
+        size = 0
+        for i, entry in enumerate(batch):
+            if entry.data is not None and (not group or size + len(entry.data) <= self._max_message):
+                group.append(entry)
+                size += len(entry.data)
+                continue
+            if not await self._flush(group, batch[i:]):
+                return
+            group, size = ([], 0) if entry.data is None else ([entry], len(entry.data))
+            if entry.data is None and entry.done is not None:
+                entry.done()  # a rotate marker: everything before it is acknowledged
+        await self._flush(group, [])
+
+    async def _flush(self, group: list[_Entry], rest: list[_Entry]) -> bool:
+        """Publish one group as one message (none if it has no records), then fire its callbacks."""
+        if self.failure is not None:
+            self._fail(self.failure, group + rest)
+            return False
+        count = sum(e.count for e in group)
+        if count:
+            data = b"".join(e.data for e in group if e.data)
+            try:
+                seq = await self._publish(self.subject, data, self._last_seq, group[-1].end, count)
+            except _WrongLast as exc:
+                self._fail(Fenced(self.partition, self.node, self.epoch,
+                                  f"JetStream refused the append ({exc}): another owner took over"), group + rest)
+                return False
+            except JournalError as exc:
+                self._fail(exc, group + rest)
+                return False
+            with self._lock:
+                self._last_seq = seq
+        now = time.perf_counter()
+        with self._lock:
+            if group:
+                self._durable = group[-1].end
+            self._pending -= sum(len(e.data) for e in group if e.data)
+            self._space.notify_all()
+        for entry in group:
+            self._counters.latency(now - entry.at)
+            if entry.done is not None:
+                try:
+                    entry.done()
+                except Exception:  # one bad callback must not stall everyone else's acks
+                    log.exception("journal on_durable callback failed")
+        return True
+
+    def _fail(self, exc: JournalError, dropped: list[_Entry]) -> None:
+        with self._lock:
+            first = self.failure is None
+            if first:
+                self.failure = exc
+            dropped = dropped + self._queue
+            self._queue, self._pending = [], 0
+            self._space.notify_all()
+        for entry in dropped:
+            if entry.data is None and entry.done is not None:
+                entry.done()  # rotate waiters wake and see the failure
+        if first:
+            log.error("journal %s: %s; %d queued appends dropped", self.stream, exc, len(dropped))
+            if self.on_lost is not None:
+                try:
+                    self.on_lost(exc)
+                except Exception:
+                    log.exception("journal on_lost callback failed")
+
+    # -- on the loop: reading --------------------------------------------------
+
+    async def _end_of(self, seq: int) -> int:
+        msg = await self.client.js.get_msg(self.stream, seq=seq)
+        return _header_int(msg.headers, END, seq)
+
+    async def _find(self, after: int) -> tuple[int | None, int]:
+        """The first sequence whose message ends past `after` (None if none), and the stream's first sequence."""
+        info = await self.client.js.stream_info(self.stream)
+        lo, hi = max(info.state.first_seq, 1), info.state.last_seq
+        if not hi or await self._end_of(hi) <= after:
+            return None, lo
+        first = lo
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if await self._end_of(mid) > after:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo, first
+
+    async def _drop_before(self, position: int) -> int:
+        found, first = await self._find(position)
+        keep = self._last_seq if found is None else min(found, self._last_seq)
+        if keep > first:
+            await self.client.js.purge_stream(self.stream, seq=keep)
+        return max(keep, first)
+
+    async def _consumer(self, start: int, subject: str | None = None) -> Any:
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_policy=api.AckPolicy.NONE,
+            mem_storage=True, num_replicas=1, inactive_threshold=30.0)
+        return await self.client.js.pull_subscribe(subject or f"{self.subject.rsplit('.', 1)[0]}.*",
+                                                   stream=self.stream, config=config)
+
+    async def _fetch(self, sub: Any, n: int) -> list[Msg]:
+        msgs: list[Msg] = await sub.fetch(n, timeout=self.publish_timeout_s)
+        return msgs
+
+    async def _unsubscribe(self, sub: Any) -> None:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # the consumer goes away by itself after inactive_threshold
+            log.debug("journal %s: replay consumer not removed", self.stream, exc_info=True)
+
+    def _replay(self, after: int, target: int) -> Iterator[tuple[int, Any]]:
+        start, first = self.client.run(self._find(after), self.give_up_s)
+        if start is None or start > target:
+            return
+        sub = self.client.run(self._consumer(start), self.give_up_s)
+        try:
+            seq, warned = start - 1, False
+            while seq < target:
+                try:
+                    msgs = self.client.run(self._fetch(sub, self._replay_batch), self.give_up_s)
+                except (nats.errors.TimeoutError, TimeoutError) as exc:
+                    raise JournalError(f"journal {self.stream}: replay stalled at sequence {seq}") from exc
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    if seq > target:
+                        break
+                    if msg.subject != self.subject:
+                        continue  # a takeover record
+                    end, count = _header_int(msg.headers, END, seq), _header_int(msg.headers, COUNT, seq)
+                    if not warned and after < end - count:
+                        log.warning("journal %s: replay after %d, but records up to %d were dropped",
+                                    self.stream, after, end - count)
+                    warned = True
+                    reader = FrameReader(msg.data)
+                    yield from ((p, r) for p, r in enumerate(reader, end - count + 1) if p > after)
+                    if reader.stop is not StopReason.END or reader.records != count:
+                        detail = f"message {seq} holds {reader.records} of {count} records ({reader.detail})"
+                        log.error("journal %s: REPLAY STOPPED at record %d: %s", self.stream,
+                                  end - count + reader.records, detail)
+                        self.recovery_report.issues.append(JournalIssue(
+                            f"{self.stream}#{seq}", reader.end, reader.stop.value if reader.stop else "?",
+                            "replay stopped", detail, midstream=True))
+                        return
+        finally:
+            if self.client.on_loop:
+                self.client.loop.create_task(self._unsubscribe(sub))
+            else:
+                try:
+                    self.client.run(self._unsubscribe(sub), self.publish_timeout_s)
+                except Exception:
+                    log.debug("journal %s: replay consumer cleanup failed", self.stream, exc_info=True)
+
+    async def _takeovers(self) -> list[Takeover]:
+        info = await self.client.js.stream_info(self.stream, subjects_filter=self.owner_subject)
+        if not (info.state.subjects or {}).get(self.owner_subject):
+            return []
+        sub = await self._consumer(max(info.state.first_seq, 1), self.owner_subject)
+        out: list[Takeover] = []
+        try:
+            while True:
+                msgs = await self._fetch(sub, 100)
+                for msg in msgs:
+                    body = msgpack.unpackb(msg.data)
+                    seq = msg.metadata.sequence.stream
+                    out.append(Takeover(seq, str(body["takeover"]), int(body["epoch"]), _header_int(msg.headers, END, seq)))
+                if msgs[-1].metadata.num_pending == 0:
+                    return out
+        finally:
+            await self._unsubscribe(sub)
