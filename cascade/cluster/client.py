@@ -115,8 +115,20 @@ class NatsThread:
     def _stop_loop(self, timeout: float) -> None:
         self._closed = True
         if self.loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._cancel_tasks(), self.loop)
+            try:
+                future.result(timeout)
+            except Exception:
+                log.warning("nats: tasks left on the loop did not stop", exc_info=True)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout)
+
+    async def _cancel_tasks(self) -> None:
+        """Cancel whatever still runs on the loop (writers of journals never closed) and let it finish."""
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def __enter__(self) -> NatsThread:
         return self

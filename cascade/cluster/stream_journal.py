@@ -24,9 +24,11 @@ message, so after a takeover the old owner's next write is refused by
 JetStream itself; the journal then raises `Fenced` on every append and calls
 `on_lost` once, so the owner stops serving the partition at once. Publishes
 also carry `Nats-Msg-Id` (<stream>:<epoch>:<sequence>): a publish whose ack
-was lost is retried with the same id and answered as a duplicate by the
-server's dedupe (checked before the expected sequence), not mistaken for
-fencing. A publish not acknowledged within `give_up_s` fails the journal
+was lost is retried with the same id; JetStream checks the expected sequence
+before its duplicate window, so the retry is refused, and the journal then
+reads the message at the sequence it expected: if it carries this publish's
+id, the first attempt was stored and the append is acknowledged; otherwise
+it is fencing. A publish not acknowledged within `give_up_s` fails the journal
 (`JournalError`, `on_lost` too): a write whose fate is unknown cannot be
 followed by others.
 
@@ -278,6 +280,8 @@ class StreamJournal:
                                                    headers=dict(headers))
             except APIError as exc:
                 if exc.err_code in WRONG_LAST_SEQUENCE:
+                    if await self._landed(expected + 1, headers[MSG_ID]):
+                        return expected + 1  # an earlier attempt was stored; its ack was lost
                     raise _WrongLast(exc.description or str(exc)) from None
                 error: Exception = exc
             except nats.errors.ConnectionClosedError:
@@ -297,6 +301,15 @@ class StreamJournal:
                                    f"{self.give_up_s} s ({error!r}); its records may or may not be stored")
             log.warning("journal %s: publish attempt %d failed (%r); retrying", self.stream, attempt, error)
             await asyncio.sleep(pause)  # back-off between retries
+
+    async def _landed(self, seq: int, msg_id: str) -> bool:
+        """Whether the message at `seq` is the one published as `msg_id` (JetStream checks the
+        expected sequence before its duplicate window, so a retry of a stored publish is refused)."""
+        try:
+            msg = await self.client.js.get_msg(self.stream, seq=seq)
+        except NotFoundError:
+            return False
+        return (msg.headers or {}).get(MSG_ID) == msg_id
 
     async def _write_loop(self) -> None:
         while True:
