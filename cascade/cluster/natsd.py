@@ -92,7 +92,7 @@ class NatsServer:
         self.binary, self.directory, self.name = binary, directory, name
         self.port, self.monitor_port, self.cluster_port = port, monitor_port, cluster_port
         self.url = f"nats://127.0.0.1:{port}"
-        self.store_dir = directory / "jetstream"
+        self.store_dir = directory  # the server keeps its files under <store_dir>/jetstream
         self.log_path = directory / "server.log"
         self.config_path = directory / "server.conf"
         self.process: subprocess.Popen[bytes] | None = None
@@ -125,8 +125,11 @@ class NatsServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config, encoding="utf-8")
         with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=log_file,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=log_file,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            except OSError as exc:
+                raise NatsServerError(f"cannot run nats-server {self.binary}: {exc}") from exc
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -139,10 +142,15 @@ class NatsServer:
         status, _ = _http_json(f"http://127.0.0.1:{self.monitor_port}/healthz", 1.0)
         return status == 200
 
+    def jsz(self) -> dict[str, Any] | None:
+        """The server's JetStream report (monitoring /jsz: config, meta cluster, usage), None if it does not answer."""
+        status, body = _http_json(f"http://127.0.0.1:{self.monitor_port}/jsz", 1.0)
+        return body if status == 200 and isinstance(body, dict) else None
+
     def meta_leader(self) -> str | None:
         """The JetStream meta leader this server knows of (its own name when standalone), or None."""
-        status, body = _http_json(f"http://127.0.0.1:{self.monitor_port}/jsz", 1.0)
-        if status != 200 or not isinstance(body, dict):
+        body = self.jsz()
+        if body is None:
             return None
         if self.cluster_port is None:
             return self.name if body.get("config") else None
