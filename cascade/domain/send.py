@@ -135,18 +135,3 @@ class Send:
         if self.notes is None:
             self.notes = {}
         self.notes[key] = value
-
-
-_new = object.__new__
-
-
-def restored_send(key: int, tpl: TemplateVersion, recipient: Recipient, data: bytes | None, created: float,
-                  counters: tuple[Counters, ...], status: int, current: int, steps: int, sig: int, answers: int,
-                  deadline: float | None, notes: dict[Any, Any] | None) -> Send:
-    """A send as a snapshot holds it, every slot set once (a million of these
-    at recovery: `__init__` would set half of them twice)."""
-    send: Send = _new(Send)
-    send.key, send.tpl, send.recipient, send.data, send.created, send.counters = key, tpl, recipient, data, created, counters
-    send.status, send.current, send.steps, send.sig, send.answers = status, current, steps, sig, answers
-    send.deadline, send.notes = deadline, notes
-    return send

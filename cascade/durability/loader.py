@@ -16,7 +16,8 @@ from typing import Any, Iterable
 from ..domain.records import RecipientPut, ThrottleKept
 from ..domain.send import ACTIVE, FIRED, STEP_FAILED, WAITING
 from ..engine.shard import ShardState
-from ..engine.snapshot_records import restore_recipient, restore_send, restore_shape
+from ..domain.recipients import Recipient
+from ..engine.snapshot_records import restore_recipient, restore_sends, restore_shape
 
 __all__ = ["ShardLoader", "kept_recipient", "owner_of"]
 
@@ -55,12 +56,12 @@ class ShardLoader:
     # -- a snapshot -----------------------------------------------------------------
     def restore_sends(self, records: Iterable[Any], shapes: dict[int, Any]) -> None:
         st = self.state
-        sends, recipients = st.sends, st.recipients
-        for rec in records:
-            rid = rec[2]
-            rcpt = recipients.get(rid) or st.recipient(rid)
-            send = restore_send(rec, shapes, rcpt)
-            sends[send.key] = send
+        recipients, make = st.recipients, st.recipient
+
+        def recipient_of(rid: str) -> Recipient:
+            return recipients.get(rid) or make(rid)
+
+        restore_sends(records, shapes, recipient_of, st.sends)
 
     def restore_shape(self, rec: Any) -> Any:
         return restore_shape(rec, self.state.templates, self.state.book)
@@ -94,14 +95,17 @@ class ShardLoader:
         """Derive timers, retention, inboxes and counts from restored sends."""
         st = self.state
         finished = []
-        st.active = 0
+        timed = []
+        active = 0
         for send in st.sends.values():
             if send.status == ACTIVE:
-                st.active += 1
+                active += 1
                 if send.deadline is not None:
-                    st.wheel.schedule(send, send.deadline)
+                    timed.append((send, send.deadline))
             else:
                 finished.append((send.finished + st.retain_s, send.key, send))  # type: ignore[operator]
+        st.active = active
+        st.wheel.schedule_many(timed)
         finished.sort(key=lambda f: (f[0], f[1]))
         st.retained = deque((expires, send) for expires, _, send in finished)
         sends = st.sends

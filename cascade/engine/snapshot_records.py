@@ -12,15 +12,15 @@ send of each template version and group set; of the front: `TemplatePut`,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from ..domain.recipients import Recipient
 from ..domain.records import TemplatePut
-from ..domain.send import SNAPSHOT_MARK, Send, restored_send
+from ..domain.send import SNAPSHOT_MARK, Send
 from ..domain.templates import TemplateRegistry, TemplateVersion
 from .counters import CounterBook
 
-__all__ = ["recipient_record", "restore_recipient", "restore_send", "restore_shape", "send_record", "shape_record",
+__all__ = ["recipient_record", "restore_recipient", "restore_sends", "restore_shape", "send_record", "shape_record",
            "template_record"]
 
 
@@ -55,12 +55,20 @@ def shape_record(index: int, send: Send) -> tuple[Any, ...]:
     return ("shape", index, send.tpl.id, send.tpl.version, [c.group for c in send.counters], list(send.tpl.order))
 
 
-def restore_send(rec: Any, shapes: dict[int, tuple[TemplateVersion, Any]], recipient: Recipient) -> Send:
-    key, shape, _rid, data, created, status, current, steps, sig, answers, deadline, notes = rec
-    tpl, counters = shapes[shape]
-    # notes: a fresh dict from the decoder, or None
-    return restored_send(key, tpl, recipient, data, created, counters, status, current, steps, sig, answers,
-                         deadline, notes or None)
+def restore_sends(records: Iterable[Any], shapes: dict[int, tuple[TemplateVersion, Any]],
+                  recipient_of: Callable[[str], Recipient], into: dict[int, Send]) -> None:
+    """Sends of an ("S*", [...]) record into `into`, by key. A million of
+    these at recovery: one loop, and each slot set once (`Send.__init__`
+    would set half of them twice)."""
+    new = object.__new__
+    for key, shape, rid, data, created, status, current, steps, sig, answers, deadline, notes in records:
+        tpl, counters = shapes[shape]
+        send: Send = new(Send)
+        send.key, send.tpl, send.recipient, send.data, send.created, send.counters = (
+            key, tpl, recipient_of(rid), data, created, counters)
+        send.status, send.current, send.steps, send.sig, send.answers = status, current, steps, sig, answers
+        send.deadline, send.notes = deadline, notes or None  # notes: a fresh dict from the decoder, or None
+        into[key] = send
 
 
 def restore_shape(rec: Any, templates: TemplateRegistry, book: CounterBook) -> tuple[TemplateVersion, Any]:

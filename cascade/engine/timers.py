@@ -42,6 +42,24 @@ class TimerWheel(Generic[T]):
             self._count += 1
         bucket[item] = deadline
 
+    def schedule_many(self, timed: list[tuple[T, float]]) -> None:
+        """`schedule` of each (item, deadline) of items not scheduled yet, as
+        recovery loads a million: buckets filled in one pass, their order
+        made once."""
+        buckets = self._buckets
+        added = 0
+        for item, deadline in timed:
+            slot = int(deadline)
+            bucket = buckets.get(slot)
+            if bucket is None:
+                bucket = buckets[slot] = {}
+            if item not in bucket:
+                added += 1
+            bucket[item] = deadline
+        self._count += added
+        self._order = list(buckets)
+        heapq.heapify(self._order)
+
     def cancel(self, item: T, deadline: float) -> bool:
         slot = int(deadline)
         bucket = self._buckets.get(slot)
