@@ -1,7 +1,7 @@
 """Browser tests of the dashboard: one real `cascade serve` process on the
 manual clock (tests/serverproc.py) and one headless Chromium (Debian's
 `/usr/bin/chromium`, driven by Playwright; no browser is ever downloaded)
-for the whole session; each test gets a fresh browser context, so a fresh
+for the module of browser tests; each test gets a fresh browser context, so a fresh
 sessionStorage and sign-in.
 
 Without Chromium (or Playwright) the tests are skipped with how to get it,
@@ -146,8 +146,8 @@ def api(server: DashboardServer) -> Api:
     return Api(server.base)
 
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # one module of browser tests: one browser; and Playwright's sync API runs an
+def browser() -> Iterator[Any]:  # event loop in this thread while open, which the asyncio tests after it cannot share
     why = _missing_browser()
     if why is not None:
         if os.environ.get("CI"):

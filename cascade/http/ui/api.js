@@ -58,11 +58,17 @@ export async function request(method, path, { json, body, contentType, query, si
     init.headers['Content-Type'] = contentType;
   }
   let res;
-  try {
-    res = await fetch(path + qs(query), init);
-  } catch (err) {
-    if (err.name === 'AbortError') throw err;
-    throw new ApiError(0, 'network', `cannot reach the server (${err.message})`);
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      res = await fetch(path + qs(query), init);
+    } catch (err) {
+      if (err.name === 'AbortError') throw err;
+      throw new ApiError(0, 'network', `cannot reach the server (${err.message})`);
+    }
+    // 503 means nothing was done: a read is tried again after Retry-After (at most twice, 2 s at most).
+    if (res.status !== 503 || method !== 'GET' || attempt >= 2) break;
+    const wait = Math.min(Number(res.headers.get('Retry-After')) || 1, 2);
+    await new Promise((done) => { setTimeout(done, wait * 1000); });
   }
   if (!res.ok) throw await decodeError(res);
   if (res.status === 204) return null;
