@@ -302,7 +302,7 @@ def test_a_read_key_sees_but_is_offered_no_edits(dash: Dash, api: Api) -> None:
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("alert")).to_contain_text("unknown API key")
     dash.sign_in(READ_KEY)
-    expect(page.get_by_text("read key")).to_be_visible()
+    expect(page.get_by_text("read-only key")).to_be_visible()
     expect(page.get_by_role("rowheader", name="readable")).to_be_visible()
     expect(page.get_by_role("link", name="New template")).to_have_count(0)
     expect(page.get_by_role("button", name="Advance clock")).to_have_count(0)

@@ -82,7 +82,7 @@ export const post = (path, json, query) => request('POST', path, { json, query }
 export const del = (path) => request('DELETE', path);
 export const seg = encodeURIComponent;
 
-// Who is signed in: admin (edits), read (sees), or open (no keys configured:
+// Who is signed in: admin (edits), read (sees: a read or send key), or open (no keys configured:
 // the server checks nothing, like the API). Admin is the one scope that may
 // read the clock, so its answer tells the scopes apart without side effects.
 export async function whoami() {

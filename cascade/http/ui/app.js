@@ -88,7 +88,7 @@ function Shell({ auth, onSignOut, signedIn }) {
         <ul>${NAV.map(([id, label]) => html`<li><a href="#/${id}" aria-current=${current === id ? 'page' : undefined}>${label}</a></li>`)}</ul>
       </nav>
       <div class="who">
-        <span class="role">${auth.role === 'open' ? 'no keys configured' : `${auth.role} key`}</span>
+        <span class="role">${{ open: 'no keys configured', admin: 'admin key', read: 'read-only key' }[auth.role]}</span>
         ${auth.role !== 'open' && html`<button type="button" class="link" onClick=${onSignOut}>Sign out</button>`}
       </div>
       ${auth.clock && html`<${ClockControl} initial=${auth.clock} />`}
