@@ -12,6 +12,7 @@ import concurrent.futures
 import os
 import urllib.error
 import urllib.request
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +225,11 @@ def test_funnel_numbers_on_the_page_are_the_apis_after_advancing_the_clock_from_
         dash: Dash, api: Api) -> None:
     api.put("/v1/templates/funnel-t", sequence("inapp", "viewed", 5, "push"))
     ids = start_sends(api, "funnel-t", "fun", 5)
-    api.post("/v1/events", {"events": [{"messageId": f"{ids[0]}.1", "type": "viewed"},
-                                       {"messageId": f"{ids[1]}.1", "type": "clicked"},
+    fired = [datetime.fromisoformat(api.get(f"/v1/sends/{sid}")["steps"][0]["firedAt"]) for sid in ids[:2]]
+    at = [(t + timedelta(seconds=s)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+          for t, s in zip(fired, (120, 60))]  # engaged 2 minutes and 1 minute after firing
+    api.post("/v1/events", {"events": [{"messageId": f"{ids[0]}.1", "type": "viewed", "at": at[0]},
+                                       {"messageId": f"{ids[1]}.1", "type": "clicked", "at": at[1]},
                                        {"messageId": f"{ids[2]}.1", "type": "delivered"}]})
     page = dash.sign_in(route="templates/funnel-t/funnel")
     before = api.get("/v1/templates/funnel-t/metrics")
@@ -239,6 +243,10 @@ def test_funnel_numbers_on_the_page_are_the_apis_after_advancing_the_clock_from_
     step1 = page.get_by_role("region", name="Step 1, inapp")
     expect(step1.locator(".bar-row").filter(has_text="requested").locator(".bar-value")).to_have_text("5")
     expect(step1).to_contain_text("stopped 2 (40.0%), escalated 3 (60.0%)")
+    times = page.get_by_role("table").filter(has_text="Time from firing to the first view or click")
+    expect(times.locator("caption")).to_contain_text("over the newest 5 sends")
+    row = times.get_by_role("row").filter(has=page.get_by_role("rowheader", name="1", exact=True))
+    expect(row.locator("td")).to_have_text(["inapp", "2", "60.0 s", "2.0 min"])  # channel, engaged, median, p90
 
 
 def test_a_sends_timeline_on_the_page_is_the_apis_view(dash: Dash, api: Api) -> None:

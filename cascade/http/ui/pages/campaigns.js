@@ -4,7 +4,7 @@
 import { html, useState, useEffect, useContext } from '../lib.js';
 import { get, del, seg, upload } from '../api.js';
 import { Auth, Refresh, ErrorNote, FieldError, Loaded, Scroll, StatusBadge, Time, num, placeErrors, useLoad } from '../ui.js';
-import { FunnelChart } from './funnel.js';
+import { FunnelChart, useEngagementTimes } from './funnel.js';
 
 function Create({ templates }) {
   const { bump } = useContext(Refresh);
@@ -89,6 +89,7 @@ export function CampaignPage({ id }) {
   const auth = useContext(Auth);
   const { bump } = useContext(Refresh);
   const c = useLoad(() => get(`/v1/campaigns/${seg(id)}`), [id]);
+  const times = useEngagementTimes({ campaign: id });
   const [error, setError] = useState(null);
   const running = c.data && c.data.status === 'running';
   useEffect(() => {
@@ -117,5 +118,5 @@ export function CampaignPage({ id }) {
       ${auth.canEdit && v.status !== 'cancelled' && html`<p><button type="button" class="secondary" onClick=${cancel}>Cancel campaign</button></p>`}
       <${ErrorNote} error=${error} title="Not cancelled" />
       <h2>Funnel</h2>
-      <${FunnelChart} metrics=${v.metrics} />`}<//>`;
+      <${FunnelChart} metrics=${v.metrics} times=${times} />`}<//>`;
 }

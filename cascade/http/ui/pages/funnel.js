@@ -5,7 +5,7 @@
 // in a table.
 import { html } from '../lib.js';
 import { get, seg } from '../api.js';
-import { Loaded, Scroll, Stat, num, pct, useLoad } from '../ui.js';
+import { Loaded, Scroll, Stat, num, pct, secs, useLoad } from '../ui.js';
 
 const STAGES = ['requested', 'delivered', 'viewed', 'clicked'];
 const COLUMNS = ['requested', 'delivered', 'viewed', 'clicked', 'stopped', 'escalated', 'failed', 'skipped'];
@@ -19,7 +19,44 @@ function Bar({ label, value, max, kind }) {
   </div>`;
 }
 
-export function FunnelChart({ metrics }) {
+// Time from a step firing to its first view or click, per step number, over
+// the newest sends (GET /v1/sends, one page): the metrics block has counts only.
+export function useEngagementTimes(query) {
+  return useLoad(async () => {
+    const { sends } = await get('/v1/sends', { ...query, limit: 200 });
+    const bySteps = {};
+    for (const s of sends) {
+      for (const st of s.steps) {
+        const at = [st.signals.viewed, st.signals.clicked].filter(Boolean).map(Date.parse);
+        if (!st.firedAt || !at.length) continue;
+        (bySteps[st.step] = bySteps[st.step] || []).push((Math.min(...at) - Date.parse(st.firedAt)) / 1000);
+      }
+    }
+    const out = {};
+    for (const [step, xs] of Object.entries(bySteps)) {
+      xs.sort((a, b) => a - b);
+      const q = (f) => xs[Math.max(0, Math.ceil(f * xs.length) - 1)]; // nearest rank
+      out[step] = { n: xs.length, p50: q(0.5), p90: q(0.9) };
+    }
+    return { sends: sends.length, steps: out };
+  }, [JSON.stringify(query)]);
+}
+
+function EngagementTimes({ state, steps }) {
+  if (!state.data) return null;
+  const { sends, steps: times } = state.data;
+  return html`<${Scroll} label="Time to engagement"><table class="numbers">
+    <caption>Time from firing to the first view or click, over the newest ${num(sends)} sends</caption>
+    <thead><tr><th scope="col">step</th><th scope="col">channel</th><th scope="col">engaged</th>
+      <th scope="col">median</th><th scope="col">90th percentile</th></tr></thead>
+    <tbody>${steps.map((s) => {
+      const t = times[s.step];
+      return html`<tr><th scope="row">${s.step}</th><td>${s.channel}</td><td>${t ? num(t.n) : 0}</td>
+        <td>${t ? secs(t.p50) : '—'}</td><td>${t ? secs(t.p90) : '—'}</td></tr>`;
+    })}</tbody></table><//>`;
+}
+
+export function FunnelChart({ metrics, times }) {
   const steps = metrics.steps || [];
   const max = Math.max(1, ...steps.flatMap((s) => STAGES.map((k) => s[k] || 0)));
   const sends = metrics.sends || {};
@@ -46,12 +83,14 @@ export function FunnelChart({ metrics }) {
       <thead><tr><th scope="col">step</th><th scope="col">channel</th>${COLUMNS.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
       <tbody>${steps.map((s) => html`<tr data-step=${s.step}><th scope="row">${s.step}</th><td>${s.channel}</td>
         ${COLUMNS.map((c) => html`<td data-col=${c}>${s[c] === null ? 'n/a' : num(s[c])}</td>`)}</tr>`)}</tbody>
-    </table><//>`}`;
+    </table><//>
+    ${times && html`<${EngagementTimes} state=${times} steps=${steps} />`}`}`;
 }
 
 export function Funnel({ id }) {
   const m = useLoad(() => get(`/v1/templates/${seg(id)}/metrics`), [id]);
+  const times = useEngagementTimes({ template: id });
   return html`<h1>Funnel of <code>${id}</code></h1>
     <p class="actions"><a href="#/templates/${seg(id)}">Template</a> · <a href="#/sends?template=${seg(id)}">Sends</a></p>
-    <${Loaded} state=${m} what="the funnel">${(metrics) => html`<${FunnelChart} metrics=${metrics} />`}<//>`;
+    <${Loaded} state=${m} what="the funnel">${(metrics) => html`<${FunnelChart} metrics=${metrics} times=${times} />`}<//>`;
 }
