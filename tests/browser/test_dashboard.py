@@ -86,9 +86,10 @@ def seeded(api: Api) -> dict[str, Any]:
     for minute in range(8):  # spread over minutes, so the charts have a shape
         ids += start_sends(api, "order-shipped", f"shop{minute}", 1 + minute % 3)
         api.post("/v1/admin/clock", {"advanceSeconds": 60})
-    for sid in ids[:5]:
-        api.post("/v1/events", {"messageId": f"{sid}.1", "type": "viewed"})
-    api.post("/v1/events", {"messageId": f"{ids[5]}.1", "type": "clicked"})
+    for k, sid in enumerate(ids[:6]):  # engaged 40 s to 4 minutes after firing
+        fired = datetime.fromisoformat(api.get(f"/v1/sends/{sid}")["steps"][0]["firedAt"])
+        at = (fired + timedelta(seconds=40 + 40 * k)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        api.post("/v1/events", {"messageId": f"{sid}.1", "type": "clicked" if k == 5 else "viewed", "at": at})
     campaign = api.post("/v1/campaigns", {"template": "order-shipped", "name": "Winter sale",
                                           "recipients": ["shop0-u0", "shop1-u0", "shop1-u1", "new-u9"]})
     api.post("/v1/admin/clock", {"advanceSeconds": 1800})
