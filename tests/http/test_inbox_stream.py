@@ -194,3 +194,22 @@ async def test_max_streams_0_turns_streams_off(make_client: Any, error_of: Any) 
     resp = await client.get("/v1/recipients/u-1/inbox/stream")
     assert resp.status == 503 and "Retry-After" in resp.headers
     error_of(await resp.json(), "overloaded")
+
+
+async def test_a_burst_of_messages_reaches_the_stream_whole_and_in_order(client: TestClient) -> None:
+    await put_note(client)
+    async with client.get("/v1/recipients/u-1/inbox/stream") as resp:
+        assert await wait_for_event(resp, "unseen") == {"unseen": 0}
+        batch = {"sends": [{"template": "note", "recipient": "u-1", "data": {"n": n}} for n in range(100)]}
+        answer = await client.post("/v1/sends", json=batch)
+        assert answer.status == 200, await answer.text()
+        sent = [item["send"]["steps"][0]["messageId"] for item in (await answer.json())["results"]]
+        seen: list[str] = []
+        deadline = time.monotonic() + 2.0
+        while True:
+            name, data = await read_event(resp, deadline)
+            if name == "message":
+                seen.append(data["messageId"])
+            elif name == "unseen" and data["unseen"] == 100:
+                break
+    assert seen == sent  # each once, oldest first, none lost while reads were coalesced
