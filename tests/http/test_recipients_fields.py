@@ -14,6 +14,8 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -146,3 +148,28 @@ async def test_the_fields_survive_a_restart_from_the_snapshot_and_from_the_journ
                 assert await get(http, "u1") == want, data_dir
         finally:
             await again.stop()
+
+
+_scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30)
+            | st.sampled_from(["https://push.example.net/s/1", "http://127.0.0.1:1/x", "http://[::1", "UTC",
+                               "Europe/Berlin", "../etc/passwd", "\x00", ".", "Europe", "A" * 70]))
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=20)
+_keys = st.fixed_dictionaries({}, optional={"p256dh": _json | st.just(subscription()["keys"]["p256dh"]),
+                                            "auth": _json | st.just(subscription()["keys"]["auth"])})
+_subs = st.lists(st.fixed_dictionaries({}, optional={"endpoint": _json, "keys": _keys | _json,
+                                                     "expirationTime": _json}) | _json, max_size=3)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(web_push=_subs | _json, timezone=_json)
+async def test_any_web_push_or_timezone_value_is_200_or_a_4xx_error_body(
+        client: TestClient, error_of: Any, web_push: Any, timezone: Any) -> None:
+    for path, body in (("/v1/recipients/u1", {"webPush": web_push, "timezone": timezone}),
+                       ("/v1/sends", {"template": "none", "recipient": {"id": "u1", "webPush": web_push,
+                                                                         "timezone": timezone}})):
+        resp = await (client.put(path, json=body) if path.startswith("/v1/recipients") else
+                      client.post(path, json=body))
+        assert resp.status < 500, await resp.text()
+        if resp.status >= 400:
+            error_of(await resp.json())
