@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import msgspec
 from aiohttp.test_utils import TestClient
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cascade.config import Settings
 from cascade.server import Server
