@@ -67,14 +67,16 @@ def advance_from_page(page: Page, label: str) -> None:
 
 
 def funnel_table_matches(page: Page, metrics: dict[str, Any]) -> None:
+    """The page's funnel numbers, row by row in the API's order, are the API's."""
     table = page.get_by_role("table").filter(has_text="Funnel numbers")
     rows = table.locator("tbody tr")
     expect(rows).to_have_count(len(metrics["steps"]))
-    for step in metrics["steps"]:
-        row = rows.filter(has=page.get_by_role("rowheader", name=str(step["step"]), exact=True))
+    for i, step in enumerate(metrics["steps"]):
+        row = rows.nth(i)
+        expect(row.get_by_role("rowheader")).to_have_text("—" if step["step"] is None else str(step["step"]))
         expect(row.locator("td").first).to_have_text(step["channel"])
         for col in ("requested", "delivered", "viewed", "clicked", "stopped", "escalated", "failed", "skipped"):
-            expect(row.locator(f'td[data-col="{col}"]'), f"step {step['step']} {col}").to_have_text(num(step[col]))
+            expect(row.locator(f'td[data-col="{col}"]'), f"row {i} {col}").to_have_text(num(step[col]))
 
 
 @pytest.fixture(scope="module")
@@ -443,3 +445,20 @@ def test_with_no_keys_configured_the_dashboard_opens_without_a_sign_in(
             context.close()
     finally:
         open_server.cleanup()
+
+
+def test_a_template_ordered_by_engagement_shows_its_funnel_per_channel(dash: Dash, api: Api) -> None:
+    body = sequence("inapp", "viewed", 5, "email")
+    body["config"]["order"] = "engagement"
+    body["channels"][1].update({"stopCondition": "clicked", "waitMinutes": 10})
+    api.put("/v1/templates/engaged-t", body)
+    ids = start_sends(api, "engaged-t", "eng", 4)
+    api.post("/v1/events", {"messageId": f"{ids[0]}.1", "type": "clicked"})
+    api.post("/v1/admin/clock", {"advanceSeconds": 600})
+    metrics = api.get("/v1/templates/engaged-t/metrics")
+    assert {s["step"] for s in metrics["steps"]} == {None}
+    page = dash.sign_in(route="templates/engaged-t/funnel")
+    expect(page.get_by_role("table").filter(has_text="Funnel numbers").locator("caption")).to_contain_text(
+        "per channel (ordered by engagement")
+    funnel_table_matches(page, metrics)
+    expect(page.get_by_role("region", name="inapp", exact=True).get_by_role("heading")).to_have_text("inapp")

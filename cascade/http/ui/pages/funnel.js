@@ -2,13 +2,17 @@
 // campaign's metrics block: per step requested → delivered → viewed →
 // clicked as bars scaled to the largest figure, the way each window ended
 // (stopped by engagement, or escalated to the next step), and the numbers
-// in a table.
+// in a table. A template ordered by engagement is counted per channel
+// (rows with "step": null), and is shown so.
 import { html } from '../lib.js';
 import { get, seg } from '../api.js';
 import { Loaded, Scroll, Stat, num, pct, secs, useLoad } from '../ui.js';
 
 const STAGES = ['requested', 'delivered', 'viewed', 'clicked'];
 const COLUMNS = ['requested', 'delivered', 'viewed', 'clicked', 'stopped', 'escalated', 'failed', 'skipped'];
+const stepName = (s) => (s.step === null || s.step === undefined ? s.channel : `Step ${s.step} · ${s.channel}`);
+// Rows of a per-channel template are found by channel, the others by step number.
+const rowKey = (s) => (s.step === null || s.step === undefined ? `channel:${s.channel}` : `step:${s.step}`);
 
 function Bar({ label, value, max, kind }) {
   const width = value === null || !max ? 0 : Math.max((100 * value) / max, value ? 0.5 : 0);
@@ -29,7 +33,8 @@ export function useEngagementTimes(query) {
       for (const st of s.steps) {
         const at = [st.signals.viewed, st.signals.clicked].filter(Boolean).map(Date.parse);
         if (!st.firedAt || !at.length) continue;
-        (bySteps[st.step] = bySteps[st.step] || []).push((Math.min(...at) - Date.parse(st.firedAt)) / 1000);
+        const took = (Math.min(...at) - Date.parse(st.firedAt)) / 1000;
+        for (const key of [`step:${st.step}`, `channel:${st.channel}`]) (bySteps[key] = bySteps[key] || []).push(took);
       }
     }
     const out = {};
@@ -50,14 +55,15 @@ function EngagementTimes({ state, steps }) {
     <thead><tr><th scope="col">step</th><th scope="col">channel</th><th scope="col">engaged</th>
       <th scope="col">median</th><th scope="col">90th percentile</th></tr></thead>
     <tbody>${steps.map((s) => {
-      const t = times[s.step];
-      return html`<tr><th scope="row">${s.step}</th><td>${s.channel}</td><td>${t ? num(t.n) : 0}</td>
+      const t = times[rowKey(s)];
+      return html`<tr><th scope="row">${s.step ?? '—'}</th><td>${s.channel}</td><td>${t ? num(t.n) : 0}</td>
         <td>${t ? secs(t.p50) : '—'}</td><td>${t ? secs(t.p90) : '—'}</td></tr>`;
     })}</tbody></table><//>`;
 }
 
 export function FunnelChart({ metrics, times }) {
   const steps = metrics.steps || [];
+  const columns = steps.some((s) => typeof s.deferred === 'number') ? [...COLUMNS, 'deferred'] : COLUMNS;
   const max = Math.max(1, ...steps.flatMap((s) => STAGES.map((k) => s[k] || 0)));
   const sends = metrics.sends || {};
   return html`
@@ -66,8 +72,8 @@ export function FunnelChart({ metrics, times }) {
     </dl>
     ${steps.length === 0 ? html`<p>No sends yet.</p>` : html`<div class="funnel">${steps.map((s) => {
       const ended = (s.stopped || 0) + (s.escalated || 0);
-      return html`<section class="funnel-step" aria-label=${`Step ${s.step}, ${s.channel}`}>
-        <h3>Step ${s.step} · ${s.channel}</h3>
+      return html`<section class="funnel-step" aria-label=${stepName(s).replace(' · ', ', ')}>
+        <h3>${stepName(s)}</h3>
         ${STAGES.map((k) => html`<${Bar} label=${k} value=${s[k]} max=${max} />`)}
         ${ended === 0 ? html`<p class="split-caption">No window has ended on this step (a terminal step has none).</p>` : html`
         <p class="split-caption">Windows that ended: ${num(ended)} — stopped ${num(s.stopped)} (${pct(s.stopped, ended)}),
@@ -79,10 +85,11 @@ export function FunnelChart({ metrics, times }) {
       </section>`;
     })}</div>
     <${Scroll} label="Funnel numbers"><table class="numbers">
-      <caption>Funnel numbers per step (viewed is n/a for channels that cannot emit it)</caption>
-      <thead><tr><th scope="col">step</th><th scope="col">channel</th>${COLUMNS.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
-      <tbody>${steps.map((s) => html`<tr data-step=${s.step}><th scope="row">${s.step}</th><td>${s.channel}</td>
-        ${COLUMNS.map((c) => html`<td data-col=${c}>${s[c] === null ? 'n/a' : num(s[c])}</td>`)}</tr>`)}</tbody>
+      <caption>Funnel numbers per ${steps.every((s) => s.step === null) ? 'channel (ordered by engagement, so step numbers differ from send to send)' : 'step'}
+        (viewed is n/a for channels that cannot emit it)</caption>
+      <thead><tr><th scope="col">step</th><th scope="col">channel</th>${columns.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
+      <tbody>${steps.map((s) => html`<tr><th scope="row">${s.step ?? '—'}</th><td>${s.channel}</td>
+        ${columns.map((c) => html`<td data-col=${c}>${s[c] === null || s[c] === undefined ? 'n/a' : num(s[c])}</td>`)}</tr>`)}</tbody>
     </table><//>
     ${times && html`<${EngagementTimes} state=${times} steps=${steps} />`}`}`;
 }
