@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 from aiohttp.test_utils import TestClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,7 +22,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cascade.config import Settings
+from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
 from cascade.server import Server
+
+
+@pytest.fixture
+def engine(providers: dict[str, MemoryProvider], start: float) -> Iterator[Engine]:
+    """The conftest's engine without shedding: a busy machine's loop lag must
+    not turn these answers into 503s (what is judged here is validation)."""
+    e = Engine(ManualClock(start), providers, EngineConfig(shards=2, shed_lag_s=0.0))
+    e.start()
+    yield e
+    e.stop()
 
 
 def b64(raw: bytes) -> str:
