@@ -48,6 +48,8 @@ port = {free_port()}
 [storage]
 data_dir = {json.dumps(str(self.data_dir))}
 snapshot_interval_s = 0
+[engine]
+shed_lag_s = 0.0
 [channels.email]
 provider = "smtp"
 host = "127.0.0.1"

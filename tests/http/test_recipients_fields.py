@@ -140,8 +140,8 @@ async def test_an_inline_recipient_of_a_send_upserts_the_new_fields(client: Test
 
 
 async def test_the_fields_survive_a_restart_from_the_snapshot_and_from_the_journal(tmp_path: Path) -> None:
-    settings = msgspec.convert({"server": {"port": 0}, "storage": {"data_dir": str(tmp_path / "data"),
-                                                                   "snapshot_interval_s": 0}}, Settings)
+    settings = msgspec.convert({"server": {"port": 0}, "engine": {"shed_lag_s": 0.0},
+                                "storage": {"data_dir": str(tmp_path / "data"), "snapshot_interval_s": 0}}, Settings)
     sub = subscription()
     want = {"id": "u1", "webPush": [sub], "timezone": "Europe/Berlin", "preferences": {}}
     server = Server(settings)
