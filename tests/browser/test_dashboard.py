@@ -143,7 +143,7 @@ def test_every_page_loads_without_console_errors_at_desktop_and_phone_width(
     pages = [
         ("overview", "Overview", page.get_by_role("table").filter(has_text="Requests and engagement per channel")),
         ("templates", "Templates", page.get_by_role("rowheader", name="order-shipped")),
-        ("templates/order-shipped", "Template order-shipped", page.get_by_text("Version 2 is current")),
+        ("templates/order-shipped", "Template order-shipped", page.get_by_text("Funnel · Sends · Edit")),
         ("templates/order-shipped/edit", "Edit template order-shipped", page.get_by_label("Channel").first),
         ("templates/order-shipped/funnel", "Funnel of order-shipped", page.get_by_role("table").filter(has_text="Funnel numbers")),
         ("sends", "Sends", page.get_by_role("link", name=send)),

@@ -56,8 +56,7 @@ export function TemplatePage({ id }) {
   const t = useLoad(() => get(`/v1/templates/${seg(id)}`), [id]);
   return html`<h1>Template <code>${id}</code></h1>
     <${Loaded} state=${t} what="the template">${(tv) => html`
-      <p class="actions"><a href="#/templates/${seg(id)}/funnel">Funnel</a> ·
-        <a href="#/sends?template=${seg(id)}">Sends</a>
+      <p class="actions"><a href="#/templates/${seg(id)}/funnel">Funnel</a>${' · '}<a href="#/sends?template=${seg(id)}">Sends</a>
         ${auth.canEdit && html` · <a href="#/templates/${seg(id)}/edit">Edit</a>`}</p>
       <${Versions} template=${tv} />
       <h2>Steps (${tv.config.sequenceEnabled ? 'a sequence' : 'all at once'})</h2>
