@@ -105,12 +105,13 @@ def _send_test(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"cascade send-test: {exc}", file=sys.stderr)
         return 2
+    from .durability.recovery import RecoveryRefused
     from .send_test import SendTestError, send_test
     from .storage import JournalError, SnapshotError
 
     try:
         return send_test(settings, args.template, args.recipient, data, inline, sys.stdout)
-    except (SendTestError, SnapshotError, JournalError, OSError) as exc:
+    except (SendTestError, SnapshotError, JournalError, RecoveryRefused, OSError) as exc:
         print(f"cascade send-test: {exc}", file=sys.stderr)
         return 2
 

@@ -102,8 +102,8 @@ def load_state(data_dir: str, shards: int) -> Engine:
     engine = Engine(ManualClock(0.0), {}, EngineConfig(shards=shards, gc_freeze_interval_s=0.0))
     snapshots = os.path.join(data_dir, "snapshots")
     if not os.path.isdir(snapshots) and not os.path.isdir(os.path.join(data_dir, "journal")):
-        raise SendTestError(f"{data_dir} holds no cascade data (no snapshots/ or journal/); "
-                            "check --data-dir or storage.data_dir, or pass --recipient-json")
+        raise SendTestError(f"{data_dir} holds no cascade data (no snapshots/ or journal/): the template is read "
+                            "from there; check --data-dir or storage.data_dir")
     recoverable: Any = engine  # durability/service.py passes it the same way (Recoverable is structural)
     recover(recoverable, snapshots, ReadOnlyJournal(os.path.join(data_dir, "journal")))
     return engine
