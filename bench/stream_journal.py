@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path[0] = str(Path(__file__).resolve().parent.parent)  # not bench/: its http.py would shadow the stdlib's
 
-from cascade.cluster.client import NatsThread  # noqa: E402
-from cascade.cluster.natsd import NatsCluster  # noqa: E402
-from cascade.cluster.stream_journal import StreamJournal  # noqa: E402
+from cascade.cluster.client import NatsThread
+from cascade.cluster.natsd import NatsCluster
+from cascade.cluster.stream_journal import StreamJournal
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -75,7 +75,7 @@ def run(client: NatsThread, cluster: NatsCluster, partition: int, replicas: int,
         began = time.perf_counter()
         if serial:
             one = threading.Event()
-            journal.append(records, lambda b=began: (acked(b), one.set()))
+            journal.append(records, lambda b=began, e=one: (acked(b), e.set()))
             if not one.wait(30):
                 raise SystemExit("an append was not acknowledged within 30 s")
         else:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from nats_servers import nats_server  # noqa: F401  (fixture)
+from nats_servers import nats_server  # a fixture, used by name
 
 pytestmark = pytest.mark.timeout(30)
 

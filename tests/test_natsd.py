@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nats_servers import nats_cluster, nats_server, require_nats  # noqa: F401  (fixtures)
+from nats_servers import nats_cluster, nats_server, require_nats  # fixtures, used by name
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from nats_servers import PausingProxy, nats_cluster, nats_server, wait_for  # noqa: F401  (fixtures)
-from test_journal import (  # noqa: F401  (the shared behaviour suite, run here against StreamJournal)
+from nats_servers import PausingProxy, nats_cluster, nats_server, wait_for  # fixtures, used by name
+from test_journal import (  # the shared behaviour suite, run here against StreamJournal
     batch,
     test_append_after_close_is_refused,
     test_concurrent_appends_from_many_threads_are_all_replayed_at_their_positions,
@@ -88,7 +88,7 @@ def test_drop_before_purges_only_messages_entirely_at_or_before_it(
     durable(journal, batch("d", 5))  # messages hold 1-10, 11-20, 21-30, 31-35
     journal.drop_before(19)
     assert [p for p, _ in journal.replay(after=19)] == list(range(20, 36))
-    assert [p for p, _ in journal.replay()][0] == 11
+    assert next(p for p, _ in journal.replay()) == 11
     assert "records up to 10 were dropped" in caplog.text
     journal.drop_before(1000)  # the last message always stays: it carries the position
     assert [p for p, _ in journal.replay()] == list(range(31, 36))

@@ -88,6 +88,8 @@ class NatsThread:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if future.done():  # the coroutine's own timeout (the same class since 3.11): as it is
+                raise
             future.cancel()
             raise TimeoutError(f"NATS operation did not finish within {timeout} s") from None
 

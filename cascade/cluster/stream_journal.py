@@ -10,8 +10,8 @@ appends (the file journal's frames, from the same codec) and headers:
 `replay(after)` finds its first message by binary search on `Cascade-End`
 (stream get by sequence, from the stream leader: about 20 requests for a
 million messages), then reads on with a pull consumer (ack none, in memory,
-fetched a few hundred messages a request): one round trip per batch rather
-than per message, served by the stream leader, so a lagging replica cannot
+up to 512 messages or 16 MiB a request, see pull.py): one round trip a batch,
+not a message, served by the stream leader, so a lagging replica cannot
 show a short journal. Direct get would be one request per message and, with
 `allow_direct`, may be answered by a follower that is behind.
 
@@ -50,25 +50,26 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js import api
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from ..storage.codec import FrameReader, StopReason, encode_records
-from ..storage.journal import JournalClosed, JournalError, JournalIssue, RecoveryReport, JournalStats
+from ..storage.journal import JournalClosed, JournalError, JournalIssue, JournalStats, RecoveryReport
 from .client import NatsThread
 from .journal_stats import AckCounters
+from .pull import Puller
 
 __all__ = ["Fenced", "StreamJournal", "Takeover"]
 
 log = logging.getLogger("cascade.cluster.journal")
 Callback = Callable[[], None]
+T = TypeVar("T")
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, ...ConstantErr
 EXPECTED, MSG_ID = "Nats-Expected-Last-Sequence", "Nats-Msg-Id"
 END, COUNT, EPOCH = "Cascade-End", "Cascade-Count", "Cascade-Epoch"
@@ -121,7 +122,7 @@ class StreamJournal:
                  prefix: str = "cascade", on_lost: Callable[[JournalError], None] | None = None,
                  max_pending_bytes: int = 64 << 20, max_message_bytes: int = 1 << 20,
                  publish_timeout_s: float = 2.0, give_up_s: float = 30.0, open_timeout_s: float = 30.0,
-                 replay_batch: int = 256) -> None:
+                 replay_batch: int = 512) -> None:
         self.client, self.partition, self.node, self.epoch, self.replicas = client, partition, node, epoch, replicas
         self.stream = f"{prefix}-p{partition}"
         self.subject, self.owner_subject = f"{prefix}.p{partition}.journal", f"{prefix}.p{partition}.owner"
@@ -238,20 +239,21 @@ class StreamJournal:
     async def _open(self) -> tuple[Takeover, int]:
         jsm = self.client.js
         try:
-            info = await jsm.stream_info(self.stream)
+            info = await self._api(lambda: jsm.stream_info(self.stream), "stream info")
             if info.config.num_replicas != self.replicas:
                 log.warning("journal %s: replicas %s -> %d", self.stream, info.config.num_replicas, self.replicas)
-                info = await jsm.update_stream(config=info.config.evolve(num_replicas=self.replicas))
+                config = info.config.evolve(num_replicas=self.replicas)
+                info = await self._api(lambda: jsm.update_stream(config=config), "stream update")
         except NotFoundError:
-            info = await jsm.add_stream(
+            info = await self._api(lambda: jsm.add_stream(
                 name=self.stream, subjects=[self.subject, self.owner_subject], num_replicas=self.replicas,
                 storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD,
-                duplicate_window=120.0, allow_direct=False, deny_delete=True)
+                duplicate_window=120.0, allow_direct=False, deny_delete=True), "stream create")
         for _ in range(20):  # someone else may publish between our read and our takeover: read again
             last = info.state.last_seq
             position = epoch = 0
             if last:
-                msg = await jsm.get_msg(self.stream, seq=last)
+                msg = await self._api(lambda: jsm.get_msg(self.stream, seq=last), "get")
                 position, epoch = _header_int(msg.headers, END, last), _header_int(msg.headers, EPOCH, last)
             if epoch >= self.epoch:
                 raise Fenced(self.partition, self.node, self.epoch,
@@ -260,12 +262,29 @@ class StreamJournal:
             try:
                 seq = await self._publish(self.owner_subject, payload, last, position, 0)
             except _WrongLast:
-                info = await jsm.stream_info(self.stream)
+                info = await self._api(lambda: jsm.stream_info(self.stream), "stream info")
                 continue
             log.info("journal %s: %s took over with epoch %d at sequence %d, position %d",
                      self.stream, self.node, self.epoch, seq, position)
             return Takeover(seq, self.node, self.epoch, position), max(info.state.first_seq, 1)
         raise JournalError(f"journal {self.stream}: could not publish a takeover; the stream keeps moving")
+
+    async def _api(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """A JetStream API call, retried while the cluster cannot answer (a leader election after a
+        server died, a reconnect) until `give_up_s`; other errors at once."""
+        loop = asyncio.get_running_loop()
+        deadline, attempt = loop.time() + self.give_up_s, 0
+        while True:
+            try:
+                return await call()
+            except (TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError,
+                    ServiceUnavailableError) as exc:
+                attempt += 1
+                pause = min(0.05 * attempt, 0.5)
+                if loop.time() + pause > deadline:
+                    raise JournalError(f"journal {self.stream}: {what} failed for {self.give_up_s} s ({exc!r})") from exc
+                log.warning("journal %s: %s failed (%r); retrying", self.stream, what, exc)
+                await asyncio.sleep(pause)  # back-off between retries
 
     async def _publish(self, subject: str, payload: bytes, expected: int, end: int, count: int) -> int:
         """Publish conditioned on `expected`; retried (same Msg-Id) until acknowledged or `give_up_s`."""
@@ -286,7 +305,7 @@ class StreamJournal:
                 error: Exception = exc
             except nats.errors.ConnectionClosedError:
                 raise JournalError(f"journal {self.stream}: the NATS connection is closed") from None
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats.errors.Error) as exc:
                 error = exc
             else:
                 self._counters.acked(time.perf_counter() - began)
@@ -306,7 +325,7 @@ class StreamJournal:
         """Whether the message at `seq` is the one published as `msg_id` (JetStream checks the
         expected sequence before its duplicate window, so a retry of a stored publish is refused)."""
         try:
-            msg = await self.client.js.get_msg(self.stream, seq=seq)
+            msg = await self._api(lambda: self.client.js.get_msg(self.stream, seq=seq), "get")
         except NotFoundError:
             return False
         return (msg.headers or {}).get(MSG_ID) == msg_id
@@ -395,12 +414,12 @@ class StreamJournal:
     # -- on the loop: reading --------------------------------------------------
 
     async def _end_of(self, seq: int) -> int:
-        msg = await self.client.js.get_msg(self.stream, seq=seq)
+        msg = await self._api(lambda: self.client.js.get_msg(self.stream, seq=seq), "get")
         return _header_int(msg.headers, END, seq)
 
     async def _find(self, after: int) -> tuple[int | None, int]:
         """The first sequence whose message ends past `after` (None if none), and the stream's first sequence."""
-        info = await self.client.js.stream_info(self.stream)
+        info = await self._api(lambda: self.client.js.stream_info(self.stream), "stream info")
         lo, hi = max(info.state.first_seq, 1), info.state.last_seq
         if not hi or await self._end_of(hi) <= after:
             return None, lo
@@ -417,40 +436,30 @@ class StreamJournal:
         found, first = await self._find(position)
         keep = self._last_seq if found is None else min(found, self._last_seq)
         if keep > first:
-            await self.client.js.purge_stream(self.stream, seq=keep)
+            await self._api(lambda: self.client.js.purge_stream(self.stream, seq=keep), "purge")
         return max(keep, first)
 
-    async def _consumer(self, start: int, subject: str | None = None) -> Any:
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start, ack_policy=api.AckPolicy.NONE,
-            mem_storage=True, num_replicas=1, inactive_threshold=30.0)
-        return await self.client.js.pull_subscribe(subject or f"{self.subject.rsplit('.', 1)[0]}.*",
-                                                   stream=self.stream, config=config)
-
-    async def _fetch(self, sub: Any, n: int) -> list[Msg]:
-        msgs: list[Msg] = await sub.fetch(n, timeout=self.publish_timeout_s)
-        return msgs
-
-    async def _unsubscribe(self, sub: Any) -> None:
-        try:
-            await sub.unsubscribe()
-        except Exception:  # the consumer goes away by itself after inactive_threshold
-            log.debug("journal %s: replay consumer not removed", self.stream, exc_info=True)
+    async def _puller(self, start: int, subject: str | None = None) -> Puller:
+        puller = Puller(self.client.nc, self.client.js, self.stream, start, subject,
+                        timeout=self.publish_timeout_s, max_bytes=max(16 << 20, 2 * self._max_message))
+        return await self._api(puller.open, "replay consumer")
 
     def _replay(self, after: int, target: int) -> Iterator[tuple[int, Any]]:
-        start, first = self.client.run(self._find(after), self.give_up_s)
+        start, _ = self.client.run(self._find(after), self.give_up_s)
         if start is None or start > target:
             return
-        sub = self.client.run(self._consumer(start), self.give_up_s)
+        puller = self.client.run(self._puller(start), self.give_up_s)
         try:
-            seq, warned = start - 1, False
+            seq, warned, idle_since = start - 1, False, time.monotonic()
             while seq < target:
-                try:
-                    msgs = self.client.run(self._fetch(sub, self._replay_batch), self.give_up_s)
-                except (nats.errors.TimeoutError, TimeoutError) as exc:
-                    raise JournalError(f"journal {self.stream}: replay stalled at sequence {seq}") from exc
+                msgs = self.client.run(puller.next(self._replay_batch), self.give_up_s)
+                if not msgs and time.monotonic() - idle_since > self.give_up_s:
+                    raise JournalError(f"journal {self.stream}: replay stalled at sequence {seq} of {target}")
                 for msg in msgs:
-                    seq = msg.metadata.sequence.stream
+                    at = msg.metadata.sequence.stream
+                    if at <= seq:
+                        continue  # a late answer to an earlier request
+                    seq, idle_since = at, time.monotonic()
                     if seq > target:
                         break
                     if msg.subject != self.subject:
@@ -472,27 +481,31 @@ class StreamJournal:
                         return
         finally:
             if self.client.on_loop:
-                self.client.loop.create_task(self._unsubscribe(sub))
+                self.client.loop.create_task(puller.close())
             else:
                 try:
-                    self.client.run(self._unsubscribe(sub), self.publish_timeout_s)
+                    self.client.run(puller.close(), self.publish_timeout_s)
                 except Exception:
                     log.debug("journal %s: replay consumer cleanup failed", self.stream, exc_info=True)
 
     async def _takeovers(self) -> list[Takeover]:
-        info = await self.client.js.stream_info(self.stream, subjects_filter=self.owner_subject)
-        if not (info.state.subjects or {}).get(self.owner_subject):
-            return []
-        sub = await self._consumer(max(info.state.first_seq, 1), self.owner_subject)
+        info = await self._api(lambda: self.client.js.stream_info(self.stream, subjects_filter=self.owner_subject),
+                               "stream info")
+        remaining = (info.state.subjects or {}).get(self.owner_subject, 0)
         out: list[Takeover] = []
+        if not remaining:
+            return out
+        puller = await self._puller(max(info.state.first_seq, 1), self.owner_subject)
         try:
-            while True:
-                msgs = await self._fetch(sub, 100)
+            while len(out) < remaining:
+                msgs = await puller.next(remaining - len(out))
+                if not msgs:
+                    raise JournalError(f"journal {self.stream}: takeover records not readable")
                 for msg in msgs:
                     body = msgpack.unpackb(msg.data)
                     seq = msg.metadata.sequence.stream
-                    out.append(Takeover(seq, str(body["takeover"]), int(body["epoch"]), _header_int(msg.headers, END, seq)))
-                if msgs[-1].metadata.num_pending == 0:
-                    return out
+                    out.append(Takeover(seq, str(body["takeover"]), int(body["epoch"]),
+                                        _header_int(msg.headers, END, seq)))
+            return out
         finally:
-            await self._unsubscribe(sub)
+            await puller.close()
