@@ -139,6 +139,32 @@ def test_a_takeover_fences_the_old_owner_whose_next_append_is_refused_by_jetstre
     b.close()
 
 
+def test_the_lease_epoch_fences_a_paused_owner_once_another_node_took_the_partition(client: Any) -> None:
+    """The composition the owner loop will use: lease -> epoch -> journal."""
+    from cascade.cluster.lease import Leases
+    from cascade.cluster.stream_journal import Fenced, StreamJournal
+
+    clock = [0.0]
+    leases_a = client.run(Leases(client.js, "owners", clock=lambda: clock[0]).open(), 10)
+    leases_b = client.run(Leases(client.js, "owners", clock=lambda: clock[0]).open(), 10)
+    lease_a = client.run(leases_a.acquire(9, "a", 5.0), 10)
+    a = StreamJournal(client, 9, "a", lease_a.epoch)
+    durable(a, batch("a", 2))
+    assert client.run(leases_b.acquire(9, "b", 5.0), 10) is None  # held: b starts counting
+    clock[0] += 5.0  # a is paused (no renewal) for a whole lease
+    lease_b = client.run(leases_b.acquire(9, "b", 5.0), 10)
+    assert lease_b.epoch == lease_a.epoch + 1
+    b = StreamJournal(client, 9, "b", lease_b.epoch)
+    a.append([("a", "after pause")])
+    wait_for(lambda: a.failure is not None, what="a fenced")
+    with pytest.raises(Fenced):
+        a.append([("a", "again")])
+    assert durable(b, batch("b", 1)) == 3
+    assert [r for _, r in b.replay()] == [*batch("a", 2), ("b", 0)]
+    a.close()
+    b.close()
+
+
 def test_opening_with_an_epoch_not_above_the_streams_is_refused(client: Any) -> None:
     from cascade.cluster.stream_journal import Fenced, StreamJournal
 
