@@ -205,7 +205,10 @@ class StreamJournal:
             if self._closing:
                 return
             self._closing = True
-        self._wake_writer()
+        try:
+            self._wake_writer()
+        except JournalError:  # the client is gone, and the writer with it
+            return
         if not self.client.on_loop:  # on the loop (an on_lost callback closing us) it cannot wait
             try:
                 self._writer.result(self.give_up_s + self.publish_timeout_s + 5.0)
