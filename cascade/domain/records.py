@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "CampaignCreated", "CampaignEnded", "ClockMoved", "DeliveryAnswered", "EngagementKept", "IdempotencyKept",
     "RecipientPut", "Record", "SendCancelled", "SendFinished", "SendOrdered", "SendStarted", "SendStopped",
-    "ShardBatch", "SignalApplied", "StepDeferred", "StepFailed", "StepFired", "StepSkipped", "ThrottleKept",
+    "ShardBatch", "ShardLayout", "SignalApplied", "StepDeferred", "StepFailed", "StepFired", "StepSkipped", "ThrottleKept",
     "TemplateDeleted", "TemplatePut", "UnknownRecord", "WindowEnded",
     "decode", "decode_all", "SEND_RECORDS",
 ]
@@ -178,6 +178,14 @@ class ClockMoved(NamedTuple):
     tag: int = 22
 
 
+class ShardLayout(NamedTuple):
+    """The engine that writes the records after this one has `shards`
+    shards: replay routes a shard's records by their writer only when
+    the layout it replays into is the same (written at every start)."""
+    shards: int
+    tag: int = 28
+
+
 class CampaignCreated(NamedTuple):
     campaign: str
     template: str
@@ -232,7 +240,7 @@ SEND_RECORDS = (SendStarted, StepFired, StepSkipped, WindowEnded, DeliveryAnswer
                 SendStopped, SendCancelled, SendFinished, StepDeferred, SendOrdered)
 _TYPES: dict[int, Any] = {cls._field_defaults["tag"]: cls for cls in (
     *SEND_RECORDS, RecipientPut, ShardBatch, TemplatePut, TemplateDeleted, ClockMoved, CampaignCreated,
-    CampaignEnded, IdempotencyKept, ThrottleKept, EngagementKept)}
+    CampaignEnded, IdempotencyKept, ThrottleKept, EngagementKept, ShardLayout)}
 
 
 _ARITY = {cls: len(cls._fields) for cls in _TYPES.values()}

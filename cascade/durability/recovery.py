@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
-from ..domain.records import ClockMoved, SendStarted, ShardBatch, UnknownRecord, decode, decode_all
+from ..domain.records import ClockMoved, SendStarted, ShardBatch, ShardLayout, UnknownRecord, decode, decode_all
 from ..engine.clock import Clock
 from ..engine.idempotency import IdempotencyKeys
 from ..engine.shard import ShardState
@@ -211,6 +211,9 @@ def _recover(engine: Recoverable, directory: str, journal: Journal) -> RecoveryR
         except UnknownRecord as exc:
             raise RecoveryRefused(f"journal position {position}: {exc}. Start the version of cascade that "
                                   "wrote this data directory, or move it away.") from None
+        if type(rec) is ShardLayout:  # what writes the records after it, whatever the snapshots hold
+            same_layout = rec.shards == len(states)
+            continue
         if inner is None:
             if position > front_at:
                 if type(rec) is ClockMoved:

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from ..domain.errors import Overloaded
-from ..domain.records import ClockMoved
+from ..domain.records import ClockMoved, ShardLayout
 from ..storage.journal import FileJournal
 from .coordinator import SnapshotCoordinator
 from .recovery import RecoveryResult, recover
@@ -57,7 +57,7 @@ class Durability:
     def recover(self, engine: Any) -> RecoveryResult:
         """Load the newest sound snapshot and replay the journal (blocking)."""
         self.recovery = recover(engine, self.snapshot_dir, self.journal)
-        self.persist_clock(engine)
+        self.persist_start(engine)
         log.info("recovered %d snapshot records and replayed %d journal records in %.3f s",
                  self.recovery.snapshot_records, self.recovery.replayed, self.recovery.seconds,
                  extra={"event": "recovery", **self.recovery.summary()})
@@ -96,13 +96,16 @@ class Durability:
             raise Overloaded("recovery is still running; snapshots can be taken once it is done")
         return self.coordinator
 
-    def persist_clock(self, engine: Any) -> None:
-        """A manual or scaled clock resumes where it was: write down where it
-        starts, so a restart before anything else is journaled keeps it too."""
+    def persist_start(self, engine: Any) -> None:
+        """Before anything else is journaled: the shard layout the records
+        after it are written in (replay routes by it), and where a manual or
+        scaled clock starts, so a restart before anything else keeps it too."""
+        records: list[Any] = [ShardLayout(engine.shards)]
         if getattr(engine.clock, "mode", "real") != "real":
-            done = threading.Event()
-            self.journal.append([ClockMoved(engine.clock.now())], done.set)
-            done.wait()
+            records.append(ClockMoved(engine.clock.now()))
+        done = threading.Event()
+        self.journal.append(records, done.set)
+        done.wait()
 
     # -- figures for /metrics ---------------------------------------------------------
     def stats(self) -> dict[str, Any]:
