@@ -85,8 +85,7 @@ export function FunnelChart({ metrics, times }) {
       </section>`;
     })}</div>
     <${Scroll} label="Funnel numbers"><table class="numbers">
-      <caption>Funnel numbers per ${steps.every((s) => s.step === null) ? 'channel (ordered by engagement, so step numbers differ from send to send)' : 'step'}
-        (viewed is n/a for channels that cannot emit it)</caption>
+      <caption>Funnel numbers per ${steps.every((s) => s.step === null) ? 'channel (ordered by engagement, so step numbers differ from send to send)' : 'step'} (viewed is n/a for channels that cannot emit it)</caption>
       <thead><tr><th scope="col">step</th><th scope="col">channel</th>${columns.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead>
       <tbody>${steps.map((s) => html`<tr><th scope="row">${s.step ?? '—'}</th><td>${s.channel}</td>
         ${columns.map((c) => html`<td data-col=${c}>${s[c] === null || s[c] === undefined ? 'n/a' : num(s[c])}</td>`)}</tr>`)}</tbody>
