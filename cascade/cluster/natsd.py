@@ -157,6 +157,13 @@ class NatsServer:
         leader = (body.get("meta_cluster") or {}).get("leader")
         return str(leader) if leader else None
 
+    def peers_current(self, size: int) -> bool:
+        """As the meta leader: whether it counts `size - 1` other peers, all current and online (stream
+        placement needs them; right after election a peer may still be reported offline)."""
+        body = self.jsz() or {}
+        replicas = (body.get("meta_cluster") or {}).get("replicas") or []
+        return len(replicas) == size - 1 and all(r.get("current") and not r.get("offline") for r in replicas)
+
     def check_running(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise NatsServerError(f"nats-server {self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
@@ -217,7 +224,7 @@ class NatsCluster:
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Until every running server is healthy and all of them name the same meta leader."""
+        """Until every running server is healthy, all name the same meta leader, and it sees the others current."""
         deadline = time.monotonic() + (self.ready_timeout_s if timeout is None else timeout)
         running = [s for s in self.servers if s.process is not None and s.process.poll() is None]
         while True:
@@ -225,7 +232,9 @@ class NatsCluster:
                 server.check_running()
             leaders = {s.meta_leader() for s in running}
             if all(s.healthy() for s in running) and len(leaders) == 1 and None not in leaders:
-                return
+                leader = next((s for s in running if s.name in leaders), None)
+                if leader is None or leader.cluster_port is None or leader.peers_current(len(running)):
+                    return
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {s.name}:\n{s.log_tail(8)}" for s in running)
                 raise NatsServerError(f"JetStream not ready within {self.ready_timeout_s} s "

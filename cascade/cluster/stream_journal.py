@@ -71,6 +71,7 @@ log = logging.getLogger("cascade.cluster.journal")
 Callback = Callable[[], None]
 T = TypeVar("T")
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, ...ConstantErr
+PLACEMENT = (10005,)  # JSClusterNoPeersErrF: "no suitable peers for placement" (a peer briefly seen offline)
 EXPECTED, MSG_ID = "Nats-Expected-Last-Sequence", "Nats-Msg-Id"
 END, COUNT, EPOCH = "Cascade-End", "Cascade-Count", "Cascade-Epoch"
 
@@ -274,14 +275,18 @@ class StreamJournal:
 
     async def _api(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """A JetStream API call, retried while the cluster cannot answer (a leader election after a
-        server died, a reconnect) until `give_up_s`; other errors at once."""
+        server died, a reconnect, a peer briefly seen offline at placement) until `give_up_s`;
+        other errors at once."""
         loop = asyncio.get_running_loop()
         deadline, attempt = loop.time() + self.give_up_s, 0
         while True:
             try:
                 return await call()
-            except (TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError,
-                    ServiceUnavailableError) as exc:
+            except (TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError, ServiceUnavailableError,
+                    APIError) as exc:
+                if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError) \
+                        and exc.err_code not in PLACEMENT:
+                    raise
                 attempt += 1
                 pause = min(0.05 * attempt, 0.5)
                 if loop.time() + pause > deadline:
