@@ -5,6 +5,7 @@ server restart."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -92,7 +93,7 @@ def test_drop_before_purges_only_messages_entirely_at_or_before_it(
     assert "records up to 10 were dropped" in caplog.text
     journal.drop_before(1000)  # the last message always stays: it carries the position
     assert [p for p, _ in journal.replay()] == list(range(31, 36))
-    assert journal.stats().segments == 1
+    assert journal.stats().segments == 2  # the last journal message, and the takeover record: epochs stay
     journal.close()
     reopened = open_journal()
     assert reopened.position() == 35
@@ -123,7 +124,7 @@ def test_a_takeover_fences_the_old_owner_whose_next_append_is_refused_by_jetstre
     a = StreamJournal(client, 7, "a", 1, on_lost=on_lost)
     durable(a, batch("a", 3))
     b = StreamJournal(client, 7, "b", 2)
-    assert (b.takeover.node, b.takeover.epoch, b.takeover.position) == ("b", 2, 3)
+    assert (b.takeover.node, b.takeover.epoch, b.position()) == ("b", 2, 3)
     assert [(t.node, t.epoch) for t in b.takeovers()] == [("a", 1), ("b", 2)]
     refused = threading.Event()
     a.append([("a", "late")], refused.set)  # queued; JetStream refuses it: the stream moved on
@@ -163,6 +164,76 @@ def test_the_lease_epoch_fences_a_paused_owner_once_another_node_took_the_partit
     assert [r for _, r in b.replay()] == [*batch("a", 2), ("b", 0)]
     a.close()
     b.close()
+
+
+def test_a_takeover_under_concurrent_appends_loses_nothing_acknowledged_and_keeps_order(client: Any) -> None:
+    from cascade.cluster.stream_journal import Fenced, StreamJournal
+
+    a = StreamJournal(client, 8, "a", 1)
+    acked: set[tuple[int, int]] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def shard(n: int) -> None:
+        for k in range(100_000):
+            if stop.is_set():
+                return
+            try:
+                a.append([(n, k)], lambda n=n, k=k: (lock.acquire(), acked.add((n, k)), lock.release()))
+            except Fenced:
+                return
+
+    threads = [threading.Thread(target=shard, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: len(acked) > 500, what="appends acknowledged before the takeover")
+    b = StreamJournal(client, 8, "b", 2)
+    wait_for(lambda: a.failure is not None, what="a fenced")
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    replayed = [r for _, r in b.replay()]
+    with lock:
+        assert acked <= set(replayed)  # every acknowledged append survives the takeover
+    for n in range(4):  # and each shard's records are a prefix of what it appended, in order
+        mine = [k for m, k in replayed if m == n]
+        assert mine == list(range(len(mine)))
+    assert len(replayed) == b.recovery_report.position
+    a.close()
+    b.close()
+
+
+def test_racing_takeovers_leave_epochs_growing_and_the_lower_one_fenced(client: Any) -> None:
+    from cascade.cluster.stream_journal import Fenced, StreamJournal
+
+    StreamJournal(client, 11, "a", 1).close()
+    top = 1
+    for _ in range(10):
+        opened: dict[int, Any] = {}
+        start = threading.Barrier(2, timeout=10)
+
+        def take(epoch: int, node: str, start: threading.Barrier = start, opened: dict[int, Any] = opened) -> None:
+            start.wait()  # both read the stream before either publishes, most of the time
+            with contextlib.suppress(Fenced):  # refused on open: the higher epoch was there first
+                opened[epoch] = StreamJournal(client, 11, node, epoch)
+
+        racers = [threading.Thread(target=take, args=(top + 1, "b")),
+                  threading.Thread(target=take, args=(top + 2, "c"))]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join(30)
+        winner = opened[top + 2]
+        epochs = [t.epoch for t in winner.takeovers()]
+        assert epochs == sorted(epochs) and epochs[-1] == top + 2
+        if top + 1 in opened:  # it opened first, and the higher epoch fenced it
+            loser = opened[top + 1]
+            loser.append([("late",)])
+            wait_for(lambda loser=loser: isinstance(loser.failure, Fenced), what="the lower epoch fenced")
+            loser.close()
+        winner.close()
+        top += 2
 
 
 def test_opening_with_an_epoch_not_above_the_streams_is_refused(client: Any) -> None:

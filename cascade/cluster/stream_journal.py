@@ -3,34 +3,41 @@
 Stream `<prefix>-p<N>` holds subject `<prefix>.p<N>.journal` (records) and
 `<prefix>.p<N>.owner` (takeover records). It is the same `Journal` as
 `storage/journal.py` (one behaviour suite): positions count records, not
-stream messages. A stream message carries the msgpack frames of one or more
-appends (the file journal's frames, from the same codec) and headers:
+stream messages. A journal message carries the msgpack frames of one or
+more appends (the file journal's frames, from the same codec) and headers:
 `Cascade-End` (the position after its records), `Cascade-Count`,
-`Cascade-Epoch`. So the last message alone gives the position on open, and
-`replay(after)` finds its first message by binary search on `Cascade-End`
-(stream get by sequence, from the stream leader: about 20 requests for a
+`Cascade-Epoch`. So the last journal message gives the position on open,
+and `replay(after)` finds its first message by binary search on
+`Cascade-End` (next-journal-message-at-or-after gets from the stream leader,
+which step over takeover records and purge gaps: about 20 requests for a
 million messages), then reads on with a pull consumer (ack none, in memory,
-up to 512 messages or 16 MiB a request, see pull.py): one round trip a batch,
-not a message, served by the stream leader, so a lagging replica cannot
-show a short journal. Direct get would be one request per message and, with
-`allow_direct`, may be answered by a follower that is behind.
+up to 512 messages or 16 MiB a request, see pull.py): one round trip a
+batch, not a message, served by the stream leader, so a lagging replica
+cannot show a short journal. Direct get would be one request per message
+and, with `allow_direct`, may be answered by a follower that is behind.
 
 Fencing (Temporal's range ids, on JetStream): opening is a takeover. The new
-owner reads the last message, refuses if it carries an epoch at or above
-its own (`Fenced`), and publishes a takeover record `{node, epoch}`
-conditioned on that message's sequence. Every later publish carries
-`Nats-Expected-Last-Sequence` = the sequence of this owner's previous
-message, so after a takeover the old owner's next write is refused by
+owner reads the last takeover record, refuses if its epoch is at or above
+its own (`Fenced`), and publishes its own `{node, epoch}` conditioned on the
+owner subject's last sequence (`Nats-Expected-Last-Subject-Sequence`): a
+concurrent takeover makes one of the two fail and read again, while the old
+owner's appends, which never touch that subject, cannot starve it (a stream-
+wide condition could: tested with four threads appending flat out). Nothing
+of the old owner lands after the takeover, so the last journal message then
+gives the position. Every journal publish carries
+`Nats-Expected-Last-Sequence` = this owner's previous message (its takeover
+record first), so after a takeover the old owner's next write is refused by
 JetStream itself; the journal then raises `Fenced` on every append and calls
 `on_lost` once, so the owner stops serving the partition at once. Publishes
-also carry `Nats-Msg-Id` (<stream>:<epoch>:<sequence>): a publish whose ack
-was lost is retried with the same id; JetStream checks the expected sequence
-before its duplicate window, so the retry is refused, and the journal then
-reads the message at the sequence it expected: if it carries this publish's
-id, the first attempt was stored and the append is acknowledged; otherwise
-it is fencing. A publish not acknowledged within `give_up_s` fails the journal
-(`JournalError`, `on_lost` too): a write whose fate is unknown cannot be
-followed by others.
+also carry `Nats-Msg-Id` (<stream>:<epoch>:<sequence>, or :takeover): a
+publish whose ack was lost is retried with the same id; JetStream checks the
+expected sequence before its duplicate window, so the retry is refused, and
+the journal then reads the message where its publish would be: if that
+carries the id, the first attempt was stored and the append is acknowledged;
+otherwise it is fencing. A publish not acknowledged within `give_up_s` fails
+the journal (`JournalError`, `on_lost` too): a write whose fate is unknown
+cannot be followed by others. Takeover records are never purged: they keep
+the epochs, one small message a takeover.
 
 Threads: `append` only encodes and queues (shard threads never wait on the
 network, only on back-pressure above `max_pending_bytes`); the writer runs on
@@ -40,8 +47,8 @@ flight), one in flight at a time. `on_durable` fires on the loop thread after
 the publish ack, i.e. once a quorum of the stream's replicas holds the
 records; callbacks must not block. `rotate` ends the current message
 (returns the position once what came before is acknowledged);
-`drop_before` purges the messages whose records all lie at or before the
-position (the last message always stays: it carries the position).
+`drop_before` purges the journal messages whose records all lie at or
+before the position (the last one always stays: it carries the position).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ T = TypeVar("T")
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, ...ConstantErr
 PLACEMENT = (10005,)  # JSClusterNoPeersErrF: "no suitable peers for placement" (a peer briefly seen offline)
 EXPECTED, MSG_ID = "Nats-Expected-Last-Sequence", "Nats-Msg-Id"
+EXPECTED_SUBJECT = "Nats-Expected-Last-Subject-Sequence"
 END, COUNT, EPOCH = "Cascade-End", "Cascade-Count", "Cascade-Epoch"
 
 
@@ -86,12 +94,11 @@ class Fenced(JournalError):
 
 @dataclass(frozen=True)
 class Takeover:
-    """A takeover record: `node` owns the partition from stream sequence `seq` on, at journal `position`."""
+    """A takeover record: `node` owns the partition with `epoch` from stream sequence `seq` on."""
 
     seq: int
     node: str
     epoch: int
-    position: int
 
 
 @dataclass
@@ -138,10 +145,10 @@ class StreamJournal:
         self.failure: JournalError | None = None
         self._counters = AckCounters()
         self._wake = asyncio.Event()
-        self.takeover, self._first_seq = client.run(self._open(), open_timeout_s)
-        self._last_seq = self.takeover.seq
-        self._position = self._durable = self.takeover.position
-        self.recovery_report = RecoveryReport(self._position, 1, [])
+        self._last_seq = self._last_data_seq = self._messages = 0
+        position = client.run(self._open(), open_timeout_s)
+        self._position = self._durable = position
+        self.recovery_report = RecoveryReport(position, 1, [])
         self._writer = asyncio.run_coroutine_threadsafe(self._write_loop(), client.loop)
 
     # -- callers' side ---------------------------------------------------------
@@ -197,8 +204,9 @@ class StreamJournal:
         return self._replay(after, target)
 
     def drop_before(self, position: int) -> None:
-        """Purge the messages whose records all lie at or before `position` (never the last message)."""
-        self._first_seq = self.client.run(self._drop_before(position), self.give_up_s)
+        """Purge the journal messages whose records all lie at or before `position` (never the last one;
+        takeover records stay: they hold the epochs)."""
+        self.client.run(self._drop_before(position), self.give_up_s)
 
     def close(self) -> None:
         """Publish what is queued, stop the writer; later appends raise JournalClosed. The client stays open."""
@@ -218,11 +226,10 @@ class StreamJournal:
 
     def stats(self) -> JournalStats:
         with self._lock:
-            return self._counters.freeze(self._position, self._durable, self._pending,
-                                         self._last_seq - self._first_seq + 1)
+            return self._counters.freeze(self._position, self._durable, self._pending, self._messages)
 
     def takeovers(self) -> list[Takeover]:
-        """The takeover records still in the stream, oldest first (admin views, tests)."""
+        """Every takeover record of the stream, oldest first (admin views, tests)."""
         return self.client.run(self._takeovers(), self.give_up_s)
 
     def _check_open(self, closing_ok: bool = False) -> None:
@@ -240,7 +247,8 @@ class StreamJournal:
 
     # -- on the loop: open, write ----------------------------------------------
 
-    async def _open(self) -> tuple[Takeover, int]:
+    async def _open(self) -> int:
+        """Ensure the stream, publish the takeover record, return the position it stands at."""
         jsm = self.client.js
         try:
             info = await self._api(lambda: jsm.stream_info(self.stream), "stream info")
@@ -253,25 +261,40 @@ class StreamJournal:
                 name=self.stream, subjects=[self.subject, self.owner_subject], num_replicas=self.replicas,
                 storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD,
                 duplicate_window=120.0, allow_direct=False, deny_delete=True), "stream create")
-        for _ in range(20):  # someone else may publish between our read and our takeover: read again
-            last = info.state.last_seq
-            position = epoch = 0
-            if last:
-                msg = await self._api(lambda: jsm.get_msg(self.stream, seq=last), "get")
-                position, epoch = _header_int(msg.headers, END, last), _header_int(msg.headers, EPOCH, last)
+        payload = msgpack.packb({"takeover": self.node, "epoch": self.epoch})
+        for _ in range(20):  # another takeover may land between our read and ours: read again
+            previous = await self._last_on(self.owner_subject)
+            epoch = _header_int(previous.headers, EPOCH, previous.seq) if previous is not None else 0
             if epoch >= self.epoch:
                 raise Fenced(self.partition, self.node, self.epoch,
-                             f"the stream already carries epoch {epoch} (sequence {last})")
-            payload = msgpack.packb({"takeover": self.node, "epoch": self.epoch})
+                             f"the stream already carries epoch {epoch} (sequence {previous and previous.seq})")
+            # Conditioned on the owner subject alone: the old owner's appends cannot starve a takeover,
+            # a concurrent takeover still makes one of the two fail.
+            headers = {EXPECTED_SUBJECT: str(previous.seq if previous is not None else 0),
+                       MSG_ID: f"{self.stream}:{self.epoch}:takeover", EPOCH: str(self.epoch)}
             try:
-                seq = await self._publish(self.owner_subject, payload, last, position, 0)
+                seq = await self._publish(self.owner_subject, payload, headers, self._landed_last)
             except _WrongLast:
-                info = await self._api(lambda: jsm.stream_info(self.stream), "stream info")
                 continue
+            # Nothing of the old owner lands after `seq` (its expected sequence is older), so the last
+            # journal message now is the last one before the takeover.
+            last = await self._last_on(self.subject)
+            position = _header_int(last.headers, END, last.seq) if last is not None else 0
+            info = await self._api(lambda: jsm.stream_info(self.stream), "stream info")
+            self.takeover = Takeover(seq, self.node, self.epoch)
+            self._last_seq, self._last_data_seq = seq, last.seq if last is not None else 0
+            self._messages = info.state.messages
             log.info("journal %s: %s took over with epoch %d at sequence %d, position %d",
                      self.stream, self.node, self.epoch, seq, position)
-            return Takeover(seq, self.node, self.epoch, position), max(info.state.first_seq, 1)
-        raise JournalError(f"journal {self.stream}: could not publish a takeover; the stream keeps moving")
+            return position
+        raise JournalError(f"journal {self.stream}: could not publish a takeover; others keep taking over")
+
+    async def _last_on(self, subject: str) -> Any:
+        """The stream's last message on `subject`, or None."""
+        try:
+            return await self._api(lambda: self.client.js.get_msg(self.stream, subject=subject), "get")
+        except NotFoundError:
+            return None
 
     async def _api(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """A JetStream API call, retried while the cluster cannot answer (a leader election after a
@@ -290,14 +313,17 @@ class StreamJournal:
                 attempt += 1
                 pause = min(0.05 * attempt, 0.5)
                 if loop.time() + pause > deadline:
-                    raise JournalError(f"journal {self.stream}: {what} failed for {self.give_up_s} s ({exc!r})") from exc
+                    raise JournalError(
+                        f"journal {self.stream}: {what} failed for {self.give_up_s} s ({exc!r})") from exc
                 log.warning("journal %s: %s failed (%r); retrying", self.stream, what, exc)
                 await asyncio.sleep(pause)  # back-off between retries
 
-    async def _publish(self, subject: str, payload: bytes, expected: int, end: int, count: int) -> int:
-        """Publish conditioned on `expected`; retried (same Msg-Id) until acknowledged or `give_up_s`."""
-        headers = {EXPECTED: str(expected), MSG_ID: f"{self.stream}:{self.epoch}:{expected + 1}",
-                   END: str(end), COUNT: str(count), EPOCH: str(self.epoch)}
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str],
+                       landed: Callable[[str], Awaitable[int | None]]) -> int:
+        """Publish with `headers` (an expected sequence); retried with the same Msg-Id until
+        acknowledged or `give_up_s`. A refusal is `_WrongLast` unless `landed` finds the message
+        stored by an earlier attempt (JetStream checks expected sequences before its duplicate
+        window, so the retry of a publish whose ack was lost is refused)."""
         loop = asyncio.get_running_loop()
         deadline, attempt = loop.time() + self.give_up_s, 0
         while True:
@@ -307,8 +333,9 @@ class StreamJournal:
                                                    headers=dict(headers))
             except APIError as exc:
                 if exc.err_code in WRONG_LAST_SEQUENCE:
-                    if await self._landed(expected + 1, headers[MSG_ID]):
-                        return expected + 1  # an earlier attempt was stored; its ack was lost
+                    stored = await landed(headers[MSG_ID])
+                    if stored is not None:
+                        return stored
                     raise _WrongLast(exc.description or str(exc)) from None
                 error: Exception = exc
             except nats.errors.ConnectionClosedError:
@@ -317,10 +344,7 @@ class StreamJournal:
                 error = exc
             else:
                 self._counters.acked(time.perf_counter() - began)
-                if ack.seq != expected + 1:
-                    raise JournalError(f"journal {self.stream}: published at sequence {ack.seq}, "
-                                       f"expected {expected + 1}")
-                return ack.seq
+                return int(ack.seq)
             attempt += 1
             pause = min(0.05 * attempt, 0.5)
             if loop.time() + pause > deadline:
@@ -329,14 +353,18 @@ class StreamJournal:
             log.warning("journal %s: publish attempt %d failed (%r); retrying", self.stream, attempt, error)
             await asyncio.sleep(pause)  # back-off between retries
 
-    async def _landed(self, seq: int, msg_id: str) -> bool:
-        """Whether the message at `seq` is the one published as `msg_id` (JetStream checks the
-        expected sequence before its duplicate window, so a retry of a stored publish is refused)."""
+    async def _landed_next(self, msg_id: str) -> int | None:
+        """A journal publish: stored if the message right after our last one carries its id."""
         try:
-            msg = await self._api(lambda: self.client.js.get_msg(self.stream, seq=seq), "get")
+            msg = await self._api(lambda: self.client.js.get_msg(self.stream, seq=self._last_seq + 1), "get")
         except NotFoundError:
-            return False
-        return (msg.headers or {}).get(MSG_ID) == msg_id
+            return None
+        return int(msg.seq or 0) if (msg.headers or {}).get(MSG_ID) == msg_id else None
+
+    async def _landed_last(self, msg_id: str) -> int | None:
+        """A takeover: stored if the last takeover record carries its id."""
+        msg = await self._last_on(self.owner_subject)
+        return int(msg.seq) if msg is not None and (msg.headers or {}).get(MSG_ID) == msg_id else None
 
     async def _write_loop(self) -> None:
         while True:
@@ -374,8 +402,10 @@ class StreamJournal:
         count = sum(e.count for e in group)
         if count:
             data = b"".join(e.data for e in group if e.data)
+            headers = {EXPECTED: str(self._last_seq), MSG_ID: f"{self.stream}:{self.epoch}:{self._last_seq + 1}",
+                       END: str(group[-1].end), COUNT: str(count), EPOCH: str(self.epoch)}
             try:
-                seq = await self._publish(self.subject, data, self._last_seq, group[-1].end, count)
+                seq = await self._publish(self.subject, data, headers, self._landed_next)
             except _WrongLast as exc:
                 self._fail(Fenced(self.partition, self.node, self.epoch,
                                   f"JetStream refused the append ({exc}): another owner took over"), group + rest)
@@ -384,7 +414,8 @@ class StreamJournal:
                 self._fail(exc, group + rest)
                 return False
             with self._lock:
-                self._last_seq = seq
+                self._last_seq = self._last_data_seq = seq
+                self._messages += 1
         now = time.perf_counter()
         with self._lock:
             if group:
@@ -421,31 +452,40 @@ class StreamJournal:
 
     # -- on the loop: reading --------------------------------------------------
 
-    async def _end_of(self, seq: int) -> int:
-        msg = await self._api(lambda: self.client.js.get_msg(self.stream, seq=seq), "get")
-        return _header_int(msg.headers, END, seq)
+    async def _end_at_or_after(self, seq: int) -> int:
+        """The position after the first journal message at or after `seq` (takeover records are skipped)."""
+        msg = await self._api(
+            lambda: self.client.js.get_msg(self.stream, seq=seq, subject=self.subject, next=True), "get")
+        return _header_int(msg.headers, END, msg.seq or 0)
 
-    async def _find(self, after: int) -> tuple[int | None, int]:
-        """The first sequence whose message ends past `after` (None if none), and the stream's first sequence."""
+    async def _find(self, after: int) -> int | None:
+        """The first journal message's sequence whose records end past `after`, or None.
+
+        Binary search on x for the first x whose next journal message (at or after x) ends past
+        `after`: that end only grows with x, and purges leave gaps, which a next-by-subject get
+        steps over."""
         info = await self._api(lambda: self.client.js.stream_info(self.stream), "stream info")
-        lo, hi = max(info.state.first_seq, 1), info.state.last_seq
-        if not hi or await self._end_of(hi) <= after:
-            return None, lo
-        first = lo
+        lo, hi = max(info.state.first_seq, 1), self._last_data_seq
+        if not hi or await self._end_at_or_after(hi) <= after:
+            return None
         while lo < hi:
             mid = (lo + hi) // 2
-            if await self._end_of(mid) > after:
+            if await self._end_at_or_after(mid) > after:
                 hi = mid
             else:
                 lo = mid + 1
-        return lo, first
+        msg = await self._api(lambda: self.client.js.get_msg(self.stream, seq=lo, subject=self.subject, next=True),
+                              "get")
+        return int(msg.seq or 0)
 
-    async def _drop_before(self, position: int) -> int:
-        found, first = await self._find(position)
-        keep = self._last_seq if found is None else min(found, self._last_seq)
-        if keep > first:
-            await self._api(lambda: self.client.js.purge_stream(self.stream, seq=keep), "purge")
-        return max(keep, first)
+    async def _drop_before(self, position: int) -> None:
+        found = await self._find(position)
+        keep = self._last_data_seq if found is None else min(found, self._last_data_seq)
+        if keep:
+            await self._api(lambda: self.client.js.purge_stream(self.stream, seq=keep, subject=self.subject), "purge")
+        info = await self._api(lambda: self.client.js.stream_info(self.stream), "stream info")
+        with self._lock:
+            self._messages = info.state.messages
 
     async def _puller(self, start: int, subject: str | None = None) -> Puller:
         puller = Puller(self.client.nc, self.client.js, self.stream, start, subject,
@@ -453,7 +493,7 @@ class StreamJournal:
         return await self._api(puller.open, "replay consumer")
 
     def _replay(self, after: int, target: int) -> Iterator[tuple[int, Any]]:
-        start, _ = self.client.run(self._find(after), self.give_up_s)
+        start = self.client.run(self._find(after), self.give_up_s)
         if start is None or start > target:
             return
         puller = self.client.run(self._puller(start), self.give_up_s)
@@ -512,8 +552,7 @@ class StreamJournal:
                 for msg in msgs:
                     body = msgpack.unpackb(msg.data)
                     seq = msg.metadata.sequence.stream
-                    out.append(Takeover(seq, str(body["takeover"]), int(body["epoch"]),
-                                        _header_int(msg.headers, END, seq)))
+                    out.append(Takeover(seq, str(body["takeover"]), int(body["epoch"])))
             return out
         finally:
             await puller.close()
