@@ -8,11 +8,12 @@ probe waiting while the snapshot was written), `recovery_s` (from the
 snapshot), `replay_records_per_s` (journal only) and `durable_events_per_s`
 (signals acknowledged after group commit).
 
-Recovery is measured as a restart runs it: in a fresh process of its own
-(this script again, with `--recover`), once from the snapshot and once from
-the journal alone. Measured in the process that had just built and dropped
-a million sends, it read 25-45% slower: that process's heap is not what a
-starting server has.
+Each phase runs as a server would, in a process of its own (this script
+again): one builds the data directory and exits; then a fresh process
+recovers from the snapshot, and another from the journal alone, as a
+restart does. Measured in the process that had just built a million sends
+(or beside it while it was still alive), recovery read 25-45% slower than
+what a starting server sees.
 
     ./run bench snapshot [--sends N]
 """
@@ -91,9 +92,50 @@ def recover_alone(root: Path, shards: int) -> None:
                       "snapshot_records": result.snapshot_records}))
 
 
-def restart(root: Path, shards: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--recover", str(root), "--shards", str(shards)],
-                         check=True, capture_output=True, text=True, timeout=600).stdout
+def build(root: Path, sends: int, shards: int, events_n: int) -> None:
+    """`--build`: load the sends, ingest events, take a snapshot; one JSON line."""
+    engine, journal = engine_on(root, shards)
+    recover(engine, str(root / "snapshots"), journal)
+    engine.start()
+    engine.put_template("t", TEMPLATE).wait()
+    t0 = time.perf_counter()
+    ids: list[str] = []
+    replies = []
+    for s in range(0, sends, CHUNK):
+        reply, chunk_ids = engine.send_many("t", [f"u{i % 50_000}" for i in range(s, min(sends, s + CHUNK))],
+                                            {"name": "Ada"})
+        replies.append(reply)
+        ids.extend(chunk_ids)
+    for r in replies:
+        r.wait(None)
+    load_s = time.perf_counter() - t0
+
+    # Durable ingest: batches of 1,000 events, each acknowledged after group commit.
+    events = [(f"{sid}.1", None, None, "delivered", None) for sid in ids[:events_n]]
+    t0 = time.perf_counter()
+    pending = [engine.signals(events[s:s + 1000]) for s in range(0, len(events), 1000)]
+    accepted = sum(r.wait(None)["accepted"] for r in pending)
+    ingest_s = time.perf_counter() - t0
+
+    probe = Probe(engine)
+    probe.start()
+    time.sleep(0.05)
+    coordinator = SnapshotCoordinator(engine, journal, str(root / "snapshots"), keep=2, interval_s=0)
+    info = coordinator.take()
+    probe.stop_event.set()
+    probe.join()
+    records_in_journal = journal.position()
+    engine.stop()
+    journal.close()
+    print(json.dumps({"load_s": load_s, "accepted": accepted, "ingest_s": ingest_s, "snapshot_s": info["seconds"],
+                      "snapshot_bytes": info["bytes"], "max_pause_s": probe.worst,
+                      "journal_records": records_in_journal}))
+
+
+def child(*args: str) -> dict:
+    """This script in a process of its own: its last line, parsed."""
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True,
+                         timeout=1200).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -102,68 +144,36 @@ def main() -> None:
     ap.add_argument("--sends", type=int, default=1_000_000)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--events", type=int, default=500_000)
+    ap.add_argument("--build", metavar="DIR", help=argparse.SUPPRESS)
     ap.add_argument("--recover", metavar="DIR", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.build:
+        build(Path(args.build), args.sends, args.shards, args.events)
+        return
     if args.recover:
         recover_alone(Path(args.recover), args.shards)
         return
     root = Path(tempfile.mkdtemp(prefix="cascade-bench-"))
+    n, shards = args.sends, str(args.shards)
     try:
-        engine, journal = engine_on(root, args.shards)
-        recover(engine, str(root / "snapshots"), journal)
-        engine.start()
-        engine.put_template("t", TEMPLATE).wait()
-        n = args.sends
-        t0 = time.perf_counter()
-        ids: list[str] = []
-        replies = []
-        for s in range(0, n, CHUNK):
-            reply, chunk_ids = engine.send_many("t", [f"u{i % 50_000}" for i in range(s, min(n, s + CHUNK))],
-                                                {"name": "Ada"})
-            replies.append(reply)
-            ids.extend(chunk_ids)
-        for r in replies:
-            r.wait(None)
-        load_s = time.perf_counter() - t0
-
-        # Durable ingest: batches of 1,000 events, each acknowledged after group commit.
-        events = [(f"{sid}.1", None, None, "delivered", None) for sid in ids[: args.events]]
-        t0 = time.perf_counter()
-        pending = [engine.signals(events[s:s + 1000]) for s in range(0, len(events), 1000)]
-        accepted = sum(r.wait(None)["accepted"] for r in pending)
-        ingest_s = time.perf_counter() - t0
-
-        probe = Probe(engine)
-        probe.start()
-        time.sleep(0.05)
-        coordinator = SnapshotCoordinator(engine, journal, str(root / "snapshots"), keep=2, interval_s=0)
-        info = coordinator.take()
-        probe.stop_event.set()
-        probe.join()
-        records_in_journal = journal.position()
-        engine.stop()
-        journal.close()
-
-        del engine, journal, ids, events, pending, replies
-        # Recovery from the snapshot (the journal after it is nearly empty).
-        result = restart(root, args.shards)
-        # Journal replay alone: the same data with no snapshot to start from.
+        built = child("--build", str(root), "--sends", str(n), "--shards", shards, "--events", str(args.events))
+        result = child("--recover", str(root), "--shards", shards)  # from the snapshot: the journal after it is short
         shutil.rmtree(root / "snapshots")
-        replay = restart(root, args.shards)
+        replay = child("--recover", str(root), "--shards", shards)  # the journal alone
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
     out = {
         "sends": n,
-        "durable_sends_per_s": round(n / load_s),
-        "durable_events_per_s": round(accepted / ingest_s),
-        "snapshot_s": info["seconds"],
-        "snapshot_bytes": info["bytes"],
-        "snapshot_bytes_per_send": round(info["bytes"] / n, 1),
-        "max_pause_ms": round(probe.worst * 1000, 1),
+        "durable_sends_per_s": round(n / built["load_s"]),
+        "durable_events_per_s": round(built["accepted"] / built["ingest_s"]),
+        "snapshot_s": built["snapshot_s"],
+        "snapshot_bytes": built["snapshot_bytes"],
+        "snapshot_bytes_per_send": round(built["snapshot_bytes"] / n, 1),
+        "max_pause_ms": round(built["max_pause_s"] * 1000, 1),
         "recovery_s": round(result["seconds"], 3),
         "recovery_cpu_s": round(result["cpu_s"], 3),
-        "journal_records": records_in_journal,
+        "journal_records": built["journal_records"],
         "replay_records_per_s": round(replay["replayed"] / replay["seconds"]),
         "replay_s": round(replay["seconds"], 3),
         "replay_cpu_s": round(replay["cpu_s"], 3),
@@ -171,8 +181,8 @@ def main() -> None:
     }
     rows = [
         ("sends loaded (journaled, batch fsync)", f"{n:,}", f"{out['durable_sends_per_s']:,}/s"),
-        ("durable events (1,000 a batch)", f"{accepted:,}", f"{out['durable_events_per_s']:,}/s"),
-        ("snapshot", f"{info['bytes'] / 2**20:,.1f} MiB", f"{info['seconds']:.2f} s"),
+        ("durable events (1,000 a batch)", f"{built['accepted']:,}", f"{out['durable_events_per_s']:,}/s"),
+        ("snapshot", f"{built['snapshot_bytes'] / 2**20:,.1f} MiB", f"{built['snapshot_s']:.2f} s"),
         ("snapshot bytes per send", "", f"{out['snapshot_bytes_per_send']}"),
         ("longest shard pause during snapshot", "", f"{out['max_pause_ms']} ms"),
         ("recovery from snapshot (a fresh process)", f"{result['snapshot_records']:,} records",
