@@ -129,7 +129,8 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
             proc.wait()
 
 
-def server_config(port: int, sink_port: int) -> str:
+def server_config(port: int, sink_port: int, shards: int | None = None) -> str:
+    engine = "" if shards is None else f"\n[engine]\nshards = {shards}\n"
     channels = "".join(f"""
 [channels.{ch}]
 provider = "webhook"
@@ -146,17 +147,18 @@ journal_fsync = "batch"
 [clock]
 mode = "scaled"
 rate = {CLOCK_RATE}
-{channels}"""
+{engine}{channels}"""
 
 
-def start_server(tmp: Path, port: int, sink_port: int, cpu: int | None) -> subprocess.Popen[bytes]:
+def start_server(tmp: Path, port: int, sink_port: int, cpu: int | None,
+                 shards: int | None = None) -> subprocess.Popen[bytes]:
     # The entry point installed beside the interpreter running this script:
     # .venv/bin/python bench/e2e.py serves with .venv/bin/cascade.
     cascade = Path(sys.executable).parent / "cascade"
     if not cascade.exists():
         raise SystemExit(f"{cascade} not found: run this with the project's interpreter (.venv/bin/python)")
     cfg = tmp / "cascade.toml"
-    cfg.write_text(server_config(port, sink_port), encoding="utf-8")
+    cfg.write_text(server_config(port, sink_port, shards), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
     env["CASCADE_LOG_LEVEL"] = "WARNING"
     cmd = [str(cascade), "serve", "--config", str(cfg), "--data-dir", str(tmp / "data")]
@@ -420,7 +422,7 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
                           "--connections", str(opts.connections), "--timeout", str(opts.timeout),
                           "--out", str(tmp / "sink.json")], tmp / "sink.log", client_cpu)
             procs.append(sink)
-            server = start_server(tmp, port, sink_port, server_cpu)
+            server = start_server(tmp, port, sink_port, server_cpu, opts.shards)
             procs.append(server)
             clock = asyncio.run(prepare(url, sink_url, server, sink))
             cpu0, busy0 = cpu_seconds(server.pid), machine_busy_s()
@@ -640,6 +642,7 @@ def main() -> int:
     ap.add_argument("--drain-max", type=float, default=60.0,
                     help="longest wait after the last window for the server to finish (default 60 s)")
     ap.add_argument("--diagnose", type=int, default=50, help="wrong sends looked up on the server (default 50)")
+    ap.add_argument("--shards", type=int, help="the server's engine.shards (default: its own default)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the server to CPU 0 and the clients to CPU 1")
     opts = ap.parse_args()
