@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,19 +17,6 @@ from cascade.cli import main
 from cascade.config import ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """`cascade serve` takes over the root logger; give it back to pytest."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -5,8 +5,6 @@ before it listens)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,19 +27,6 @@ password = "s3cret"
 from = "Shop <shop@example.com>"
 max_in_flight = 4
 """
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """`cascade serve` takes over the root logger; give it back to pytest."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
 
 
 def write(tmp_path: Path, text: str) -> Path:
