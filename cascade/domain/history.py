@@ -28,6 +28,7 @@ from .send import (
     SEND_STATUS,
     SKIPPED,
     STEP_FAILED,
+    STEP_STOPPED,
     STOPPED,
     THROTTLED,
     Send,
@@ -67,17 +68,18 @@ def history(send: Send) -> list[dict[str, Any]]:
         retried = send.get(RETRIES_KEY + i)
         if retried is not None:  # the provider's answer came after it had tried more than once
             add(retried[0], n, "delivery_retried", {"attempts": retried[1]})
-        for kind, name in enumerate(SIGNALS):
-            if send.has_signal(i, kind):
-                add(send.get(4 * i + kind), n, "signal", {"signal": name})
         if st == STEP_FAILED:
             reason = send.get(REASON_KEY + i)
             add(send.get(FAILED_AT_KEY + i), n, "delivery_failed", {"channel": step.channel, "reason": reason})
             after = {"after": "delivery_failed", "previousStep": n, "reason": reason}
-        elif st == FIRED and step.stop_rank >= 0 and send.tpl.sequence:
+        elif step.stop_rank >= 0 and send.tpl.sequence and (st == FIRED or (st == STEP_STOPPED and i < send.current)):
+            # (a step stopped by a late signal, rule 3, had its window end first: the chain went on past it)
             deadline = send.window_deadline(i)
             add(deadline, n, "window_ended", {"stopCondition": step.stop_condition, "deadline": iso(deadline)})
             after = {"after": "window_ended", "previousStep": n, "stopCondition": step.stop_condition}
+        for kind, name in enumerate(SIGNALS):  # after the window's end in a tie: a signal at it was late
+            if send.has_signal(i, kind):
+                add(send.get(4 * i + kind), n, "signal", {"signal": name})
     _add_outcome(send, add)
     entries.sort(key=lambda e: (e[0], e[1]))
     out = []

@@ -6,7 +6,8 @@ nights clocks change: a deferral from 23:00 to 08:00 lasts 9 hours on most
 nights, 8 or 10 across a daylight-saving change. `until` answers the
 absolute instant the quiet hours end. A wall time that does not exist that
 day (inside a spring-forward gap) resolves as `zoneinfo` does with fold=0:
-as if the clocks had not moved yet, i.e. just after the gap.
+read with the offset before the change, so 02:30 on a night that jumps
+from 02:00 to 03:00 is 03:30 after it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def parse_hhmm(text: object) -> int | None:
     if not isinstance(text, str) or len(text) != 5 or text[2] != ":":
         return None
     hh, mm = text[:2], text[3:]
-    if not (hh.isdigit() and mm.isdigit()):
+    if not (hh.isascii() and mm.isascii() and hh.isdigit() and mm.isdigit()):  # not "²²" or "２２"
         return None
     h, m = int(hh), int(mm)
     return h * 60 + m if h < 24 and m < 60 else None

@@ -37,12 +37,23 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
 WebPushSubscription = tuple[str, str, str]
 
 
+@lru_cache(maxsize=1)
+def _iana_names() -> frozenset[str]:
+    """Zone names of the IANA database, without the files a tz directory
+    also holds that are not zones of it: "localtime" (this machine's own),
+    "posixrules", "Factory", and the "posix/" and "right/" (leap-second) copies."""
+    return frozenset(n for n in zoneinfo.available_timezones()
+                     if n not in ("localtime", "posixrules", "Factory") and not n.startswith(("posix/", "right/")))
+
+
 @lru_cache(maxsize=1024)
 def zone(name: str) -> zoneinfo.ZoneInfo | None:
     """The IANA time zone `name`, or None if there is no such zone."""
+    if name not in _iana_names():
+        return None
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: not a key ("../x", "/etc")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         return None
 
 
@@ -167,9 +178,24 @@ def _validate_web_push(subs: Any, path: str, errs: list[Detail]) -> None:
         if key is None or len(key) != 65 or key[0] != 4:
             errs.append((f"{at}.keys.p256dh",
                          "p256dh must be base64url of an uncompressed P-256 public key (65 bytes)"))
+        elif not _on_p256(key):
+            errs.append((f"{at}.keys.p256dh", "p256dh is not a point of the P-256 curve: not a browser's key"))
         secret = _b64url(auth)
         if secret is None or len(secret) != 16:
             errs.append((f"{at}.keys.auth", "auth must be base64url of 16 bytes"))
+
+
+# P-256 (secp256r1): y^2 = x^3 - 3x + b over the prime field p
+_P256_P = 2**256 - 2**224 + 2**192 + 2**96 - 1
+_P256_B = 0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B
+
+
+def _on_p256(key: bytes) -> bool:
+    """Whether an uncompressed point (0x04 || x || y) lies on the curve: a
+    key that does not would fail every encryption to it."""
+    x, y = int.from_bytes(key[1:33], "big"), int.from_bytes(key[33:], "big")
+    p = _P256_P
+    return 0 <= x < p and 0 <= y < p and (y * y - (x * x * x - 3 * x + _P256_B)) % p == 0
 
 
 def validate_recipient(rid: Any, body: Any, path: str = "$") -> list[Detail]:

@@ -199,9 +199,16 @@ def _check_config(config: Mapping[str, Any], sequence: bool) -> list[Detail]:
             if parse_hhmm(quiet.get(key)) is None:
                 errs.append((f"{path}.{key}", f"{key} {_spelled(quiet.get(key))} must be a 24-hour time HH:MM, "
                              "like 22:00"))
+        if parse_hhmm(quiet.get("start")) is not None and quiet.get("start") == quiet.get("end"):
+            errs.append((f"{path}.end", "end must differ from start (hours of no length are no quiet hours)"))
         listed = quiet.get("channels", ["push"])  # absent: every channel but inapp
+        quieted = ", ".join(c for c in CHANNELS if c != "inapp")
         if not isinstance(listed, list) or not listed or any(c not in CHANNELS for c in listed):
-            errs.append((f"{path}.channels", f"channels must be a non-empty list of {', '.join(CHANNELS)}"))
+            errs.append((f"{path}.channels", f"channels must be a non-empty list of {quieted}"))
+        elif len(set(listed)) != len(listed):
+            errs.append((f"{path}.channels", "a channel is listed twice"))
+        elif set(listed) == {"inapp"}:
+            errs.append((f"{path}.channels", f"inapp is never deferred (rule 12); list some of {quieted}"))
     throttle = config.get("throttle")
     if throttle is not None:
         path = "$.config.throttle"

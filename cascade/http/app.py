@@ -195,9 +195,10 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     series: GET /v1/stats/series, when the engine keeps one)."""
     front = _Front(engine, settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
-    cors = Cors(settings.server.cors_origins) if settings.server.cors_origins else None
-    if cors is not None:  # installed only when configured: a middleware layer costs every request
-        middlewares.insert(-1, cors.middleware)  # before the front: it answers preflights itself
+    # Always there, so a preflight is refused alike (403 naming the setting)
+    # with no origins listed; its cost to other requests is one method check.
+    cors = Cors(settings.server.cors_origins)
+    middlewares.insert(-1, cors.middleware)  # before the front: it answers preflights itself
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
     table: list[Route] = []
     table += routes_ops.routes(ready, metrics.handler if metrics is not None else None, lambda: document(table))
@@ -217,8 +218,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
     routes_ui.install(app, front.routes)  # the dashboard: public static files, outside the OpenAPI table
     streams.install(app)
-    if cors is not None:
-        cors.install(app, [route.path for route in inbox])  # the inbox and its stream only, not the admin API
+    cors.install(app, [route.path for route in inbox])  # the inbox and its stream only, not the admin API
     engine.background.foreground = lambda: front.inflight  # campaign work yields to requests in flight
     app.cleanup_ctx.append(_lag_probe(engine))
     app[ENGINE_KEY] = engine

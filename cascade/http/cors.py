@@ -2,8 +2,9 @@
 
 Owns which web pages may call those routes (`server.cors_origins`) and the
 headers that say so. Only the paths given to `install` are CORS-enabled;
-the admin API never answers a browser's cross-origin call. Installed only
-when origins are configured (a middleware layer costs every request).
+the admin API never answers a browser's cross-origin call. With no origins
+configured, preflights are refused (403) and responses get no headers: the
+response hook is installed only when some origin is listed.
 
 - A request from a listed `Origin` to one of those paths gets
   `Access-Control-Allow-Origin: <origin>` (and `Expose-Headers`), added as
@@ -53,7 +54,8 @@ class Cors:
         """CORS-enable `paths` (route templates) of `app`."""
         paths = list(paths)
         self._paths = re.compile("|".join(_pattern(p) for p in paths)) if paths else None
-        app.on_response_prepare.append(self._on_prepare)
+        if self._origins:
+            app.on_response_prepare.append(self._on_prepare)
 
     def _enabled(self, path: str) -> bool:
         return self._paths is not None and self._paths.fullmatch(path) is not None

@@ -159,7 +159,7 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                   ("recipient", "only this recipient's sends", {"type": "string"}),
                   ("template", "only sends of this template", {"type": "string"}),
                   ("campaign", "only this campaign's sends", {"type": "string"}),
-                  ("status", "only sends in this status", {"type": "string", "enum": [*SEND_STATUS, "throttled"]}),
+                  ("status", "only sends in this status", {"type": "string", "enum": list(SEND_STATUS)}),
                   ("limit", "page size", {"type": "integer", "minimum": 1, "maximum": MAX_LIST, "default": 50}),
                   ("before", "the `next` cursor of the previous page", {"type": "string"}))),
         Route("GET", path, get_send, READ, "A send and its steps", response=SendView, errors=(404,)),

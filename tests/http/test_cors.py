@@ -79,9 +79,10 @@ async def test_the_stream_carries_the_cors_header(cors_client: TestClient) -> No
         assert resp.headers["Access-Control-Allow-Origin"] == "http://localhost:3000"
 
 
-async def test_without_cors_origins_nothing_is_cors_enabled(client: TestClient) -> None:
+async def test_without_cors_origins_nothing_is_cors_enabled(client: TestClient, error_of: Any) -> None:
     resp = await client.options("/v1/recipients/u-1/inbox", headers=preflight(APP))
-    assert resp.status == 405 and "Access-Control-Allow-Origin" not in resp.headers
+    assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers  # refused as any unlisted origin
+    assert "server.cors_origins" in error_of(await resp.json(), "forbidden")["message"]
     resp = await client.get("/v1/recipients/u-1/inbox", headers={"Origin": APP})
     assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
 

@@ -151,3 +151,19 @@ async def test_without_channels_every_channel_but_inapp_is_quiet(at: Any) -> Non
     assert stored["config"]["quietHours"] == {"start": "22:00", "end": "08:00", "channels": ["push", "email", "sms"]}
     await advance_to(client, "2026-11-28T00:00:00.000Z")
     assert (await ok(client, "GET", f"/v1/sends/{send['id']}"))["steps"][1]["status"] == "deferred"
+
+
+@pytest.mark.parametrize("quiet, path", [
+    ({"start": "²²:00", "end": "08:00"}, "$.config.quietHours.start"),  # digits, but not ASCII ones
+    ({"start": "２２:００", "end": "08:00"}, "$.config.quietHours.start"),
+    ({"start": "22:00", "end": "22:00"}, "$.config.quietHours.end"),
+    ({"start": "22:00", "end": "08:00", "channels": ["push", "push"]}, "$.config.quietHours.channels"),
+    ({"start": "22:00", "end": "08:00", "channels": ["inapp"]}, "$.config.quietHours.channels"),
+])
+async def test_quiet_hours_that_mean_nothing_or_are_not_hh_mm_are_refused(at: Any, quiet: dict[str, Any],
+                                                                          path: str) -> None:
+    client, _ = await at("2026-11-27T12:00:00.000Z")
+    resp = await client.put("/v1/templates/t", json={**PUSH_FIRST, "config": {"sequenceEnabled": True,
+                                                                             "quietHours": quiet}})
+    assert resp.status == 422
+    assert [d["path"] for d in (await resp.json())["error"]["details"]] == [path]

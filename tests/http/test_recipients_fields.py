@@ -186,3 +186,16 @@ async def test_any_web_push_or_timezone_value_is_200_or_a_4xx_error_body(
         assert resp.status < 500, await resp.text()
         if resp.status >= 400:
             error_of(await resp.json())
+
+
+async def test_a_p256dh_that_is_not_a_curve_point_and_files_that_are_not_zones_are_refused(client: TestClient,
+                                                                                           error_of: Any) -> None:
+    not_a_point = base64.urlsafe_b64encode(b"\x04" + bytes(64)).rstrip(b"=").decode()
+    auth = base64.urlsafe_b64encode(bytes(16)).rstrip(b"=").decode()
+    resp = await client.put("/v1/recipients/wp", json={"webPush": [
+        {"endpoint": "https://push.example.com/x", "keys": {"p256dh": not_a_point, "auth": auth}}]})
+    assert resp.status == 422
+    assert [d["path"] for d in error_of(await resp.json())["details"]] == ["$.webPush[0].keys.p256dh"]
+    for name in ("localtime", "posixrules", "Factory", "right/UTC", "posix/UTC"):
+        resp = await client.put("/v1/recipients/tz", json={"timezone": name})
+        assert resp.status == 422, name

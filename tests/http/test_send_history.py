@@ -136,3 +136,17 @@ async def test_a_message_its_provider_took_after_retries_says_so(make_client: An
         assert h[3]["detail"] == {"attempts": 3}
     finally:
         engine.stop()
+
+
+async def test_a_late_signal_that_stops_the_chain_keeps_the_window_that_ended_before_it(make_client: Any) -> None:
+    client = await manual(make_client)
+    send = await start_send(client, {"id": "u-7", "pushTokens": ["t"]})
+    await advance(client, 30 * 60)
+    before = (await view(client, send["id"]))["history"]
+    assert whats(before) == [(1, "fired"), (1, "window_ended"), (2, "fired")]
+    await advance(client, 60)  # the view comes a minute after step 1's window ended
+    resp = await client.post("/v1/events", json={"messageId": f"{send['id']}.1", "type": "viewed"})
+    assert resp.status == 200
+    after = (await view(client, send["id"]))["history"]
+    assert after[:3] == before  # rule 3 stops the chain; what happened before stays as it was
+    assert whats(after)[3:] == [(1, "signal"), (1, "stopped")]

@@ -15,7 +15,7 @@ export const SIGNALS = {
   sms: ['delivered', 'clicked'],
 };
 export const WINDOWS = [5, 10, 30, 60, 240, 1440];
-export const SEND_STATUSES = ['active', 'stopped', 'completed', 'cancelled', 'failed'];
+export const SEND_STATUSES = ['active', 'stopped', 'completed', 'cancelled', 'failed', 'throttled'];
 
 export function num(n) {
   if (n === null || n === undefined) return '—';

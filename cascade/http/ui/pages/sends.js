@@ -71,9 +71,11 @@ export function describe(h) {
     case 'fired': return `fired on ${d.channel} ${(AFTER[d.after] || (() => d.after || ''))(d)}`.trim();
     case 'signal': return `${d.signal} received`;
     case 'window_ended': return `window ended without ${d.stopCondition}`;
-    case 'skipped': return `skipped on ${d.channel}: ${d.reason}`;
+    case 'skipped': return d.reason === 'throttled'
+      ? `not started: throttled (at most ${d.limit} in ${minutes(d.windowMinutes)})`
+      : `skipped on ${d.channel}: ${d.reason}`;
     case 'deferred': return `deferred until ${when(d.until)} (${d.reason})`;
-    case 'delivery_retried': return `delivery retried (attempt ${d.attempt}: ${d.reason})`;
+    case 'delivery_retried': return `delivered after ${d.attempts} attempts (retries are in the server's log)`;
     case 'delivery_failed': return `delivery on ${d.channel} failed: ${d.reason}`;
     case 'stopped': return `chain stopped by ${d.signal}`;
     case 'cancelled': return 'send cancelled';
