@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import PHONE, READ_KEY, Api, Dash, DashboardServer
+from dashboard import PHONE, READ_KEY, Api, Dash, DashboardServer
 from playwright.sync_api import Page, expect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
