@@ -78,6 +78,11 @@ def _integer(name: str, text: str | None, default: int, low: int, high: int, rul
 def routes(series: SeriesSampler) -> list[Route]:
     async def get_series(request: web.Request) -> web.Response:
         query = request.query
+        for name in query:  # as GET /v1/sends: a misspelt parameter is not silently ignored
+            if name not in ("minutes", "step") or len(query.getall(name)) > 1:
+                why = "given twice" if name in ("minutes", "step") else "not a parameter of this view"
+                raise ApiError(422, "invalid", f"query parameter {name!r}: {why}; allowed: minutes, step once each",
+                               [(name, why)])
         minutes = _integer("minutes", query.get("minutes"), 60, 1, MAX_MINUTES,
                            f"an integer from 1 to {MAX_MINUTES}")
         step_rule = f"a whole number of minutes in seconds: 60, 120, ... up to {MAX_STEP_S}"

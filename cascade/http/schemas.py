@@ -70,7 +70,7 @@ class QuietHoursBody(_Body):
     end: Annotated[Any, _doc("24-hour HH:MM; may be earlier than start (wraps midnight)",
                              extra_json_schema={"type": "string"})]
     channels: Annotated[Any, _doc("channels deferred; default every channel but inapp (never deferred)",
-                                  extra_json_schema={"type": "array", "items": {"type": "string"}})] = None
+                                  extra_json_schema={"type": ["array", "null"], "items": {"type": "string"}})] = None
 
 
 class ThrottleBody(_Body):
@@ -87,7 +87,7 @@ class TemplateConfig(_Body):
     quietHours: Annotated[QuietHoursBody | None, _doc("rule 12: steps due inside these hours wait for their end")] = None
     throttle: Annotated[ThrottleBody | None, _doc("rule 13: at most limit sends per recipient per window")] = None
     order: Annotated[Any, _doc("template (default) or engagement (rule 14)",
-                               extra_json_schema={"type": "string", "enum": ["template", "engagement"]})] = None
+                               extra_json_schema={"type": ["string", "null"], "enum": ["template", "engagement", None]})] = None
 
 
 class TemplateBody(_Body, kw_only=True):

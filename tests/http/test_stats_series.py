@@ -184,3 +184,10 @@ def test_under_a_running_clock_the_sampler_files_each_minute_as_it_ends() -> Non
         engine.stop()
     assert point(body, START)["sendsStarted"] == 1
     assert point(body, START + 60)["sendsStarted"] == 1
+
+
+@pytest.mark.parametrize("query, name", [("foo=1", "foo"), ("minutes=60&minutes=10", "minutes")])
+async def test_an_unknown_or_repeated_parameter_is_a_422_naming_it(series_client: Any, query: str, name: str) -> None:
+    resp = await series_client.get(f"/v1/stats/series?{query}")
+    assert resp.status == 422
+    assert [d["path"] for d in (await resp.json())["error"]["details"]] == [name]
