@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 __all__ = [
     "CampaignCreated", "CampaignEnded", "ClockMoved", "DeliveryAnswered", "EngagementKept", "IdempotencyKept",
     "RecipientPut", "Record", "SendCancelled", "SendFinished", "SendOrdered", "SendStarted", "SendStopped",
-    "ShardBatch", "ShardLayout", "SignalApplied", "StepDeferred", "StepFailed", "StepFired", "StepSkipped", "ThrottleKept",
-    "TemplateDeleted", "TemplatePut", "UnknownRecord", "WindowEnded",
+    "ShardBatch", "ShardLayout", "SignalApplied", "StepDeferred", "StepFailed", "StepFired", "StepSkipped",
+    "ThrottleKept", "TemplateDeleted", "TemplatePut", "UnknownRecord", "WindowEnded",
     "decode", "decode_all", "SEND_RECORDS",
 ]
 

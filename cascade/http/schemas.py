@@ -84,10 +84,12 @@ class TemplateConfig(_Body):
     sequenceEnabled: Annotated[bool, _doc("steps fire one after another (else all at once)")] = False
     # The engine's rules check these values and name the path of each wrong
     # one (API: Validation); here only their shape is documented.
-    quietHours: Annotated[QuietHoursBody | None, _doc("rule 12: steps due inside these hours wait for their end")] = None
+    quietHours: Annotated[QuietHoursBody | None,
+                          _doc("rule 12: steps due inside these hours wait for their end")] = None
     throttle: Annotated[ThrottleBody | None, _doc("rule 13: at most limit sends per recipient per window")] = None
     order: Annotated[Any, _doc("template (default) or engagement (rule 14)",
-                               extra_json_schema={"type": ["string", "null"], "enum": ["template", "engagement", None]})] = None
+                               extra_json_schema={"type": ["string", "null"],
+                                                  "enum": ["template", "engagement", None]})] = None
 
 
 class TemplateBody(_Body, kw_only=True):
