@@ -289,7 +289,8 @@ async def diagnose(url: str, wrong: list[tuple[str, int]], sink_arrivals: dict[s
 
     kinds: Counter[str] = Counter()
     delivery_lag: list[float] = []  # step k: firing to arrival at the sink
-    ingest_lag: list[float] = []  # the click: request start to the time the server stamped
+    ingest_lag: list[float] = []  # the click: written to its socket -> the time the server stamped
+    send_lag: list[float] = []  # the click: the sink's decision -> written to its socket (the client's own lag)
     async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=10)) as http:
         for sid, k in wrong:
             async with http.get(f"/v1/sends/{sid}") as r:
@@ -302,11 +303,18 @@ async def diagnose(url: str, wrong: list[tuple[str, int]], sink_arrivals: dict[s
             if clicked is None:
                 kinds["click_not_recorded"] += 1
                 continue
-            ingest_lag.append(real(clicked) - events[mid]["start"])
+            sent = events[mid].get("sent", events[mid]["start"])
+            send_lag.append(sent - events[mid]["start"])
+            ingest_lag.append(real(clicked) - sent)
+            # Written before the deadline but stamped after it: the server's own backlog (rule 11's
+            # unseen part); written after it: the client was late, the escalation was right.
+            kinds["click_written_before_deadline" if sent < real(step["deadline"])
+                  else "click_written_after_deadline"] += 1
             kinds["click_after_window" if parse_time(clicked) >= parse_time(step["deadline"])
                   else "click_inside_window"] += 1
     return {"looked_up": len(wrong), **kinds,
-            "step_k_delivery_lag_ms": dist(delivery_lag), "click_ingest_lag_ms": dist(ingest_lag)}
+            "step_k_delivery_lag_ms": dist(delivery_lag), "click_send_lag_ms": dist(send_lag),
+            "click_ingest_lag_ms": dist(ingest_lag)}
 
 
 # -- the checks and figures -------------------------------------------------------------------
@@ -572,7 +580,8 @@ def print_run(f: dict[str, Any], max_lateness_ms: float) -> None:
         rows += [
             ("wrong, looked up", ", ".join(f"{k} {v}" for k, v in diag.items() if isinstance(v, int))),
             ("  step k fired->arrival ms", fmt(diag["step_k_delivery_lag_ms"])),
-            ("  click sent->stamped ms", fmt(diag["click_ingest_lag_ms"])),
+            ("  click started->written ms", fmt(diag["click_send_lag_ms"])),
+            ("  click written->stamped ms", fmt(diag["click_ingest_lag_ms"])),
         ]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:

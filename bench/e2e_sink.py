@@ -81,7 +81,8 @@ class Sink:
         start = time.monotonic()
         record: dict[str, Any] = {"messageId": mid, "planned": planned, "start": start, "accepted": False}
         try:
-            async with self.http.post("/v1/events", data=body, headers=JSON) as resp:
+            # trace_request_ctx: on_request_headers_sent notes when the request left this process
+            async with self.http.post("/v1/events", data=body, headers=JSON, trace_request_ctx=record) as resp:
                 answer = await resp.read()
                 record["status"] = resp.status
                 record["retryAfter"] = resp.headers.get("Retry-After")
@@ -107,14 +108,25 @@ class Sink:
                 "pending": self.pending, "cpu_s": time.process_time()}
 
 
+async def _note_sent(_session: Any, ctx: Any, _params: Any) -> None:
+    """When a click's request was written to its socket: a stall in this
+    process between deciding to click and sending is this process's, not
+    the server's (the diagnosis of a wrong delivery tells them apart)."""
+    record = ctx.trace_request_ctx
+    if isinstance(record, dict):
+        record["sent"] = time.monotonic()
+
+
 async def serve(port: int, server: str, connections: int, timeout_s: float, out: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     connector = aiohttp.TCPConnector(limit=connections)
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_note_sent)
     async with aiohttp.ClientSession(server, connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                     skip_auto_headers=("User-Agent",)) as http:
+                                     skip_auto_headers=("User-Agent",), trace_configs=[trace]) as http:
         sink = Sink(http)
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post("/hook/{channel}", sink.hook)
