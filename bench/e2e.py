@@ -454,6 +454,9 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
             figures["wrong_diagnosis"] = asyncio.run(diagnose(
                 url, list(wrong.items())[:opts.diagnose], first_arrivals(sunk["arrivals"]),
                 {e["messageId"]: e for e in sunk["events"]}, clock))
+            # The sink (a client sharing a core) can itself be late: a click it wrote after the
+            # deadline was rightly not counted. Still reported as wrong; the verdict says which.
+            figures["wrong_clicks_written_late"] = figures["wrong_diagnosis"].get("click_written_after_deadline", 0)
             return figures
         finally:
             for proc in reversed(procs):
@@ -526,7 +529,9 @@ def failures(f: dict[str, Any], max_lateness_ms: float) -> list[str]:
         (f["503"] > 0, f"{f['503']} sends shed"),
         (f["other_errors"] > 0, f"{f['other_errors']} send errors"),
         (f["clicks_accepted"] < f["clicks_posted"], f"{f['clicks_posted'] - f['clicks_accepted']} clicks not accepted"),
-        (f["wrong"] > 0, f"{f['wrong']} wrong"),
+        (f["wrong"] > 0, f"{f['wrong']} wrong"
+                         + (f" ({f['wrong_clicks_written_late']} of their clicks written late by the sink)"
+                            if f.get("wrong_clicks_written_late") else "")),
         (f["missing"] > 0, f"{f['missing']} missing"),
         (f["extra_without_click"] > 0, f"{f['extra_without_click']} extra without click"),
         (not f["drained"], "not drained"),
@@ -564,7 +569,10 @@ def print_run(f: dict[str, Any], max_lateness_ms: float) -> None:
         ("lateness all ms", fmt(f["lateness_ms"])),
         ("webhook arrivals", f"{f['arrivals']}  (unreadable {f['unreadable_webhooks']}, "
                              f"of unknown sends {f['arrivals_of_unknown_sends']})"),
-        ("WRONG deliveries", f"{f['wrong']} in {f['wrong_sends']} sends"),
+        ("WRONG deliveries", f"{f['wrong']} in {f['wrong_sends']} sends"
+                             + (f"; of the sends looked up, {f['wrong_clicks_written_late']} had their click written"
+                                " after the deadline by the sink (its own lag: the escalation was right)"
+                                if f.get("wrong_clicks_written_late") else "")),
         ("MISSING deliveries", str(f["missing"])),
         ("duplicate deliveries", str(f["duplicates"])),
         ("escalated after unaccepted click", str(f["escalated_after_unaccepted_click"])),
@@ -650,7 +658,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="client request timeout in s (default 10)")
     ap.add_argument("--drain-max", type=float, default=60.0,
                     help="longest wait after the last window for the server to finish (default 60 s)")
-    ap.add_argument("--diagnose", type=int, default=50, help="wrong sends looked up on the server (default 50)")
+    ap.add_argument("--diagnose", type=int, default=500, help="wrong sends looked up on the server (default 500)")
     ap.add_argument("--shards", type=int, help="the server's engine.shards (default: its own default)")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the server to CPU 0 and the clients to CPU 1")
