@@ -6,6 +6,14 @@ applied and answered, its arrival holds the watermark back, so no shard
 closes a window on a deadline after it (API.md rule 11). Requests enter in
 arrival order on the event loop, so the oldest is at the front of a queue;
 a finished request is dropped lazily when it reaches the front.
+
+Before that moment a request is bytes in a socket the event loop has not
+read yet. The front's loop probe says up to when the loop has read what
+came (`read_up_to`: everything that reached the server before then has
+been read and stamped, or is in the queue); the watermark holds there too,
+so a loop that stalls stops windows from closing instead of escalating
+chains whose clicks wait unread. None: no front reads for this engine (tests,
+the manual clock).
 """
 
 from __future__ import annotations
@@ -20,6 +28,19 @@ class InFlight:
     def __init__(self) -> None:
         self._queue: deque[list[float | bool]] = deque()  # [arrival, done]
         self._lock = threading.Lock()  # shards read the oldest from their threads
+        self._read: float | None = None  # the front has read everything that arrived before this
+
+    def read_up_to(self, t: float | None) -> None:
+        self._read = t
+
+    def arrival(self, now: float) -> float:
+        """When a request the front reads now reached the server, at the
+        earliest: not before the loop last read its sockets (a request that
+        came before that was read then). So a click that waited unread while
+        the loop was stalled still counts as arrived before the deadline it
+        beat; in a loop that keeps up this is a few milliseconds early."""
+        read = self._read
+        return now if read is None or read > now else read
 
     def enter(self, arrival: float) -> list[float | bool]:
         entry: list[float | bool] = [arrival, False]
@@ -35,8 +56,14 @@ class InFlight:
                 queue.popleft()
 
     def oldest(self) -> float | None:
+        """The earliest arrival that may still bring a signal: of a request in
+        flight, or of one not read yet."""
+        read = self._read
         with self._lock:
-            return float(self._queue[0][0]) if self._queue else None
+            if not self._queue:
+                return read
+            first = float(self._queue[0][0])
+        return first if read is None or first < read else read
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -69,6 +69,7 @@ ROUTES_KEY = web.AppKey("routes", list)  # the operation table, for metrics labe
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LAG_PROBE_S = 0.01  # how often the event loop's lag is measured
+READ_HOLD = 3  # probe periods the read horizon stays put after the loop was late
 _SANE_ID = re.compile(r"[A-Za-z0-9._:+=-]{1,128}")
 
 
@@ -129,7 +130,7 @@ class _Front:
         else:
             entry = None
             if signals:
-                arrival = request[ARRIVAL] = self.engine.clock.now()
+                arrival = request[ARRIVAL] = self.engine.in_flight.arrival(self.engine.clock.now())
                 entry = self.engine.in_flight.enter(arrival)
             if not public:
                 self.inflight += 1
@@ -170,20 +171,43 @@ class _Front:
 
 def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
     """Measure how late the event loop runs a timer: the part of the backlog
-    the engine cannot count (requests read but not yet handled)."""
+    the engine cannot count (requests read but not yet handled); and tell
+    the watermark up to when the loop has read its sockets (arrivals.py).
+
+    Why the sleep before the last one: the loop polls its sockets after the
+    callbacks of each pass, so bytes that arrived before a sleep began were
+    read by the time it ends; the request's own task starts a pass later,
+    and a further sleep covers that. After a late wake (the loop was stalled
+    or swamped) the horizon stays put a few periods more: the loop is still
+    catching up on requests it has read but not yet started. Not under the
+    manual clock, whose time moves only when told to (and must not wait)."""
     async def probe(_: web.Application) -> Any:
+        watch = getattr(engine.clock, "mode", "real") != "manual"
+
         async def measure() -> None:
             loop = asyncio.get_running_loop()
+            before: float | None = None
+            hold = 0
             while True:
-                began = loop.time()
+                began, began_at = loop.time(), engine.clock.now()
                 await asyncio.sleep(LAG_PROBE_S)
                 late = loop.time() - began - LAG_PROBE_S
                 engine.loop_lag = late if late > 1e-6 else 0.0  # below a microsecond: float noise, on time
+                if late > LAG_PROBE_S:
+                    hold = READ_HOLD  # the loop was stalled: let it catch up on what it has not read
+                elif hold:
+                    hold -= 1
+                elif watch and before is not None:
+                    engine.in_flight.read_up_to(before)
+                before = began_at
 
+        if watch:  # from the first request on: nothing has been read yet
+            engine.in_flight.read_up_to(engine.clock.now())
         task = asyncio.create_task(measure())
         yield
         task.cancel()
         engine.loop_lag = 0.0
+        engine.in_flight.read_up_to(None)  # stopping: what is due may fire
 
     return probe
 
