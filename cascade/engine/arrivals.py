@@ -65,5 +65,10 @@ class InFlight:
             first = float(self._queue[0][0])
         return first if read is None or first < read else read
 
+    def oldest_request(self) -> float | None:
+        """The earliest arrival of a request read and not yet answered."""
+        with self._lock:
+            return float(self._queue[0][0]) if self._queue else None
+
     def __len__(self) -> int:
         return len(self._queue)

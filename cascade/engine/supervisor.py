@@ -167,7 +167,8 @@ class Engine:
         waited = self.delivery_wait()
         if waited > limit:  # a window opens when its step fires: a delivery backlog eats into it
             return f"deliveries wait {waited * 1000:.0f} ms for their providers; retry shortly"
-        oldest = self.in_flight.oldest()
+        # Requests read and not yet applied (a loop that has not read is the loop lag's to judge).
+        oldest = self.in_flight.oldest_request()
         if oldest is not None and self.clock.now() - oldest > limit * _clock_rate(self.clock):
             return "signals are waiting to be applied; retry shortly"
         return None
