@@ -1,4 +1,4 @@
-"""The HTTP front door: the API of shared/API.md on aiohttp.
+"""The HTTP front door: the API of docs/api.md on aiohttp.
 
 `build_app(engine, settings, ...)` is the whole surface; `server.py` runs it.
 """
