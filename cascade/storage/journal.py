@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from .codec import FRAME_HEADER, MAX_FRAME_BYTES, FrameReader, StopReason, encode_records
 
 __all__ = [
-    "FSYNC_BUCKETS", "FileJournal", "Journal", "JournalClosed", "JournalError", "JournalIssue",
+    "FSYNC_BUCKETS", "FileJournal", "Journal", "JournalClosed", "JournalCounters", "JournalError", "JournalIssue",
     "JournalStats", "MemoryJournal", "RecoveryReport", "segment_name",
 ]
 
@@ -160,14 +160,19 @@ def _examine_tail(label: str, reader: FrameReader, size: int, pread: Callable[[i
     return issue
 
 
-class _Counters:
-    """Plain counters (no Prometheus calls on the hot path); `freeze` makes a JournalStats."""
+class JournalCounters:
+    """Plain counters (no Prometheus calls on the hot path); `freeze` makes a
+    JournalStats. `fsync` is the moment records become durable: an fsync
+    here, a replicated publish's ack for the cluster's stream journal."""
 
     def __init__(self) -> None:
         self.appends = self.records = self.bytes = self.writes = self.fsyncs = self.waits = 0
         self.fsync_sum = self.fsync_max = 0.0
         self.buckets = [0] * (len(FSYNC_BUCKETS) + 1)
         self.recent: collections.deque[float] = collections.deque(maxlen=256)
+
+    def appended(self, records: int, size: int) -> None:
+        self.appends, self.records, self.bytes = self.appends + 1, self.records + records, self.bytes + size
 
     def fsync(self, seconds: float) -> None:
         self.fsyncs += 1
@@ -252,7 +257,7 @@ class MemoryJournal(_Segments):
         self.storage = {} if storage is None else storage
         self._lock = threading.Lock()
         self._closed = False
-        self._counters = _Counters()
+        self._counters = JournalCounters()
         self._starts = sorted(self.storage) or [0]
         tail = self.storage.setdefault(self._starts[-1], bytearray())
         reader = FrameReader(bytes(tail), decode=False)
@@ -277,7 +282,8 @@ class MemoryJournal(_Segments):
             self._position += len(records)
             position = self._position
             c = self._counters
-            c.appends, c.records, c.bytes, c.writes = c.appends + 1, c.records + len(records), c.bytes + len(data), c.writes + 1
+            c.appended(len(records), len(data))
+            c.writes += 1
         _fire((on_durable,))
         return position
 
@@ -362,7 +368,7 @@ class FileJournal(_Segments):
         self._pending = 0
         self._closing = self._closed = False
         self.failure: BaseException | None = None
-        self._counters = _Counters()
+        self._counters = JournalCounters()
         self._writer = threading.Thread(target=self._run, name=f"journal-writer:{self.directory}", daemon=True)
         self._writer.start()
 
@@ -380,8 +386,7 @@ class FileJournal(_Segments):
             self._pending += len(data)
             self._position += len(records)
             self._queue.append((data, len(records), on_durable))
-            c = self._counters
-            c.appends, c.records, c.bytes = c.appends + 1, c.records + len(records), c.bytes + len(data)
+            self._counters.appended(len(records), len(data))
             if len(self._queue) == 1:  # the writer only sleeps on an empty queue
                 self._work.notify()
             return self._position

@@ -1,6 +1,6 @@
-"""Retry policy shared by the network providers (`smtp`, `webpush`): the
-backoff the `webhook` provider uses (capped exponential, full jitter) and
-the log line of an attempt that will be retried.
+"""Retry policy shared by the network providers (`webhook`, `smtp`,
+`webpush`): capped exponential backoff with full jitter, the log line of an
+attempt that will be retried, and the retry loop of an HTTP POST.
 
 Invariants: a delay is in [0, min(backoff_max_s, backoff_base_s * 2**(attempt-1))];
 a server's own hint (`Retry-After`) is honoured but capped at backoff_max_s;
@@ -13,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
-__all__ = ["Backoff"]
+from .httpclient import HttpClient, HttpClientError, Target
+
+__all__ = ["Backoff", "RETRYABLE_STATUSES", "post_with_retries"]
+
+RETRYABLE_STATUSES = frozenset({408, 429})  # besides every 5xx
 
 
 class Backoff:
@@ -49,3 +53,42 @@ class Backoff:
                  extra={"event": "delivery_attempt_failed", "channel": channel, "messageId": message_id,
                         "attempt": attempt, "reason": reason, "retry_in_s": round(delay, 3)})
         await self._sleep(delay)
+
+
+def retry_after_s(value: bytes | None) -> float | None:
+    """A `Retry-After` in seconds, or None (absent, or an HTTP-date: our own backoff then)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+async def post_with_retries(client: HttpClient, target: Target, body: bytes, headers: Callable[[], bytes],
+                            backoff: Backoff, log: logging.Logger, channel: str, message_id: str,
+                            final: Collection[int] = (), where: str = "") -> tuple[int | None, str, int]:
+    """POST until an answer that is not retried, or the attempts run out:
+    (the last status, or None if none came; the last problem; attempts made).
+    A 2xx, a status in `final` and any 4xx but 408/429 end it; 408, 429, 5xx,
+    timeouts and connection errors are retried. `headers` is called for
+    each attempt (a signature carries the time it was made); `where` is
+    added to the logged reason (which push service)."""
+    last = ""
+    for attempt in range(1, backoff.max_attempts + 1):
+        hint: float | None = None
+        try:
+            status, retry_after = await client.post(target, body, headers())
+        except TimeoutError:
+            last = "timeout"
+        except (OSError, HttpClientError) as exc:
+            last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        else:
+            if 200 <= status < 300 or status in final or (status not in RETRYABLE_STATUSES
+                                                           and not 500 <= status < 600):
+                return status, f"http_{status}", attempt
+            last = f"http_{status}"
+            hint = retry_after_s(retry_after)
+        if attempt < backoff.max_attempts:
+            await backoff.wait(log, channel, message_id, attempt, last + where, hint)
+    return None, last, backoff.max_attempts

@@ -35,11 +35,11 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .base import DeliveryOutcome, OutgoingMessage
-from .httpclient import HttpClient, HttpClientError, Target
+from .httpclient import HttpClient, Target
+from .retry import Backoff, post_with_retries
 
 __all__ = ["WebhookProvider", "sign"]
 
-_RETRYABLE_STATUSES = frozenset({408, 429})
 _ACCEPTED_AT_ONCE = DeliveryOutcome(True, attempts=1)  # the common answer, made once (it is frozen)
 _log = logging.getLogger(__name__)
 # Anything msgspec cannot encode natively becomes its str(), as json.dumps(default=str) did.
@@ -84,24 +84,15 @@ class WebhookProvider:
             raise ValueError(f"webhook url {url!r} is not allowed; use an absolute http:// or https:// URL")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s {timeout_s!r} is not allowed; it must be greater than 0")
-        if max_attempts < 1:
-            raise ValueError(f"max_attempts {max_attempts!r} is not allowed; it must be at least 1")
-        if backoff_base_s < 0 or backoff_max_s < 0:
-            raise ValueError(
-                f"backoff_base_s {backoff_base_s!r} / backoff_max_s {backoff_max_s!r} are not allowed; use values >= 0"
-            )
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight {max_in_flight!r} is not allowed; it must be at least 1")
         self.name = name
         self.url = url
         self.timeout_s = float(timeout_s)
+        self._backoff = Backoff(max_attempts, backoff_base_s, backoff_max_s, rng, sleep)  # checks its values
         self.max_attempts = max_attempts
-        self.backoff_base_s = float(backoff_base_s)
-        self.backoff_max_s = float(backoff_max_s)
         self.max_in_flight = max_in_flight
         self._hmac = hmac.new(secret.encode("utf-8"), digestmod="sha256") if secret is not None else None
-        self._rng = rng if rng is not None else random.Random()
-        self._sleep = sleep
         self._clock = clock  # the signature's time
         self._ssl_context = ssl_context  # for https://; None: the system's trust store
         try:
@@ -123,45 +114,23 @@ class WebhookProvider:
         if client is None:
             client = self._client = HttpClient(timeout_s=self.timeout_s, max_connections=self.max_in_flight,
                                                ssl_context=self._ssl_context)
-        mac, target = self._hmac, self._target
-        last = ""
-        for attempt in range(1, self.max_attempts + 1):
-            retry_after: bytes | None = None
-            headers = head
-            if mac is not None:
-                headers += b"X-Cascade-Signature: %s\r\n" % sign(mac, body, int(self._clock()))
-            try:
-                status, retry_after = await client.post(target, body, headers)
-            except TimeoutError:
-                last = "timeout"
-            except (OSError, HttpClientError) as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                if 200 <= status < 300:
-                    return _ACCEPTED_AT_ONCE if attempt == 1 else DeliveryOutcome(True, attempts=attempt)
-                if status not in _RETRYABLE_STATUSES and not 500 <= status < 600:
-                    return DeliveryOutcome(False, f"http_{status}", attempts=attempt)
-                last = f"http_{status}"
-            if attempt < self.max_attempts:
-                delay = self._delay(attempt, retry_after)
-                _log.info("%s delivery of %s failed on attempt %d of %d (%s); retrying in %.3f s",
-                          message.channel, key, attempt, self.max_attempts, last, delay,
-                          extra={"event": "delivery_attempt_failed", "channel": message.channel, "messageId": key,
-                                 "attempt": attempt, "reason": last, "retry_in_s": round(delay, 3)})
-                await self._sleep(delay)
-        return DeliveryOutcome(False, f"retries_exhausted: {last}", attempts=self.max_attempts)
+        mac = self._hmac
+
+        def headers() -> bytes:  # every attempt signed afresh, with the time it is made
+            if mac is None:
+                return head
+            return head + b"X-Cascade-Signature: %s\r\n" % sign(mac, body, int(self._clock()))
+
+        status, last, attempts = await post_with_retries(client, self._target, body, headers, self._backoff, _log,
+                                                         message.channel, key)
+        if status is None:
+            return DeliveryOutcome(False, f"retries_exhausted: {last}", attempts=attempts)
+        if 200 <= status < 300:
+            return _ACCEPTED_AT_ONCE if attempts == 1 else DeliveryOutcome(True, attempts=attempts)
+        return DeliveryOutcome(False, last, attempts=attempts)
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.close()
 
-    def _delay(self, attempt: int, retry_after: bytes | None) -> float:
-        if retry_after is not None:
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                seconds = -1.0  # an HTTP-date: fall back to our own backoff
-            if seconds >= 0:  # also rejects NaN
-                return min(seconds, self.backoff_max_s)
-        return self._rng.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))

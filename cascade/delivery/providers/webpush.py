@@ -38,15 +38,14 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .base import DeliveryOutcome, OutgoingMessage
-from .httpclient import HttpClient, HttpClientError, Target
-from .retry import Backoff
+from .httpclient import HttpClient, Target
+from .retry import Backoff, post_with_retries
 from .vapid import VapidSigner
 
 __all__ = ["MAX_PAYLOAD", "OnGone", "WebPushProvider"]
 
 MAX_PAYLOAD = 3993  # RFC 8291 section 4: the plaintext of a 4096-byte push message
 OnGone = Callable[[str, tuple[str, ...]], Awaitable[object]]  # (recipient id, endpoints gone)
-_RETRYABLE = frozenset({408, 429})
 _GONE = frozenset({404, 410})
 _log = logging.getLogger(__name__)
 _encode = msgspec.json.Encoder(enc_hook=str).encode
@@ -144,27 +143,16 @@ class WebPushProvider:
         headers = b"TTL: %d\r\nUrgency: normal\r\nAuthorization: %s\r\n" % (self.ttl_s, auth.encode("ascii"))
         client = self._client
         assert client is not None
-        backoff, last = self._backoff, ""
-        for attempt in range(1, backoff.max_attempts + 1):
-            hint: float | None = None
-            try:
-                status, retry_after = await client.post(target, body, headers)
-            except TimeoutError:
-                last = "timeout"
-            except (OSError, HttpClientError) as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            else:
-                if 200 <= status < 300:
-                    return _Result(True, None, attempt)
-                if status in _GONE:
-                    return _Result(False, f"http_{status}", attempt, gone=True)
-                if status not in _RETRYABLE and not 500 <= status < 600:
-                    return _Result(False, f"http_{status} from {origin}", attempt)
-                last = f"http_{status}"
-                hint = _seconds(retry_after)
-            if attempt < backoff.max_attempts:
-                await backoff.wait(_log, message.channel, message.message_id, attempt, f"{last} from {origin}", hint)
-        return _Result(False, f"retries_exhausted: {last} from {origin}", backoff.max_attempts)
+        status, last, attempts = await post_with_retries(client, target, body, lambda: headers, self._backoff, _log,
+                                                         message.channel, message.message_id, _GONE,
+                                                         f" from {origin}")
+        if status is None:
+            return _Result(False, f"retries_exhausted: {last} from {origin}", attempts)
+        if 200 <= status < 300:
+            return _Result(True, None, attempts)
+        if status in _GONE:
+            return _Result(False, last, attempts, gone=True)
+        return _Result(False, f"{last} from {origin}", attempts)
 
     async def _report_gone(self, message: OutgoingMessage, endpoints: tuple[str, ...]) -> None:
         rid = str(message.recipient.get("id"))
@@ -178,14 +166,3 @@ class WebPushProvider:
             await self.on_gone(rid, endpoints)
         except Exception:  # noqa: BLE001 (the step's outcome stands; the next 410 tries again)
             _log.exception("dropping Web Push subscriptions of %s failed", rid)
-
-
-def _seconds(retry_after: bytes | None) -> float | None:
-    if retry_after is None:
-        return None
-    try:
-        return float(retry_after)
-    except ValueError:  # an HTTP-date: our own backoff
-        return None
-
-
