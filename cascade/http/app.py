@@ -219,10 +219,9 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     series: GET /v1/stats/series, when the engine keeps one)."""
     front = _Front(engine, settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
-    # Always there, so a preflight is refused alike (403 naming the setting)
-    # with no origins listed; its cost to other requests is one method check.
     cors = Cors(settings.server.cors_origins)
-    middlewares.insert(-1, cors.middleware)  # before the front: it answers preflights itself
+    if cors.enabled:  # a middleware layer costs every request: only when some origin is listed
+        middlewares.insert(-1, cors.middleware)  # before the front: it answers preflights itself
     app = web.Application(client_max_size=settings.server.max_body_bytes, middlewares=middlewares)
     table: list[Route] = []
     table += routes_ops.routes(ready, metrics.handler if metrics is not None else None, lambda: document(table))

@@ -3,8 +3,8 @@
 Owns which web pages may call those routes (`server.cors_origins`) and the
 headers that say so. Only the paths given to `install` are CORS-enabled;
 the admin API never answers a browser's cross-origin call. With no origins
-configured, preflights are refused (403) and responses get no headers: the
-response hook is installed only when some origin is listed.
+configured there is no middleware and no response hook (they would cost
+every request): the paths get plain OPTIONS routes that refuse (403) alike.
 
 - A request from a listed `Origin` to one of those paths gets
   `Access-Control-Allow-Origin: <origin>` (and `Expose-Headers`), added as
@@ -50,12 +50,25 @@ class Cors:
         self._paths: re.Pattern[str] | None = None
         self._methods = "GET, POST"
 
+    @property
+    def enabled(self) -> bool:
+        """Whether some origin is listed (then `middleware` must be installed)."""
+        return bool(self._origins)
+
     def install(self, app: web.Application, paths: Iterable[str]) -> None:
         """CORS-enable `paths` (route templates) of `app`."""
         paths = list(paths)
         self._paths = re.compile("|".join(_pattern(p) for p in paths)) if paths else None
         if self._origins:
             app.on_response_prepare.append(self._on_prepare)
+            return
+        for path in paths:
+            app.router.add_route("OPTIONS", path, self._refuse)
+
+    async def _refuse(self, request: web.Request) -> web.StreamResponse:
+        origin = request.headers.get("Origin", "")
+        return error_response(403, "forbidden", f"origin {origin!r} is not allowed to call {request.path}; "
+                              "list it in server.cors_origins")
 
     def _enabled(self, path: str) -> bool:
         return self._paths is not None and self._paths.fullmatch(path) is not None
@@ -70,8 +83,7 @@ class Cors:
             return await handler(request)
         origin = request.headers.get("Origin", "")
         if not self.allowed(origin):
-            return error_response(403, "forbidden", f"origin {origin!r} is not allowed to call {request.path}; "
-                                  "list it in server.cors_origins")
+            return await self._refuse(request)
         return web.Response(status=204, headers={
             "Access-Control-Allow-Origin": origin, "Vary": "Origin",
             "Access-Control-Allow-Methods": self._methods, "Access-Control-Allow-Headers": ALLOW_HEADERS,
