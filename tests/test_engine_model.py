@@ -152,8 +152,9 @@ class EngineVersusModel(RuleBasedStateMachine):
         self.delivered: list[str] = []
         self.providers = {ch: MemoryProvider(ch, sink=self.delivered) for ch in ("push", "email", "sms")}
         self.clock = ManualClock(0.0)
-        self.engine = Engine(self.clock, self.providers, EngineConfig(shards=3, gc_freeze_interval_s=0),
-                             inbox_listener=self.delivered.append).start()
+        self.engine = Engine(self.clock, self.providers, EngineConfig(shards=3, gc_freeze_interval_s=0)).start()
+        # in-app messages land in `delivered` too, in order with the providers' ones
+        self.engine.watch_inbox(lambda _rid, message_id, kind: kind == "message" and self.delivered.append(message_id))
         for name in TEMPLATES:
             self.engine.put_template(name, template_body(name)).wait()
         for rid, body in RECIPIENTS.items():

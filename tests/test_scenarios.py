@@ -18,8 +18,9 @@ class Harness:
     def __init__(self, template: str) -> None:
         self.delivered: list[str] = []
         self.providers = {ch: MemoryProvider(ch, sink=self.delivered) for ch in ("push", "email", "sms")}
-        self.engine = Engine(ManualClock(0.0), self.providers, EngineConfig(shards=3),
-                             inbox_listener=self.delivered.append).start()
+        self.engine = Engine(ManualClock(0.0), self.providers, EngineConfig(shards=3)).start()
+        # in-app messages land in `delivered` too, in order with the providers' ones
+        self.engine.watch_inbox(lambda _rid, message_id, kind: kind == "message" and self.delivered.append(message_id))
         self.engine.put_template("t", DATA["templates"][template]).wait()
         for rid, body in DATA["recipients"].items():
             self.engine.put_recipient(rid, body).wait()

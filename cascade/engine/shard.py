@@ -68,7 +68,7 @@ SubmitJobs = Callable[[list[tuple[str, OutgoingMessage, Any]], Callable[[list[tu
 class ShardState:
     def __init__(self, index: int, clock: Any, providers: Mapping[str, Provider], retain_s: float,
                  submit_jobs: SubmitJobs | None, on_async_results: Callable[[list[tuple[Any, DeliveryOutcome]]], None],
-                 inbox_listener: Callable[[str], None] | None = None, journal: Journal | None = None,
+                 journal: Journal | None = None,
                  templates: TemplateRegistry | None = None, mailbox: Mailbox | None = None,
                  in_flight: Callable[[], float | None] = lambda: None,
                  outstanding: Outstanding | None = None) -> None:
@@ -90,7 +90,6 @@ class ShardState:
         self.retain_s = retain_s
         self.submit_jobs = submit_jobs
         self.on_async_results = on_async_results
-        self.inbox_listener = inbox_listener  # sees each in-app message id as it lands (tests)
         # (recipient id, message id, "message" | "viewed" | "clicked") as an inbox changes, live
         # only (not at replay); set by Engine.watch_inbox. It runs inside the batch: it must be quick.
         self.inbox_changes: Callable[[str, str, str], None] | None = None
@@ -314,8 +313,6 @@ class ShardState:
     def _deliver(self, send: Send, i: int) -> None:
         step = send.tpl.steps[i]
         if step.channel == "inapp":  # `apply` put it in the inbox
-            if self.inbox_listener is not None:
-                self.inbox_listener(format_message_id(send.key, i + 1))
             if self.inbox_changes is not None:
                 self.inbox_changes(send.recipient.id, format_message_id(send.key, i + 1), "message")
             return

@@ -85,7 +85,7 @@ def pack_data(data: dict[str, Any] | None) -> bytes | None:
 class Engine:
     def __init__(self, clock: Clock, providers: Mapping[str, Provider] | None = None,
                  config: EngineConfig | None = None, submit_jobs: SubmitJobs | None = None,
-                 inbox_listener: Callable[[str], None] | None = None, journal: Journal | None = None) -> None:
+                 journal: Journal | None = None) -> None:
         self.clock = clock
         self.config = config or EngineConfig()
         log_provider = LogProvider()
@@ -101,7 +101,7 @@ class Engine:
         n = self.config.shards
         mailboxes = [Mailbox() for _ in range(n)]
         self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s, submit_jobs,
-                                  self.delivery_results, inbox_listener, journal, self.templates, mailboxes[i],
+                                  self.delivery_results, journal, self.templates, mailboxes[i],
                                   self.in_flight.oldest, self.outstanding) for i in range(n)]
         self.admission = Admission(mailboxes, self.config.max_pending_per_shard, self.behind)
         self.router = Router(self.states, mailboxes, self.admission)
