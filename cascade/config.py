@@ -140,6 +140,22 @@ class CampaignSettings(_Section, frozen=True):
     max_sends_per_s: float = 0.0  # 0: unlimited
 
 
+class ClusterSettings(_Section, frozen=True):
+    """Cluster mode on NATS JetStream (docs/cluster.md): on when `nats` lists servers."""
+
+    nats: list[str] = []  # nats://host:4222 of the JetStream cluster's servers; empty: one node, local journal
+    node: str = ""  # this node's id, unique in the cluster (required with nats)
+    partitions: int = 64  # fixed when the cluster is created (recorded in its bucket)
+    replicas: int = 3  # copies of each partition's journal, templates and snapshots (1, 3 or 5)
+    lease_s: float = 5.0  # a dead node's partitions are taken over this long after its last renewal
+    advertise: str = ""  # this node's HTTP address as other nodes and GET /v1/admin/cluster show it
+    prefix: str = "cascade"  # names of the streams, buckets and subjects: several clusters can share one NATS
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nats)
+
+
 class Settings(_Section, frozen=True):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
@@ -148,6 +164,7 @@ class Settings(_Section, frozen=True):
     channels: dict[ProviderChannel, ChannelSettings] = {}
     engine: EngineSettings = EngineSettings()
     campaigns: CampaignSettings = CampaignSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     def channel(self, name: str) -> ChannelSettings:
         # Keys are the channel literals; any other name gets the defaults.
@@ -162,8 +179,11 @@ _BOUNDS = (
     ("storage", "retain_finished_s", 0.0, True), ("clock", "rate", 0.0, False),
     ("engine", "tick_interval_s", 0.0, False), ("engine", "gc_freeze_interval_s", 0.0, True),
     ("engine", "shed_lag_s", 0.0, True), ("engine", "max_pending_per_shard", 1, True),
-    ("campaigns", "max_sends_per_s", 0.0, True),
+    ("campaigns", "max_sends_per_s", 0.0, True), ("cluster", "lease_s", 0.5, True),
 )
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 def _bounds_problems(s: Settings) -> list[str]:
@@ -198,11 +218,33 @@ def _check(s: Settings) -> None:
         problems += ch.problems(name)
         if ch.max_attempts < 1 or ch.max_in_flight < 1 or ch.timeout_s <= 0:
             problems.append(f"channels.{name}: max_attempts, max_in_flight and timeout_s must be positive")
+    problems += _cluster_problems(s)
     if not s.auth.api_keys and not _is_loopback(s.server.host):
         problems.append(f"server.host {s.server.host!r} is not a loopback address and auth.api_keys is empty: "
                         "configure API keys or listen on 127.0.0.1")
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _cluster_problems(s: Settings) -> list[str]:
+    c = s.cluster
+    if not c.enabled:
+        return []
+    problems = [f"cluster.nats: {url!r} is not a NATS URL (nats://host:port)"
+                for url in c.nats if not re.fullmatch(r"(nats|tls)://[^\s/]+", url)]
+    if not _NODE_ID.fullmatch(c.node):
+        problems.append(f"cluster.node {c.node!r} must be set to this node's id: 1-64 letters, digits, '-' or '_'")
+    if not 1 <= c.partitions <= 1024:
+        problems.append(f"cluster.partitions {c.partitions} must be between 1 and 1024")
+    if c.replicas not in (1, 3, 5):
+        problems.append(f"cluster.replicas {c.replicas} must be 1, 3 or 5 (a quorum of an odd count)")
+    if not _NAME_PREFIX.fullmatch(c.prefix):
+        problems.append(f"cluster.prefix {c.prefix!r} must be 1-32 letters, digits, '-' or '_'")
+    if c.advertise and not re.fullmatch(r"https?://[^\s/]+", c.advertise):
+        problems.append(f"cluster.advertise {c.advertise!r} must be this node's base URL (http://host:port)")
+    if s.clock.mode == "manual":
+        problems.append("clock.mode = \"manual\" is for one node: a cluster's nodes cannot share a manual clock")
+    return problems
 
 
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -317,6 +359,8 @@ def _env_value(name: str, parts: list[str], value: str) -> Any:
     if key not in fields:
         raise ConfigError(f"{name} names no setting: [{'.'.join(parent)}] has no key {key!r} "
                           f"(it has {', '.join(fields)})")
+    if get_origin(_field_type(parts)) is list:  # a list as text: comma-separated
+        value = [item.strip() for item in value.split(",") if item.strip()]  # type: ignore[assignment]
     try:
         converted = msgspec.convert({key: value}, section, strict=False)
     except msgspec.ValidationError:

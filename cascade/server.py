@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -143,6 +143,8 @@ class Server:
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.cluster: Any = None  # cluster.runtime.ClusterRuntime in cluster mode
+        self.reuse_port = False  # --workers: every worker listens on the one port
 
     @property
     def url(self) -> str:
@@ -181,6 +183,9 @@ class Server:
         async_providers = {ch: p for ch, p in self.providers.items() if not p.synchronous}
         self.dispatcher = DeliveryDispatcher(async_providers, {ch: self._limits[ch] for ch in async_providers},
                                              loop=loop)
+        if s.cluster.enabled:
+            await self._start_cluster(loop)
+            return
         self.durability = Durability(s.storage.data_dir, s.storage.journal_fsync, s.storage.snapshots_kept,
                                      s.storage.snapshot_interval_s)
         self.engine = Engine(self.clock, self.providers, EngineConfig(
@@ -198,18 +203,10 @@ class Server:
             ProcessCollector(registry=self.registry)
             self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics,
                                  admin=self.durability, campaigns=self.campaigns, series=self.series)
-            access = os.environ.get("CASCADE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
-            self._runner = web.AppRunner(
-                self.app, shutdown_timeout=s.server.shutdown_timeout_s, handle_signals=False,
-                access_log=logging.getLogger("cascade.access") if access else None,
-                access_log_class=_AccessLogger)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, s.server.host, s.server.port, reuse_address=True)
-            await site.start()
+            await self._listen()
         except BaseException:
             await self._teardown(quick=True)
             raise
-        self.port = self._runner.addresses[0][1]
         # Listening already, so /healthz answers and /readyz says 503 while the
         # data comes back; the API answers 503 + Retry-After until then.
         try:
@@ -226,6 +223,44 @@ class Server:
             raise
         self.ready.set()
         _log.info("ready on %s", self.url, extra={"event": "ready", "url": self.url})
+
+    async def _start_cluster(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A cluster node (docs/cluster.md): listen first (/healthz, /readyz 503), then join."""
+        from .cluster.runtime import ClusterRuntime  # nats-py is the [cluster] extra's: imported only here
+
+        s = self.settings
+        self.cluster = runtime = ClusterRuntime(s, self.clock, self.providers, self._submit_jobs, address="")
+        # The cluster front answers Engine's calls for the whole cluster (cluster/front.py).
+        engine = cast(Engine, runtime.engine)
+        try:
+            self.metrics = HttpMetrics(engine, self.registry, self.dispatcher, runtime.stats)
+            self.registry.register(runtime.collector())
+            ProcessCollector(registry=self.registry)
+            self.app = build_app(engine, s, ready=self.ready.is_set, metrics=self.metrics, admin=runtime,
+                                 cluster=runtime.engine)
+            await self._listen()
+            runtime.node.address = s.cluster.advertise or self.url
+            await loop.run_in_executor(None, runtime.start)
+        except BaseException:
+            await self._teardown(quick=True)
+            raise
+        self.ready.set()
+        _log.info("node %s ready on %s", s.cluster.node, self.url,
+                  extra={"event": "ready", "url": self.url, "node": s.cluster.node})
+
+    async def _listen(self) -> None:
+        assert self.app is not None
+        s = self.settings
+        access = os.environ.get("CASCADE_ACCESS_LOG", "").lower() in ("1", "true", "yes", "on")
+        self._runner = web.AppRunner(
+            self.app, shutdown_timeout=s.server.shutdown_timeout_s, handle_signals=False,
+            access_log=logging.getLogger("cascade.access") if access else None,
+            access_log_class=_AccessLogger)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, s.server.host, s.server.port, reuse_address=True,
+                           reuse_port=self.reuse_port or None)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
 
     def _attach_series(self, engine: Engine, data_dir: str) -> SeriesSampler:
         """GET /v1/stats/series, kept in the data dir (series_file.py) and restored from it here."""
@@ -269,6 +304,9 @@ class Server:
             # drain already timed out, a zero timeout abandons the rest at once.
             await self.dispatcher.aclose(timeout if clean else 0.0)
         loop = asyncio.get_running_loop()
+        if self.cluster is not None:
+            cluster, self.cluster = self.cluster, None
+            await loop.run_in_executor(None, cluster.stop, not quick)  # drain: hand partitions over
         if self.durability is not None and self.engine is not None and self.engine.started:
             await loop.run_in_executor(None, self.durability.close, not quick)  # final snapshot
         if self.engine is not None:

@@ -49,9 +49,14 @@ class Snapshottable(Protocol):
 
 class SnapshotCoordinator:
     def __init__(self, engine: Snapshottable, journal: Journal, directory: str, keep: int = 3, interval_s: float = 60.0,
-                 covered: int | None = None) -> None:
+                 covered: int | None = None, on_written: Callable[[], None] | None = None) -> None:
         """`covered`: the journal position of the set on disk that holds the
-        current state (the one recovery loaded), if any."""
+        current state (the one recovery loaded), if any. `on_written` runs
+        once a set is complete and before the journal is cut behind it (a
+        cluster copies the set where the next owner finds it: cutting first
+        could leave that owner an older set and a journal that no longer
+        reaches it)."""
+        self.on_written = on_written
         self.engine = engine
         self.journal = journal
         self.directory = directory
@@ -119,6 +124,8 @@ class SnapshotCoordinator:
                 "shards": len(engine.states), "counts": {"templates": len(engine.templates.all())},
             }, engine.front_records())
             infos = [front] + shard_infos
+            if self.on_written is not None:
+                self.on_written()
             seconds = time.perf_counter() - began
             self._prune()
             sends = sum(i.header.get("counts", {}).get("sends", 0) for i in infos[1:])

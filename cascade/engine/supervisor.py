@@ -16,7 +16,7 @@ import hashlib
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import msgpack
 
@@ -49,7 +49,7 @@ from .shard import ShardState, SubmitJobs
 from .snapshot_records import template_record
 from .views import SendQuery, metrics_view
 
-__all__ = ["Engine", "EngineConfig", "Event"]
+__all__ = ["Engine", "EngineConfig", "Event", "ListingPart", "combine_listing"]
 
 _log = logging.getLogger("cascade.engine")
 
@@ -85,16 +85,19 @@ def pack_data(data: dict[str, Any] | None) -> bytes | None:
 class Engine:
     def __init__(self, clock: Clock, providers: Mapping[str, Provider] | None = None,
                  config: EngineConfig | None = None, submit_jobs: SubmitJobs | None = None,
-                 journal: Journal | None = None) -> None:
+                 journal: Journal | None = None, templates: TemplateRegistry | None = None,
+                 in_flight: InFlight | None = None) -> None:
+        """`templates` and `in_flight` are given when several engines share one
+        front door (a cluster node's partitions); each engine has its own otherwise."""
         self.clock = clock
         self.config = config or EngineConfig()
         log_provider = LogProvider()
         self.providers: dict[str, Provider] = {c: log_provider for c in CHANNELS if c != "inapp"}
         self.providers.update(providers or {})
-        self.templates = TemplateRegistry()
+        self.templates = templates if templates is not None else TemplateRegistry()
         self.idempotency = IdempotencyKeys(self.config.idempotency_ttl_s)
         self.journal = journal
-        self.in_flight = InFlight()  # signal-carrying requests not yet answered (the HTTP front fills it)
+        self.in_flight = in_flight if in_flight is not None else InFlight()  # signal-carrying requests not yet answered (the HTTP front fills it)
         self.loop_lag = 0.0  # how late the event loop runs its callbacks (the HTTP front measures it)
         self.delivery_wait: Callable[[], float] = lambda: 0.0  # oldest message waiting for a provider slot (s)
         self.outstanding = Outstanding()
@@ -276,6 +279,12 @@ class Engine:
             raise
         return command.reply, command.op == "start"
 
+    async def start_send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None = None,
+                         idempotency_key: str | None = None) -> tuple[bool, dict[str, Any]]:
+        """`send`, awaited: (created, the send view)."""
+        reply, created = self.send(template, recipient, data, idempotency_key)
+        return created, await reply
+
     def send_batch(self, items: list[tuple[str, str | dict[str, Any], dict[str, Any] | None, str | None]]) -> Reply:
         """Start many sends at once: (template, recipient, data, idempotencyKey)
         each. The reply is a list in item order of (created, send view) or the
@@ -379,21 +388,10 @@ class Engine:
         if status is not None and status not in SEND_STATUS:
             raise InvalidInput(f"status {status!r} is not one of {', '.join(SEND_STATUS)}",
                                [("status", f"one of {', '.join(SEND_STATUS)}")])
-        cut = _parse_cursor(before)
-        code = None if status is None else SEND_STATUS.index(status)
-        query = SendQuery(recipient, template, campaign, code, limit, cut, LIST_SCAN)
+        query = self.send_query(recipient, template, campaign, status, limit, before)
 
-        def combine(parts: list[tuple[list[tuple[float, int, dict[str, Any]]], tuple[float, int] | None]]) -> Any:
-            # Every shard has looked at all sends newer than the newest point
-            # where one of them stopped: only those can be answered now.
-            stops = [stop for _, stop in parts if stop is not None]
-            floor = max(stops) if stops else None
-            found = sorted((item for items, _ in parts for item in items
-                            if floor is None or (item[0], item[1]) >= floor), key=lambda it: (it[0], it[1]), reverse=True)
-            page = found[:limit]
-            if len(found) > limit:
-                floor = (page[-1][0], page[-1][1])
-            return {"sends": [view for _, _, view in page], "next": None if floor is None else _cursor(floor)}
+        def combine(parts: list[ListingPart]) -> dict[str, Any]:
+            return combine_listing(parts, limit)
 
         if recipient is not None:  # its sends live on its shard alone
             reply = Reply.here()
@@ -402,6 +400,20 @@ class Engine:
             return reply
         all_parts: Reply = self.router.ask_all("list_sends", query, combine)
         return all_parts
+
+    @staticmethod
+    def send_query(recipient: str | None, template: str | None, campaign: str | None, status: str | None,
+                   limit: int, before: str | None) -> SendQuery:
+        if status is not None and status not in SEND_STATUS:
+            raise InvalidInput(f"status {status!r} is not one of {', '.join(SEND_STATUS)}",
+                               [("status", f"one of {', '.join(SEND_STATUS)}")])
+        code = None if status is None else SEND_STATUS.index(status)
+        return SendQuery(recipient, template, campaign, code, limit, _parse_cursor(before), LIST_SCAN)
+
+    def listing_parts(self, query: SendQuery) -> Reply:
+        """Every shard's part of a listing, uncombined (a cluster combines the parts of all partitions)."""
+        reply: Reply = self.router.ask_all("list_sends", query, list)
+        return reply
 
     def cancel_send(self, send_id: str, arrival: float | None = None) -> Reply:
         key = self._route_send_id(send_id)
@@ -543,6 +555,23 @@ class Engine:
 
 
 LIST_SCAN = 200_000  # sends a listing looks at per shard and page, whatever its filters
+
+
+ListingPart = tuple[list[tuple[float, int, dict[str, Any]]], "tuple[float, int] | None"]
+
+
+def combine_listing(parts: Sequence[ListingPart], limit: int) -> dict[str, Any]:
+    """One page of sends from every shard's part, newest first."""
+    # Every shard has looked at all sends newer than the newest point
+    # where one of them stopped: only those can be answered now.
+    stops = [tuple(stop) for _, stop in parts if stop is not None]
+    floor = max(stops) if stops else None
+    found = sorted((item for items, _ in parts for item in items
+                    if floor is None or (item[0], item[1]) >= floor), key=lambda it: (it[0], it[1]), reverse=True)
+    page = found[:limit]
+    if len(found) > limit:
+        floor = (page[-1][0], page[-1][1])
+    return {"sends": [view for _, _, view in page], "next": None if floor is None else _cursor(floor)}  # type: ignore[arg-type]
 
 
 def _cursor(at: tuple[float, int]) -> str:

@@ -214,7 +214,8 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
 
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None,
-              campaigns: Campaigns | None = None, series: SeriesSampler | None = None) -> web.Application:
+              campaigns: Campaigns | None = None, series: SeriesSampler | None = None,
+              cluster: Any = None) -> web.Application:
     """The whole API of API.md over `engine` (campaigns: their routes, when attached;
     series: GET /v1/stats/series, when the engine keeps one)."""
     front = _Front(engine, settings, ready)
@@ -236,7 +237,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
         table += routes_campaigns.routes(engine, campaigns.book, settings)
     if series is not None:
         table += routes_stats.routes(series)
-    table += routes_admin.routes(engine, settings, admin)
+    table += routes_admin.routes(engine, settings, admin, cluster)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
     routes_ui.install(app, front.routes)  # the dashboard: public static files, outside the OpenAPI table

@@ -31,7 +31,12 @@ class AdminHooks(Protocol):
     def list_snapshots(self) -> Awaitable[list[dict[str, Any]]]: ...
 
 
-def routes(engine: Engine, settings: Settings, admin: AdminHooks | None) -> list[Route]:
+class ClusterHooks(Protocol):
+    def cluster_view(self) -> Awaitable[dict[str, Any]]: ...
+
+
+def routes(engine: Engine, settings: Settings, admin: AdminHooks | None,
+           cluster: ClusterHooks | None = None) -> list[Route]:
     max_bytes = settings.server.max_body_bytes
     decoder = decoder_for(ClockAdvance)
 
@@ -61,6 +66,11 @@ def routes(engine: Engine, settings: Settings, admin: AdminHooks | None) -> list
     async def list_snapshots(request: web.Request) -> web.Response:
         return json_response({"snapshots": await hooks().list_snapshots()})
 
+    async def cluster_view(request: web.Request) -> web.Response:
+        if cluster is None:
+            raise ApiError(404, "not_clustered", "this server runs alone: set [cluster] nats to join a cluster")
+        return json_response(await cluster.cluster_view())
+
     return [
         Route("GET", "/v1/admin/clock", get_clock, ADMIN, "The engine's clock", response=ClockView),
         Route("POST", "/v1/admin/clock", advance_clock, ADMIN,
@@ -68,4 +78,7 @@ def routes(engine: Engine, settings: Settings, admin: AdminHooks | None) -> list
               '(409 unless clock.mode = "manual")', body=ClockAdvance, response=ClockView, errors=(409,)),
         Route("POST", "/v1/admin/snapshots", take_snapshot, ADMIN, "Write a snapshot now", errors=(503,)),
         Route("GET", "/v1/admin/snapshots", list_snapshots, ADMIN, "The snapshots on disk", errors=(503,)),
+        Route("GET", "/v1/admin/cluster", cluster_view, ADMIN,
+              "The cluster: nodes, partitions, owners, epochs, journal positions (404 when not in a cluster)",
+              errors=(404, 503)),
     ]

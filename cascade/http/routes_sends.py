@@ -93,8 +93,8 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                 return json_response(await create_batch(batch.sends))
         except Exception:
             body = decode(decoder, raw)
-        reply, created = engine.send(*_request(body, "$"))
-        return json_response(await reply, 202 if created else 200)
+        created, view = await engine.start_send(*_request(body, "$"))
+        return json_response(view, 202 if created else 200)
 
     async def create_batch(items: list[msgspec.Raw]) -> dict[str, Any]:
         if len(items) > MAX_SENDS:

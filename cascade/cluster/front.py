@@ -1,0 +1,401 @@
+"""The engine API over a cluster: what the HTTP layer calls on a node.
+
+`ClusterEngine` answers the same calls as `Engine`, for the whole cluster:
+a call about one send or recipient goes to the engine of its partition,
+here if this node owns it, else forwarded to the owner (node.call, NATS
+request/reply, msgpack); an event batch is split by partition, sent as one
+call per owner node, and answered as one; listings and a template's metrics
+gather every partition's part (one call per node) and combine them as a
+single server does. Templates go through the templates bucket
+(template_store.py) and are read from this node's registry.
+
+While a partition changes owner (a takeover after a node died, a handover)
+a call for it is retried, with a short pause, until `wait_owner_s`; after
+that it answers 503 with Retry-After. Prometheus figures (`totals`,
+`stats`) are this node's own partitions: Prometheus sums nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..delivery.providers.base import Provider
+from ..domain.errors import CascadeError, InvalidInput, NotFound, Overloaded
+from ..domain.ids import parse_message_id, parse_send_id
+from ..domain.templates import TemplateRegistry, TemplateVersion
+from ..engine import Engine
+from ..engine.arrivals import InFlight
+from ..engine.background import Background
+from ..engine.clock import Clock
+from ..engine.counters import merge_totals
+from ..engine.reply import Gather, Reply
+from ..engine.supervisor import Event, combine_listing
+from ..engine.views import metrics_view
+from . import wire
+from .assign import partition_of_key, partition_of_recipient
+from .node import Node
+from .ops import MULTI, OPS, raise_item, run_multi
+from .template_store import TemplateStore
+
+__all__ = ["ClusterEngine", "NodeAdmission"]
+
+CALL_TIMEOUT_S = 10.0
+
+
+class NodeAdmission:
+    """What /metrics and the front door read of admission, summed over this node's partitions."""
+
+    def __init__(self, engines: Callable[[], list[Engine]]) -> None:
+        self._engines = engines
+        self._shed: dict[str, int] = {"queue": 0, "lag": 0}
+
+    def note_shed(self, reason: str) -> None:
+        self._shed[reason] = self._shed.get(reason, 0) + 1
+
+    @property
+    def shed_by_reason(self) -> dict[str, int]:
+        out = dict(self._shed)
+        for engine in self._engines():
+            for reason, n in engine.admission.shed_by_reason.items():
+                out[reason] = out.get(reason, 0) + n
+        return out
+
+    @property
+    def refused_signals(self) -> int:
+        return sum(engine.admission.refused_signals for engine in self._engines())
+
+
+class ClusterEngine:
+    def __init__(self, node: Node, *, clock: Clock, providers: Mapping[str, Provider], templates: TemplateRegistry,
+                 in_flight: InFlight, wait_owner_s: float) -> None:
+        self.node, self.clock, self.providers = node, clock, dict(providers)
+        self.templates, self.in_flight = templates, in_flight
+        self.template_store: TemplateStore | None = None  # once the node has joined
+        self.wait_owner_s = wait_owner_s
+        self.partitions = node.partitions
+        self.admission = NodeAdmission(self.local_engines)
+        self.background = Background()  # campaigns' yield-to-requests hook: no campaigns run in a cluster yet
+        self._loop_lag = 0.0
+        self._inbox_listener: Callable[[str, str, str], None] | None = None
+
+    # -- this node's engines ------------------------------------------------------------------
+    def local_engines(self) -> list[Engine]:
+        return [e for p in list(self.node.owned) if (e := self.node.local(p)) is not None]
+
+    def adopt(self, engine: Engine) -> None:
+        """A partition this node has just opened: it shares the front door's view of the loop and the inbox hook."""
+        engine.loop_lag = self._loop_lag
+        engine.watch_inbox(self._inbox_listener)
+
+    @property
+    def loop_lag(self) -> float:
+        return self._loop_lag
+
+    @loop_lag.setter
+    def loop_lag(self, value: float) -> None:
+        self._loop_lag = value
+        for engine in self.local_engines():
+            engine.loop_lag = value
+
+    @property
+    def started(self) -> bool:
+        return self.node.first_round.is_set()
+
+    @property
+    def shards(self) -> int:
+        return len(self.node.owned)
+
+    def check_open(self) -> None:
+        if not self.node.first_round.is_set():
+            raise Overloaded("this node is joining the cluster; retry shortly")
+
+    def behind(self) -> str | None:
+        for engine in self.local_engines():
+            why = engine.behind()
+            if why is not None:
+                return why
+        return None
+
+    def pending(self) -> int:
+        return sum(e.pending() for e in self.local_engines())
+
+    def watermark_lag(self) -> float:
+        return max((e.watermark_lag() for e in self.local_engines()), default=0.0)
+
+    def totals(self, groups: list[str] | None = None) -> Reply:
+        """This node's partitions' totals (for /metrics)."""
+        engines = self.local_engines()
+        parent = Reply.here()
+        gather = Gather(len(engines), merge_totals, parent)
+        for n, engine in enumerate(engines):
+            engine.router.ask_all("totals", groups, merge_totals, gather.part(n))
+        return parent
+
+    def stats(self) -> Reply:
+        engines = self.local_engines()
+        parent = Reply.here()
+        gather = Gather(len(engines), lambda parts: [s for part in parts for s in part], parent)
+        for n, engine in enumerate(engines):
+            engine.router.ask_all("stats", None, list, gather.part(n))
+        return parent
+
+    def watch_inbox(self, listener: Callable[[str, str, str], None] | None) -> None:
+        """In-app changes of the partitions this node owns (a stream on another node's recipient sees
+        that node's changes only when the client is connected there: docs/cluster.md)."""
+        self._inbox_listener = listener
+        for engine in self.local_engines():
+            engine.watch_inbox(listener)
+
+    # -- routing --------------------------------------------------------------------------------
+    async def _one(self, p: int, op: str, args: tuple[Any, ...]) -> Any:
+        """`op` on partition `p`'s engine, wherever it is."""
+        deadline = time.monotonic() + self.wait_owner_s
+        attempt = 0
+        while True:
+            engine = self.node.local(p)
+            if engine is not None:
+                return await OPS[op](engine, args)
+            owner = self.node.owner(p)
+            if owner is not None and owner != self.node.id:
+                answer = await self._call(owner, [op, p, list(args)])
+                if answer is not None:
+                    if answer[0] == wire.OK:
+                        return answer[1]
+                    if answer[0] == wire.ERROR:
+                        wire.raise_error(answer)
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise Overloaded(f"partition {p} has no owner serving it right now (it is being taken over); "
+                                 "retry shortly", max(1, round(self.node.lease_s)))
+            await asyncio.sleep(min(0.05 * attempt, 0.5))  # the owner is changing: look again shortly
+            await self._on_nats(self.node.refresh_owner(p))
+
+    async def _call(self, node: str, frame: list[Any]) -> Any:
+        """The owner's answer, or None when it did not answer (dead, or moved on: look again)."""
+        try:
+            return await self._on_nats(self.node.call(node, frame, CALL_TIMEOUT_S))
+        except Exception:  # timeout, no responders: the node is gone or going
+            return None
+
+    async def _on_nats(self, coro: Any) -> Any:
+        client = self.node.client
+        assert client is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, client.loop))
+
+    async def _all(self, op: str, args: tuple[Any, ...], partitions: list[int] | None = None) -> dict[int, Any]:
+        """`op` on every partition (or those given): answers by partition, gathered one call per node."""
+        wanted = set(range(self.partitions) if partitions is None else partitions)
+        answers: dict[int, Any] = {}
+        deadline = time.monotonic() + self.wait_owner_s
+        attempt = 0
+        while wanted:
+            local: list[int] = []
+            by_node: dict[str, list[int]] = {}
+            for p in sorted(wanted):
+                if self.node.local(p) is not None:
+                    local.append(p)
+                else:
+                    owner = self.node.owner(p)
+                    if owner is not None and owner != self.node.id:
+                        by_node.setdefault(owner, []).append(p)
+            calls = [self._call(node, [op, -1, [ps, list(args)]]) for node, ps in by_node.items()]
+            got, _ = await run_multi(self.node.local, op, tuple(local), args)
+            answers.update(got)
+            for answer in await asyncio.gather(*calls):
+                if answer is not None and answer[0] == wire.OK:
+                    answers.update(answer[1][0])
+                elif answer is not None and answer[0] == wire.ERROR:
+                    wire.raise_error(answer)
+            wanted -= set(answers)
+            if not wanted:
+                break
+            attempt += 1
+            if time.monotonic() >= deadline:
+                raise Overloaded(f"partitions {sorted(wanted)[:8]} have no owner serving them right now; "
+                                 "retry shortly", max(1, round(self.node.lease_s)))
+            await asyncio.sleep(min(0.05 * attempt, 0.5))
+            for p in wanted:
+                await self._on_nats(self.node.refresh_owner(p))
+        return answers
+
+    # -- templates --------------------------------------------------------------------------------
+    def _store(self) -> TemplateStore:
+        if self.template_store is None:
+            raise Overloaded("this node is joining the cluster; retry shortly")
+        return self.template_store
+
+    async def put_template(self, template_id: str, body: Any) -> tuple[TemplateVersion, bool]:
+        store = self._store()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, store.put, template_id, body, self.clock.now())
+
+    def get_template(self, template_id: str) -> TemplateVersion:
+        return self.templates.get(template_id)
+
+    def list_templates(self) -> list[TemplateVersion]:
+        return self.templates.all()
+
+    async def delete_template(self, template_id: str) -> TemplateVersion:
+        store = self._store()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, store.delete, template_id)
+
+    async def template_metrics(self, template_id: str) -> dict[str, Any]:
+        if not self.templates.known(template_id):
+            raise NotFound(f"template {template_id!r} does not exist")
+        group = f"t:{template_id}"
+        parts = await self._all("totals", ([group],))
+        return metrics_view(template_id, self.templates.current(template_id),
+                            merge_totals(list(parts.values())).get(group))
+
+    # -- recipients, sends, events, inbox -----------------------------------------------------------
+    def _recipient_partition(self, rid: Any) -> int:
+        if not isinstance(rid, str):
+            raise InvalidInput(f"recipient id {rid!r} is invalid", [("$.recipient", "a recipient id is a string")])
+        return partition_of_recipient(rid, self.partitions)
+
+    def _send_partition(self, send_id: str) -> int:
+        key = parse_send_id(send_id)
+        if key is None:
+            raise NotFound(f"send {send_id!r} does not exist")
+        return partition_of_key(key, self.partitions)
+
+    async def put_recipient(self, rid: str, body: Any) -> Any:
+        return await self._one(self._recipient_partition(rid), "put_recipient", (rid, body))
+
+    async def get_recipient(self, rid: str) -> Any:
+        return await self._one(self._recipient_partition(rid), "get_recipient", (rid,))
+
+    async def drop_web_push(self, rid: str, endpoints: tuple[str, ...]) -> Any:
+        return await self._one(self._recipient_partition(rid), "drop_web_push", (rid, list(endpoints)))
+
+    async def start_send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None = None,
+                         idempotency_key: str | None = None) -> tuple[bool, dict[str, Any]]:
+        self.templates.get(template)  # 404 here, before any forwarding
+        rid = recipient.get("id") if isinstance(recipient, dict) else recipient
+        created, view = await self._one(self._recipient_partition(rid), "send",
+                                        (template, recipient, data, idempotency_key))
+        return bool(created), view
+
+    async def send_batch(self, items: list[tuple[str, str | dict[str, Any], dict[str, Any] | None, str | None]]
+                         ) -> list[Any]:
+        results: list[Any] = [None] * len(items)
+        by_partition: dict[int, list[int]] = {}
+        for index, (template, recipient, _, _) in enumerate(items):
+            rid = recipient.get("id") if isinstance(recipient, dict) else recipient
+            try:
+                self.templates.get(template)
+                p = self._recipient_partition(rid)
+            except CascadeError as exc:
+                results[index] = exc
+                continue
+            by_partition.setdefault(p, []).append(index)
+
+        async def part(p: int, indices: list[int]) -> None:
+            answers = await self._one(p, "send_batch", ([list(items[i]) for i in indices],))
+            for i, frame in zip(indices, answers):
+                item = raise_item(frame)
+                results[i] = item if isinstance(item, CascadeError) else (bool(item[0]), item[1])
+
+        await asyncio.gather(*(part(p, ix) for p, ix in by_partition.items()))
+        return results
+
+    async def get_send(self, send_id: str) -> Any:
+        return await self._one(self._send_partition(send_id), "get_send", (send_id,))
+
+    async def cancel_send(self, send_id: str, arrival: float | None = None) -> Any:
+        return await self._one(self._send_partition(send_id), "cancel", (send_id, self._arrival(arrival)))
+
+    def _arrival(self, arrival: float | None) -> float:
+        return self.clock.now() if arrival is None else arrival
+
+    async def list_sends(self, recipient: str | None = None, template: str | None = None,
+                         campaign: str | None = None, status: str | None = None, limit: int = 50,
+                         before: str | None = None) -> dict[str, Any]:
+        Engine.send_query(recipient, template, campaign, status, limit, before)  # 422 here
+        args = (recipient, template, campaign, status, limit, before)
+        only = [self._recipient_partition(recipient)] if recipient is not None else None
+        parts = await self._all("listing", args, only)
+        return combine_listing([piece for shards in parts.values() for piece in shards], limit)
+
+    async def signals(self, events: list[Event], arrival: float | None = None) -> dict[str, Any]:
+        """Split by partition, one call per partition (grouped per owner), answered as one."""
+        arrival = self._arrival(arrival)
+        by_partition: dict[int, list[int]] = {}
+        for index, (message_id, send_id, _, _, _) in enumerate(events):
+            key = None
+            if message_id is not None:
+                parsed = parse_message_id(message_id)
+                key = parsed[0] if parsed is not None else None
+            elif send_id is not None:
+                key = parse_send_id(send_id)
+            # Events naming no send go to partition 0, whose engine answers them with the same error as ever.
+            p = partition_of_key(key, self.partitions) if key is not None else 0
+            by_partition.setdefault(p, []).append(index)
+        accepted = duplicates = 0
+        errors: list[dict[str, Any]] = []
+
+        async def part(p: int, indices: list[int]) -> None:
+            nonlocal accepted, duplicates
+            answer = await self._one(p, "signals", ([list(events[i]) for i in indices], arrival))
+            accepted += answer["accepted"]
+            duplicates += answer["duplicates"]
+            for error in answer["errors"]:
+                errors.append({**error, "index": indices[error["index"]]})
+
+        await asyncio.gather(*(part(p, ix) for p, ix in by_partition.items()))
+        errors.sort(key=lambda e: e["index"])
+        return {"accepted": accepted, "duplicates": duplicates, "errors": errors}
+
+    async def inbox(self, rid: str, limit: int = 50, before: str | None = None, arrival: float | None = None) -> Any:
+        return await self._one(self._recipient_partition(rid), "inbox", (rid, limit, before, self._arrival(arrival)))
+
+    async def inbox_peek(self, rid: str, message_ids: list[str]) -> Any:
+        return await self._one(self._recipient_partition(rid), "inbox_peek", (rid, list(message_ids)))
+
+    async def inbox_signal(self, rid: str, message_id: str, kind_name: str, arrival: float | None = None) -> Any:
+        return await self._one(self._recipient_partition(rid), "inbox_signal",
+                               (rid, message_id, kind_name, self._arrival(arrival)))
+
+    # -- the admin view --------------------------------------------------------------------------------
+    async def cluster_view(self) -> dict[str, Any]:
+        view = self.node.view()
+        try:
+            positions = await self._all("position", (), [e["partition"] for e in view["partitions"] if e["owner"]])
+        except Overloaded:
+            positions = {}
+        for entry in view["partitions"]:
+            if entry["partition"] in positions:
+                entry["position"] = positions[entry["partition"]]
+                entry.setdefault("replayLag", 0)
+            else:
+                entry.setdefault("position", None)
+                entry.setdefault("replayLag", None)
+        return view
+
+
+def multi_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
+    async def handle(node: Node, args: tuple[Any, ...]) -> Any:
+        _, partitions, inner = args
+        return await run_multi(node.local, op, tuple(partitions), tuple(inner))
+    return handle
+
+
+def one_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
+    async def handle(node: Node, args: tuple[Any, ...]) -> Any:
+        partition, *inner = args
+        engine = node.local(partition)
+        if engine is None:
+            raise wire.NotOwner(f"node {node.id} does not own partition {partition}")
+        return await OPS[op](engine, tuple(inner))
+    return handle
+
+
+def handlers() -> dict[str, Any]:
+    """The ops a node answers for others."""
+    table: dict[str, Any] = {op: one_handler(op) for op in OPS}
+    table.update({op: multi_handler(op) for op in MULTI})
+    return table

@@ -1,0 +1,126 @@
+"""What one partition's engine is asked, by name: the same code whether the
+call came from this node's front door or was forwarded by another node.
+
+Each op takes the engine and its arguments as they travel (msgpack: plain
+values) and returns a plain value. Per-item errors of a batch travel as
+error frames (wire.error_frame) and are raised again by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..domain.errors import CascadeError
+from ..engine import Engine
+from . import wire
+
+__all__ = ["MULTI", "OPS", "run_multi"]
+
+Op = Callable[[Engine, tuple[Any, ...]], Awaitable[Any]]
+
+
+async def _send(engine: Engine, args: tuple[Any, ...]) -> Any:
+    template, recipient, data, key = args
+    return await engine.start_send(template, _plain(recipient), _plain(data), key)
+
+
+async def _send_batch(engine: Engine, args: tuple[Any, ...]) -> Any:
+    (items,) = args
+    answers = await engine.send_batch([(t, _plain(r), _plain(d), k) for t, r, d, k in items])
+    return [wire.error_frame(a) if isinstance(a, BaseException) else [wire.OK, a] for a in answers]
+
+
+async def _signals(engine: Engine, args: tuple[Any, ...]) -> Any:
+    events, arrival = args
+    return await engine.signals([tuple(e) for e in events], arrival)
+
+
+async def _get_send(engine: Engine, args: tuple[Any, ...]) -> Any:
+    return await engine.get_send(args[0])
+
+
+async def _cancel(engine: Engine, args: tuple[Any, ...]) -> Any:
+    return await engine.cancel_send(args[0], args[1])
+
+
+async def _put_recipient(engine: Engine, args: tuple[Any, ...]) -> Any:
+    return await engine.put_recipient(args[0], _plain(args[1]))
+
+
+async def _get_recipient(engine: Engine, args: tuple[Any, ...]) -> Any:
+    return await engine.get_recipient(args[0])
+
+
+async def _drop_web_push(engine: Engine, args: tuple[Any, ...]) -> Any:
+    return await engine.drop_web_push(args[0], tuple(args[1]))
+
+
+async def _inbox(engine: Engine, args: tuple[Any, ...]) -> Any:
+    rid, limit, before, arrival = args
+    return await engine.inbox(rid, limit, before, arrival)
+
+
+async def _inbox_peek(engine: Engine, args: tuple[Any, ...]) -> Any:
+    return await engine.inbox_peek(args[0], list(args[1]))
+
+
+async def _inbox_signal(engine: Engine, args: tuple[Any, ...]) -> Any:
+    rid, message_id, kind, arrival = args
+    return await engine.inbox_signal(rid, message_id, kind, arrival)
+
+
+async def _listing(engine: Engine, args: tuple[Any, ...]) -> Any:
+    return await engine.listing_parts(Engine.send_query(*args))
+
+
+async def _totals(engine: Engine, args: tuple[Any, ...]) -> Any:
+    (groups,) = args
+    return await engine.totals(list(groups) if groups is not None else None)
+
+
+async def _position(engine: Engine, args: tuple[Any, ...]) -> Any:
+    journal = engine.journal
+    return journal.position() if journal is not None else 0
+
+
+OPS: dict[str, Op] = {
+    "send": _send, "send_batch": _send_batch, "signals": _signals, "get_send": _get_send, "cancel": _cancel,
+    "put_recipient": _put_recipient, "get_recipient": _get_recipient, "drop_web_push": _drop_web_push,
+    "inbox": _inbox, "inbox_peek": _inbox_peek, "inbox_signal": _inbox_signal,
+}
+MULTI: dict[str, Op] = {"listing": _listing, "totals": _totals, "position": _position}
+
+
+async def run_multi(local: Callable[[int], Engine | None], op: str, partitions: tuple[int, ...],
+                    args: tuple[Any, ...]) -> tuple[dict[int, Any], list[int]]:
+    """`op` on each partition of `partitions` this node serves: (answers by partition, the ones it does not)."""
+    answers: dict[int, Any] = {}
+    missing: list[int] = []
+    for p in partitions:
+        engine = local(p)
+        if engine is None:
+            missing.append(p)
+        else:
+            answers[p] = await MULTI[op](engine, args)
+    return answers, missing
+
+
+def _plain(value: Any) -> Any:
+    """msgpack gives tuples for arrays; request bodies are JSON shapes again (lists)."""
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def raise_item(frame: tuple[Any, ...]) -> Any:
+    """A batch item's answer as a value, or its error as the CascadeError it was."""
+    if frame[0] == wire.OK:
+        return frame[1]
+    try:
+        wire.raise_error(frame)
+    except CascadeError as exc:
+        return exc
+    raise AssertionError("unreachable")
