@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..delivery.providers.base import Provider
@@ -37,7 +37,8 @@ from ..engine.views import metrics_view
 from . import wire
 from .assign import partition_of_key, partition_of_recipient
 from .node import Node
-from .ops import MULTI, OPS, raise_item, run_multi
+from .partition import Partition
+from .ops import MULTI, OPS, SIGNAL_OPS, raise_item, run_multi
 from .template_store import TemplateStore
 
 __all__ = ["ClusterEngine", "NodeAdmission"]
@@ -155,9 +156,12 @@ class ClusterEngine:
         deadline = time.monotonic() + self.wait_owner_s
         attempt = 0
         while True:
-            engine = self.node.local(p)
-            if engine is not None:
-                return await OPS[op](engine, args)
+            partition = self.node.serving(p)
+            if partition is not None:
+                try:
+                    return await while_owned(self.node, partition, lambda engine: OPS[op](engine, args))
+                except wire.NotOwner:
+                    pass  # lost while answering: a fenced owner's writes never land; ask the next owner
             owner = self.node.owner(p)
             if owner is not None and owner != self.node.id:
                 answer = await self._call(owner, [op, p, list(args)])
@@ -377,6 +381,26 @@ class ClusterEngine:
         return view
 
 
+async def while_owned(node: Node, partition: Partition, call: Callable[[Engine], Awaitable[Any]]) -> Any:
+    """`call` on the partition's engine, or NotOwner when the node loses the partition first (a fenced
+    owner's writes are never acknowledged, so its callers must not wait for them) or when the engine
+    had already stopped for a handover: either way nothing of the call landed, and the next owner is
+    asked instead."""
+    task = asyncio.ensure_future(call(partition.engine))
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.25)
+        if done:
+            try:
+                return task.result()
+            except Overloaded:  # refused before anything happened: by an engine stopped for a handover?
+                if partition.serving:
+                    raise
+                raise wire.NotOwner(f"partition {partition.number} was handed over") from None
+        if not node.answering(partition):
+            task.cancel()
+            raise wire.NotOwner(f"node {node.id} lost partition {partition.number} while answering")
+
+
 def multi_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
     async def handle(node: Node, args: tuple[Any, ...]) -> Any:
         _, partitions, inner = args
@@ -384,18 +408,26 @@ def multi_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
     return handle
 
 
-def one_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
+def one_handler(op: str, in_flight: InFlight) -> Callable[[Node, tuple[Any, ...]], Any]:
+    carries_signal = op in SIGNAL_OPS
+
     async def handle(node: Node, args: tuple[Any, ...]) -> Any:
-        partition, *inner = args
-        engine = node.local(partition)
-        if engine is None:
-            raise wire.NotOwner(f"node {node.id} does not own partition {partition}")
-        return await OPS[op](engine, tuple(inner))
+        p, *inner = args
+        partition = node.serving(p)
+        if partition is None:
+            raise wire.NotOwner(f"node {node.id} does not own partition {p}")
+        # A signal forwarded here holds this node's windows from the time it reached the other node.
+        token = in_flight.enter_forwarded(inner[-1]) if carries_signal else None
+        try:
+            return await while_owned(node, partition, lambda engine: OPS[op](engine, tuple(inner)))
+        finally:
+            if token is not None:
+                in_flight.leave_forwarded(token)
     return handle
 
 
-def handlers() -> dict[str, Any]:
+def handlers(in_flight: InFlight) -> dict[str, Any]:
     """The ops a node answers for others."""
-    table: dict[str, Any] = {op: one_handler(op) for op in OPS}
+    table: dict[str, Any] = {op: one_handler(op, in_flight) for op in OPS}
     table.update({op: multi_handler(op) for op in MULTI})
     return table

@@ -239,6 +239,7 @@ class Node:
                 except Exception:
                     pass
             return
+        partition.may_write = lambda: (partition.serving or partition.handing_over) and self._lease_valid(p)
         with self._lock:
             self.opening.discard(p)
             still_ours = p in self.leases_held and not self._stop.is_set()
@@ -253,6 +254,7 @@ class Node:
 
     def _journal_lost(self, partition: Partition, reason: str) -> None:
         """The stream refused this owner (fenced) or failed: stop at once (called on the NATS loop)."""
+        partition.lost = True
         partition.serving = False
         threading.Thread(target=self._lost, args=(partition.number, f"journal: {reason}"), daemon=True).start()
 
@@ -261,6 +263,7 @@ class Node:
             self.leases_held.pop(p, None)
             partition = self.owned.pop(p, None)
         if partition is not None:
+            partition.lost = True
             partition.serving = False
             self.figures.lost += 1
             log.warning("node %s: lost partition %d: %s", self.id, p, reason,
@@ -292,15 +295,25 @@ class Node:
         self.owners = owners
 
     # -- what the front door asks ------------------------------------------------------
-    def local(self, p: int) -> Engine | None:
-        """The engine of partition `p` if this node serves it now (serving, lease valid on its clock)."""
+    def serving(self, p: int) -> Partition | None:
+        """Partition `p` if this node serves it now (serving, lease valid on its clock)."""
         partition = self.owned.get(p)
-        if partition is None or not partition.serving:
+        if partition is None or not partition.serving or not self._lease_valid(p):
             return None
+        return partition
+
+    def local(self, p: int) -> Engine | None:
+        partition = self.serving(p)
+        return partition.engine if partition is not None else None
+
+    def answering(self, partition: Partition) -> bool:
+        """Whether a call already given to `partition`'s engine will be answered by it: not once the
+        partition is lost (a handover still answers what it was given)."""
+        return not partition.lost and (partition.handing_over or self._lease_valid(partition.number))
+
+    def _lease_valid(self, p: int) -> bool:
         lease = self.leases_held.get(p)
-        if lease is None or time.monotonic() >= lease.valid_until:
-            return None
-        return partition.engine
+        return lease is not None and time.monotonic() < lease.valid_until
 
     def owner(self, p: int) -> str | None:
         if self.local(p) is not None:

@@ -15,7 +15,7 @@ from ..domain.errors import CascadeError
 from ..engine import Engine
 from . import wire
 
-__all__ = ["MULTI", "OPS", "run_multi"]
+__all__ = ["MULTI", "OPS", "SIGNAL_OPS", "raise_item", "run_multi"]
 
 Op = Callable[[Engine, tuple[Any, ...]], Awaitable[Any]]
 
@@ -89,6 +89,7 @@ OPS: dict[str, Op] = {
     "put_recipient": _put_recipient, "get_recipient": _get_recipient, "drop_web_push": _drop_web_push,
     "inbox": _inbox, "inbox_peek": _inbox_peek, "inbox_signal": _inbox_signal,
 }
+SIGNAL_OPS = frozenset({"signals", "cancel", "inbox", "inbox_signal"})  # their last argument is the arrival
 MULTI: dict[str, Op] = {"listing": _listing, "totals": _totals, "position": _position}
 
 

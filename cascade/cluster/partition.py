@@ -68,6 +68,9 @@ class Partition:
         self.number, self.epoch, self.settings = number, epoch, settings
         self.journal, self.engine, self.recovery, self.directory = journal, engine, recovery, directory
         self.serving = True
+        self.handing_over = False  # serving stopped, the last snapshot is being written
+        self.lost = False  # fenced or lease gone: nothing it still writes will be acknowledged
+        self.may_write: Callable[[], bool] = lambda: self.serving or self.handing_over  # the node adds its lease
         self.opened_at = time.time()
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -139,7 +142,11 @@ class Partition:
                     log.exception("partition %d: snapshot failed; the stream keeps everything", self.number)
 
     def _copy_out(self) -> None:
-        """The set just written, into the object store, before the stream is cut behind it."""
+        """The set just written, into the object store, before the stream is cut behind it. Never by an
+        owner whose lease ran out (a paused process waking up): its state may hold writes JetStream
+        refused, and a set of it would hand them to the next owner."""
+        if not self.may_write():
+            raise RuntimeError(f"partition {self.number}: no longer owned; the snapshot is not copied out")
         self.settings.snapshots.upload(self.number, self.directory)
 
     def position(self) -> int:
@@ -156,6 +163,7 @@ class Partition:
         if self._snapshots is not None and self._snapshots is not threading.current_thread():
             self._snapshots.join(timeout=60.0)
         if handover:
+            self.handing_over = True
             try:
                 self.coordinator.take()
             except Exception:

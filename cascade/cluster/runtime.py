@@ -31,6 +31,7 @@ from .template_store import TemplateStore
 __all__ = ["ClusterRuntime"]
 
 log = logging.getLogger("cascade.cluster")
+FORWARD_GRACE_S = 0.05  # longer than a forwarded call takes on a healthy network, in real seconds
 
 
 class ClusterRuntime:
@@ -39,12 +40,15 @@ class ClusterRuntime:
         c = settings.cluster
         self.settings, self.clock, self.providers, self.submit_jobs = settings, clock, providers, submit_jobs
         self.registry = TemplateRegistry()
-        self.in_flight = InFlight()
+        rate = getattr(clock, "rate", 1.0)
+        # Windows wait FORWARD_GRACE_S for calls on their way from other nodes (rule 11 across nodes).
+        self.in_flight = InFlight(hold=lambda: clock.now() - FORWARD_GRACE_S * rate)
         self.template_store: TemplateStore | None = None
         self.snapshot_store: SnapshotStore | None = None
         self.node = Node(node=c.node, address=c.advertise or address, servers=list(c.nats), partitions=c.partitions,
                          replicas=c.replicas, lease_s=c.lease_s, prefix=c.prefix,
-                         partition_settings=self._partition_settings, handlers=handlers(), on_open=self._opened)
+                         partition_settings=self._partition_settings, handlers=handlers(self.in_flight),
+                         on_open=self._opened)
         self.engine = ClusterEngine(self.node, clock=clock, providers=providers, templates=self.registry,
                                     in_flight=self.in_flight, wait_owner_s=2 * c.lease_s + 5.0)
 

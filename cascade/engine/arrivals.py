@@ -18,17 +18,24 @@ the manual clock).
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["InFlight"]
 
 
 class InFlight:
-    def __init__(self) -> None:
+    def __init__(self, hold: Callable[[], float] | None = None) -> None:
+        """`hold`: a time the watermark never passes, whatever is in flight (a cluster node's
+        allowance for calls on their way from other nodes)."""
         self._queue: deque[list[float | bool]] = deque()  # [arrival, done]
         self._lock = threading.Lock()  # shards read the oldest from their threads
         self._read: float | None = None  # the front has read everything that arrived before this
+        self._hold = hold
+        self._forwarded: dict[int, float] = {}  # token -> arrival stamped by another node (any order)
+        self._tokens = itertools.count()
 
     def read_up_to(self, t: float | None) -> None:
         self._read = t
@@ -55,14 +62,31 @@ class InFlight:
             while queue and queue[0][1]:
                 queue.popleft()
 
+    def enter_forwarded(self, arrival: float) -> int:
+        """A call another node's front door stamped (arrivals of other nodes come in any order)."""
+        token = next(self._tokens)
+        with self._lock:
+            self._forwarded[token] = arrival
+        return token
+
+    def leave_forwarded(self, token: int) -> None:
+        with self._lock:
+            self._forwarded.pop(token, None)
+
     def oldest(self) -> float | None:
         """The earliest arrival that may still bring a signal: of a request in
         flight, or of one not read yet."""
         read = self._read
         with self._lock:
-            if not self._queue:
-                return read
-            first = float(self._queue[0][0])
+            first = float(self._queue[0][0]) if self._queue else None
+            if self._forwarded:
+                forwarded = min(self._forwarded.values())
+                first = forwarded if first is None or forwarded < first else first
+        if self._hold is not None:
+            hold = self._hold()
+            first = hold if first is None or hold < first else first
+        if first is None:
+            return read
         return first if read is None or first < read else read
 
     def oldest_request(self) -> float | None:

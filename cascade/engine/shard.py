@@ -285,10 +285,13 @@ class ShardState:
                                     lambda: self._durable_release(replies, jobs, answered))
             except Exception as exc:
                 assert records is not None  # entered with records, or with a journal (so records == [])
-                _log.critical("shard %d could not journal %d records: %s", self.index, len(records), exc)
+                # Nothing of this batch is durable, so none of its messages go out: a fenced
+                # partition's next owner decides them again from what was acknowledged.
+                _log.critical("shard %d could not journal %d records (%d messages not sent): %s",
+                              self.index, len(records), len(jobs), exc)
                 for reply in replies:
                     reply.set_error(exc)
-                self._durable_release(replies, jobs, answered)
+                self._durable_release(replies, [], answered)
         else:
             self._release(replies, jobs, answered)
 
