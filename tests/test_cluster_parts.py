@@ -1,0 +1,95 @@
+"""The cluster's pure parts: slot ranges and rendezvous ownership, the wire
+frames' errors, the [cluster] settings, and windows held for forwarded calls."""
+
+from __future__ import annotations
+
+import pytest
+
+from cascade.config import ConfigError, load_settings
+from cascade.domain.errors import Conflict, NotFound, Overloaded, TemplateInvalid
+from cascade.domain.ids import SLOTS, new_send_key, slot_of
+from cascade.engine.arrivals import InFlight
+
+
+def test_partitions_are_contiguous_slot_ranges_covering_every_slot() -> None:
+    from cascade.cluster.assign import partition_of_key, partition_of_recipient, partition_of_slot
+
+    seen = [partition_of_slot(s, 8) for s in range(SLOTS)]
+    assert seen == sorted(seen) and set(seen) == set(range(8))
+    assert [seen.count(p) for p in range(8)] == [SLOTS // 8] * 8
+    rid = "user-42"
+    assert partition_of_key(new_send_key(slot_of(rid)), 8) == partition_of_recipient(rid, 8)
+
+
+def test_rendezvous_spreads_partitions_and_a_join_moves_only_the_joiners_share() -> None:
+    from cascade.cluster.assign import preferred_owner, share
+
+    nodes = ["n1", "n2", "n3"]
+    before = {p: preferred_owner(p, nodes) for p in range(64)}
+    counts = [list(before.values()).count(n) for n in nodes]
+    assert min(counts) >= 12  # about 64/3 each
+    after = {p: preferred_owner(p, nodes + ["n4"]) for p in range(64)}
+    moved = [p for p in range(64) if before[p] != after[p]]
+    assert moved and all(after[p] == "n4" for p in moved)
+    assert set().union(*(share(n, nodes, 64) for n in nodes)) == set(range(64))
+    assert preferred_owner(0, []) is None
+
+
+@pytest.mark.parametrize("error", [NotFound("send x does not exist"), Conflict("taken", [("$.a", "why")]),
+                                   TemplateInvalid("bad", [("$.channels[0]", "no")]), Overloaded("busy", 7)])
+def test_errors_cross_the_wire_as_the_same_class_message_and_details(error: Exception) -> None:
+    from cascade.cluster import wire
+
+    frame = wire.decode(wire.encode(wire.error_frame(error)))
+    with pytest.raises(type(error)) as raised:
+        wire.raise_error(frame)
+    assert str(raised.value) == str(error)
+    assert raised.value.details == error.details  # type: ignore[attr-defined]
+    if isinstance(error, Overloaded):
+        assert raised.value.retry_after_s == 7  # type: ignore[attr-defined]
+
+
+def test_not_owner_answers_are_told_apart_from_errors() -> None:
+    from cascade.cluster import wire
+
+    frame = wire.decode(wire.encode(wire.error_frame(wire.NotOwner("moved"))))
+    assert frame[0] == wire.NOT_OWNER
+    with pytest.raises(wire.NotOwner):
+        wire.raise_error(frame)
+
+
+def test_cluster_settings_are_checked_and_named() -> None:
+    env = {"CASCADE_CLUSTER_NATS": "nats://127.0.0.1:4222,nats://127.0.0.1:4223", "CASCADE_CLUSTER_NODE": "n1"}
+    settings = load_settings(environ=env)
+    assert settings.cluster.enabled and settings.cluster.nats == ["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"]
+    assert not load_settings(environ={}).cluster.enabled
+    for extra, named in [({"CASCADE_CLUSTER_NODE": ""}, "cluster.node"),
+                         ({"CASCADE_CLUSTER_PARTITIONS": "0"}, "cluster.partitions"),
+                         ({"CASCADE_CLUSTER_REPLICAS": "2"}, "cluster.replicas"),
+                         ({"CASCADE_CLUSTER_NATS": "localhost"}, "cluster.nats"),
+                         ({"CASCADE_CLOCK_MODE": "manual"}, "clock.mode")]:
+        with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+            load_settings(environ={**env, **extra})
+
+
+def test_a_forwarded_signal_holds_the_watermark_at_its_own_arrival_whatever_the_order() -> None:
+    in_flight = InFlight()
+    local = in_flight.enter(100.0)
+    assert in_flight.oldest() == 100.0
+    token = in_flight.enter_forwarded(99.5)  # stamped earlier on another node, arriving later here
+    assert in_flight.oldest() == 99.5
+    in_flight.leave(local)
+    assert in_flight.oldest() == 99.5
+    in_flight.leave_forwarded(token)
+    assert in_flight.oldest() is None
+
+
+def test_a_hold_keeps_the_watermark_behind_the_clock() -> None:
+    now = [50.0]
+    in_flight = InFlight(hold=lambda: now[0] - 0.05)
+    assert in_flight.oldest() == pytest.approx(49.95)
+    entry = in_flight.enter(49.0)
+    assert in_flight.oldest() == 49.0
+    in_flight.leave(entry)
+    now[0] = 60.0
+    assert in_flight.oldest() == pytest.approx(59.95)
