@@ -21,18 +21,22 @@ def test_partitions_are_contiguous_slot_ranges_covering_every_slot() -> None:
     assert partition_of_key(new_send_key(slot_of(rid)), 8) == partition_of_recipient(rid, 8)
 
 
-def test_rendezvous_spreads_partitions_and_a_join_moves_only_the_joiners_share() -> None:
-    from cascade.cluster.assign import preferred_owner, share
+@pytest.mark.parametrize("partitions", [8, 16, 64])
+def test_shares_differ_by_at_most_one_and_a_join_moves_a_few_partitions_mostly_to_the_joiner(partitions: int) -> None:
+    from cascade.cluster.assign import assignment, preferred_owner, share
 
     nodes = ["n1", "n2", "n3"]
-    before = {p: preferred_owner(p, nodes) for p in range(64)}
+    before = assignment(nodes, partitions)
     counts = [list(before.values()).count(n) for n in nodes]
-    assert min(counts) >= 12  # about 64/3 each
-    after = {p: preferred_owner(p, nodes + ["n4"]) for p in range(64)}
-    moved = [p for p in range(64) if before[p] != after[p]]
-    assert moved and all(after[p] == "n4" for p in moved)
-    assert set().union(*(share(n, nodes, 64) for n in nodes)) == set(range(64))
-    assert preferred_owner(0, []) is None
+    assert sorted(before) == list(range(partitions)) and max(counts) - min(counts) <= 1
+    after = assignment(nodes + ["n4"], partitions)
+    moved = [p for p in range(partitions) if before[p] != after[p]]
+    to_joiner = [p for p in moved if after[p] == "n4"]
+    assert len(to_joiner) == list(after.values()).count("n4") >= partitions // 4
+    assert len(moved) <= 2 * len(to_joiner)  # a join is not a reshuffle
+    assert set().union(*(share(n, nodes, partitions) for n in nodes)) == set(range(partitions))
+    assert all(preferred_owner(p, nodes, partitions) == before[p] for p in range(partitions))
+    assert assignment([], partitions) == {}
 
 
 @pytest.mark.parametrize("error", [NotFound("send x does not exist"), Conflict("taken", [("$.a", "why")]),

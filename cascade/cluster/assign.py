@@ -6,10 +6,14 @@ workflow ids into shards: partition p holds slots [p*S/P, (p+1)*S/P). The
 grouping is fixed when the cluster is created (recorded in its bucket),
 because a send's partition must not change while it lives.
 
-Owners are chosen by rendezvous (highest-random-weight) hashing over the
-live nodes: every node computes the same answer from the same member list
-with no coordination, and a node joining or leaving moves only the
-partitions it gains or loses (about P/N), never a reshuffle of the rest.
+Owners are chosen by rendezvous (highest-random-weight) hashing with
+bounded loads over the live nodes: each partition goes to the first node
+in its own hash order that still has room (P/N, rounded down or up). Every
+node computes the same answer from the same member list with no
+coordination; plain rendezvous hashing would move the fewest partitions
+but with 8 or 16 partitions leaves a node with none or half of them (seen:
+1, 7 and 8 of 16), so the cap trades a few extra moves on a join for
+shares that differ by at most one.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from collections.abc import Iterable
 
 from ..domain.ids import SLOTS, slot_of, slot_of_key
 
-__all__ = ["partition_of_key", "partition_of_recipient", "partition_of_slot", "preferred_owner", "share"]
+__all__ = ["assignment", "partition_of_key", "partition_of_recipient", "partition_of_slot", "preferred_owner",
+           "share"]
 
 
 def partition_of_slot(slot: int, partitions: int) -> int:
@@ -39,17 +44,29 @@ def _weight(node: str, partition: int) -> int:
     return int.from_bytes(digest, "big")
 
 
-def preferred_owner(partition: int, nodes: Iterable[str]) -> str | None:
-    """The node that should own `partition` among `nodes` (None when there are none)."""
-    best: tuple[int, str] | None = None
-    for node in nodes:
-        candidate = (_weight(node, partition), node)
-        if best is None or candidate > best:
-            best = candidate
-    return best[1] if best is not None else None
+def assignment(nodes: Iterable[str], partitions: int) -> dict[int, str]:
+    """Partition -> the node that should own it, among `nodes` (empty when there are none)."""
+    members = sorted(set(nodes))
+    if not members:
+        return {}
+    floor, extra = divmod(partitions, len(members))  # `extra` nodes may hold one more than `floor`
+    load = dict.fromkeys(members, 0)
+    out = {}
+    for p in range(partitions):
+        for _, node in sorted(((_weight(n, p), n) for n in members), reverse=True):
+            if load[node] < floor or (load[node] == floor and extra > 0):
+                if load[node] == floor:
+                    extra -= 1
+                out[p] = node
+                load[node] += 1
+                break
+    return out
+
+
+def preferred_owner(partition: int, nodes: Iterable[str], partitions: int) -> str | None:
+    return assignment(nodes, partitions).get(partition)
 
 
 def share(node: str, nodes: Iterable[str], partitions: int) -> set[int]:
     """The partitions `node` should own when `nodes` are the live members."""
-    members = sorted(set(nodes) | {node})
-    return {p for p in range(partitions) if preferred_owner(p, members) == node}
+    return {p for p, owner in assignment(set(nodes) | {node}, partitions).items() if owner == node}

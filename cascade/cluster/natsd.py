@@ -127,7 +127,8 @@ class NatsServer:
         with open(self.log_path, "ab") as log_file:
             try:
                 self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)], stdout=log_file,
-                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True)  # a Ctrl-C meant for its owner is not its
             except OSError as exc:
                 raise NatsServerError(f"cannot run nats-server {self.binary}: {exc}") from exc
 

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
+import nats.errors
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import Error as JetStreamError
 
 from ..engine import Engine
 from . import wire
@@ -97,17 +99,36 @@ class Node:
         """Connect, check the cluster's shape, start answering forwarded calls and the ownership loop (blocking)."""
         self.client = client = NatsThread(self.servers, name=f"cascade-{self.id}")
         try:
-            client.run(self._check_shape(), 30.0)
-            self._leases = client.run(Leases(client.js, f"{self.prefix}-leases", replicas=self.replicas).open(), 30.0)
-            self._members = client.run(Members(client.js, self.id, self.address, bucket=f"{self.prefix}-nodes",
-                                               lease_s=self.lease_s, replicas=self.replicas).open(), 30.0)
-            self.settings = self._make_settings(client)
+            self._settle(client)
             self._sub = client.run(client.nc.subscribe(self.subject(self.id), cb=self._serve_call), 10.0)
         except BaseException:
             client.close()
             raise
         self._thread = threading.Thread(target=self._loop, name=f"cascade-node-{self.id}", daemon=True)
         self._thread.start()
+
+    def _settle(self, client: NatsThread, give_up_s: float = 60.0) -> None:
+        """Bind or create the cluster's buckets. A JetStream cluster that has just started, or lost a
+        server, answers "no responders" or times out until its streams have leaders: retried, bounded."""
+        deadline = time.monotonic() + give_up_s
+        attempt = 0
+        while True:
+            try:
+                client.run(self._check_shape(), 30.0)
+                self._leases = client.run(Leases(client.js, f"{self.prefix}-leases", replicas=self.replicas).open(),
+                                          30.0)
+                self._members = client.run(Members(client.js, self.id, self.address, bucket=f"{self.prefix}-nodes",
+                                                   lease_s=self.lease_s, replicas=self.replicas).open(), 30.0)
+                self.settings = self._make_settings(client)
+                return
+            except ClusterMismatch:
+                raise
+            except (TimeoutError, nats.errors.Error, JetStreamError) as exc:
+                attempt += 1
+                if time.monotonic() >= deadline:
+                    raise
+                log.warning("node %s: JetStream not ready yet (%r); retrying", self.id, exc)
+                time.sleep(min(0.2 * attempt, 2.0))  # back-off while the JetStream cluster elects leaders
 
     async def _check_shape(self) -> None:
         """The partition count is the cluster's, fixed at its creation: refuse to join with another."""
@@ -274,8 +295,9 @@ class Node:
         p = partition.number
         with self._lock:
             self.owned.pop(p, None)
+        partition.close(handover=handover, reason=reason)  # its last snapshot needs the lease still held
+        with self._lock:
             lease = self.leases_held.pop(p, None)
-        partition.close(handover=handover, reason=reason)
         self.figures.handovers += 1
         client, leases = self.client, self._leases
         if lease is not None and client is not None and leases is not None:
