@@ -81,6 +81,7 @@ import aiohttp
 
 from benchlib import cpu_seconds, free_port, peak_rss_mb, percentile, wait_ready
 from e2e_common import TEMPLATE
+from e2e_servers import Servers
 
 BENCH = Path(__file__).resolve().parent
 CLOCK_RATE = 150.0
@@ -129,7 +130,7 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
             proc.wait()
 
 
-def server_config(port: int, sink_port: int, shards: int | None = None) -> str:
+def server_config(sink_port: int, shards: int | None = None) -> str:
     engine = "" if shards is None else f"\n[engine]\nshards = {shards}\n"
     channels = "".join(f"""
 [channels.{ch}]
@@ -139,7 +140,6 @@ url = "http://127.0.0.1:{sink_port}/hook/{ch}"
     return f"""
 [server]
 host = "127.0.0.1"
-port = {port}
 
 [storage]
 journal_fsync = "batch"
@@ -148,21 +148,6 @@ journal_fsync = "batch"
 mode = "scaled"
 rate = {CLOCK_RATE}
 {engine}{channels}"""
-
-
-def start_server(tmp: Path, port: int, sink_port: int, cpu: int | None,
-                 shards: int | None = None) -> subprocess.Popen[bytes]:
-    # The entry point installed beside the interpreter running this script:
-    # .venv/bin/python bench/e2e.py serves with .venv/bin/cascade.
-    cascade = Path(sys.executable).parent / "cascade"
-    if not cascade.exists():
-        raise SystemExit(f"{cascade} not found: run this with the project's interpreter (.venv/bin/python)")
-    cfg = tmp / "cascade.toml"
-    cfg.write_text(server_config(port, sink_port, shards), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-    env["CASCADE_LOG_LEVEL"] = "WARNING"
-    cmd = [str(cascade), "serve", "--config", str(cfg), "--data-dir", str(tmp / "data")]
-    return spawn(cmd, tmp / "serve.log", cpu, env)
 
 
 def machine_busy_s() -> float:
@@ -190,14 +175,20 @@ def server_interpreter(pid: int) -> dict[str, str]:
 
 # -- talking to the server and the sink ----------------------------------------------------
 
-async def prepare(url: str, sink_url: str, server: subprocess.Popen[bytes],
+async def prepare(urls: list[str], sink_url: str, server: subprocess.Popen[bytes],
                   sink: subprocess.Popen[bytes]) -> tuple[float, float]:
-    """Wait for both, install the template; answer a (monotonic, clock) pair
-    mapping the server's scaled clock onto our time."""
+    """Wait for both (every node of a cluster, and every partition owned), install
+    the template; answer a (monotonic, clock) pair mapping the server's scaled clock onto our time."""
     async with aiohttp.ClientSession(sink_url) as sink_http:
         await wait_ready(sink_http, sink, 30.0, path="/stats", what="the sink")
+    for other in urls[1:]:
+        async with aiohttp.ClientSession(other) as http:
+            await wait_ready(http, server, 60.0)
+    url = urls[0]
     async with aiohttp.ClientSession(url) as http:
         await wait_ready(http, server, 60.0)
+        if len(urls) > 1:
+            await all_partitions_owned(http, len(urls), 60.0)
         async with http.put(f"/v1/templates/{TEMPLATE}", json=SEQUENCE) as r:
             if r.status not in (200, 201):
                 raise SystemExit(f"PUT template answered {r.status}: {await r.text()}")
@@ -205,6 +196,18 @@ async def prepare(url: str, sink_url: str, server: subprocess.Popen[bytes],
         async with http.get("/v1/admin/clock") as r:
             now = (await r.json())["now"]
         return (before + time.monotonic()) / 2, parse_time(now)
+
+
+async def all_partitions_owned(http: aiohttp.ClientSession, nodes: int, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        async with http.get("/v1/admin/cluster") as r:
+            view = await r.json()
+        owners = {p["owner"] for p in view["partitions"]}
+        if None not in owners and len(owners) == nodes:
+            return
+        await asyncio.sleep(0.2)  # polling the cluster's view until it settles, bounded
+    raise SystemExit(f"the cluster did not give every node partitions within {limit_s:g} s")
 
 
 def parse_time(text: str) -> float:
@@ -248,7 +251,7 @@ def gauge(lines: list[str], name: str) -> float | None:
     return None
 
 
-async def drain(url: str, sink_url: str, not_before: float, limit_s: float) -> tuple[bool, list[str]]:
+async def drain(urls: list[str], sink_url: str, not_before: float, limit_s: float) -> tuple[bool, list[str]]:
     """Wait until every accepted send must have finished: at least until
     not_before, then until the server has no active send and the sink no
     event to post and no new arrival for a second. Answers whether that
@@ -257,24 +260,29 @@ async def drain(url: str, sink_url: str, not_before: float, limit_s: float) -> t
     deadline = time.monotonic() + limit_s
     timeout = aiohttp.ClientTimeout(total=10)
     arrivals = -1
-    async with aiohttp.ClientSession(url, timeout=timeout) as server, \
-            aiohttp.ClientSession(sink_url, timeout=timeout) as sink:
-        while True:
-            try:
-                lines = await metric_lines(server)
-                async with sink.get("/stats") as r:
-                    stats = await r.json()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                lines, stats = [], None  # too busy to answer: ask again
-            if stats is not None:
-                # Without the gauge (a server that does not publish it) the sink's quiet decides.
-                idle = gauge(lines, "cascade_active_sends") in (0.0, None)
-                if idle and stats["pending"] == 0 and stats["arrivals"] == arrivals:
-                    return True, lines
-                arrivals = stats["arrivals"]
-            if time.monotonic() > deadline:
-                return False, lines
-            await asyncio.sleep(1.0)
+    servers = [aiohttp.ClientSession(url, timeout=timeout) for url in urls]  # a cluster's nodes: each its own
+    async with aiohttp.ClientSession(sink_url, timeout=timeout) as sink:
+        try:
+            while True:
+                try:
+                    every = [await metric_lines(server) for server in servers]
+                    lines = every[0]
+                    async with sink.get("/stats") as r:
+                        stats = await r.json()
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    every, lines, stats = [], [], None  # too busy to answer: ask again
+                if stats is not None:
+                    # Without the gauge (a server that does not publish it) the sink's quiet decides.
+                    idle = all(gauge(node, "cascade_active_sends") in (0.0, None) for node in every)
+                    if idle and stats["pending"] == 0 and stats["arrivals"] == arrivals:
+                        return True, lines
+                    arrivals = stats["arrivals"]
+                if time.monotonic() > deadline:
+                    return False, lines
+                await asyncio.sleep(1.0)
+        finally:
+            for server in servers:
+                await server.close()
 
 
 async def diagnose(url: str, wrong: list[tuple[str, int]], sink_arrivals: dict[str, float],
@@ -421,20 +429,21 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
     server_cpu, client_cpu = (0, 1) if pin else (None, None)
     with tempfile.TemporaryDirectory(prefix="cascade-e2e-") as name:
         tmp = Path(name)
-        port, sink_port = free_port(), free_port()
-        url, sink_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sink_port}"
+        sink_port = free_port()
+        sink_url = f"http://127.0.0.1:{sink_port}"
         procs: list[subprocess.Popen[bytes]] = []
-        server: subprocess.Popen[bytes] | None = None
+        servers = Servers(opts.servers, opts.count, opts.nats_servers)
         try:
-            sink = spawn([sys.executable, str(BENCH / "e2e_sink.py"), "--port", str(sink_port), "--server", url,
-                          "--connections", str(opts.connections), "--timeout", str(opts.timeout),
-                          "--out", str(tmp / "sink.json")], tmp / "sink.log", client_cpu)
+            urls = servers.start(tmp, server_config(sink_port, opts.shards), server_cpu, spawn)
+            url = urls[0]
+            sink = spawn([sys.executable, str(BENCH / "e2e_sink.py"), "--port", str(sink_port),
+                          "--server", ",".join(urls), "--connections", str(opts.connections),
+                          "--timeout", str(opts.timeout), "--out", str(tmp / "sink.json")], tmp / "sink.log", client_cpu)
             procs.append(sink)
-            server = start_server(tmp, port, sink_port, server_cpu, opts.shards)
-            procs.append(server)
-            clock = asyncio.run(prepare(url, sink_url, server, sink))
-            cpu0, busy0 = cpu_seconds(server.pid), machine_busy_s()
-            load = spawn([sys.executable, str(BENCH / "e2e_load.py"), "--url", url, "--rate", str(rate),
+            clock = asyncio.run(prepare(urls, sink_url, servers.procs[0], sink))
+            pids = servers.pids()
+            cpu0, busy0 = sum(map(cpu_seconds, pids)), machine_busy_s()
+            load = spawn([sys.executable, str(BENCH / "e2e_load.py"), "--url", ",".join(urls), "--rate", str(rate),
                           "--sends", str(count), "--connections", str(opts.connections),
                           "--timeout", str(opts.timeout), "--out", str(tmp / "load.json")],
                          tmp / "load.log", client_cpu)
@@ -444,9 +453,10 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
             loaded = finished(load, load_limit, tmp / "load.json", tmp / "load.log")
             last_accepted = max((s["start"] for s in loaded["sends"] if s["status"] == 202), default=0.0)
             drained, lines = asyncio.run(
-                drain(url, sink_url, last_accepted + STEPS * WINDOW_S + 1.0, opts.drain_max))
-            server_cpu_s, busy_s = cpu_seconds(server.pid) - cpu0, machine_busy_s() - busy0
-            state = server_state(server.pid, peaks, shown_series(lines))
+                drain(urls, sink_url, last_accepted + STEPS * WINDOW_S + 1.0, opts.drain_max))
+            server_cpu_s, busy_s = sum(map(cpu_seconds, pids)) - cpu0, machine_busy_s() - busy0
+            state = server_state(pids, peaks, shown_series(lines))
+            state["servers"] = servers.describe()
             sink.send_signal(signal.SIGTERM)  # it writes its records and exits
             sunk = finished(sink, 30, tmp / "sink.json", tmp / "sink.log")
             figures, wrong = analyse(rate, loaded, sunk, drained)
@@ -462,14 +472,15 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
             for proc in reversed(procs):
                 stop(proc, 30)
             # A server stopped by SIGTERM exits 0 after its graceful shutdown.
-            if server is not None and server.returncode != 0:
-                print(f"cascade serve exited with {server.returncode}:\n"
-                      f"{(tmp / 'serve.log').read_text(errors='replace')[-3000:]}", file=sys.stderr)
+            codes = servers.stop(stop)
+            if any(code != 0 for code in codes):
+                print(f"cascade serve exited with {codes}:\n{servers.logs(tmp)}", file=sys.stderr)
 
 
-def server_state(pid: int, peaks: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+def server_state(pids: list[int], peaks: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    pid = pids[0]
     return {
-        "server_peak_rss_mb": round(peak_rss_mb(pid), 1),
+        "server_peak_rss_mb": round(sum(map(peak_rss_mb, pids)), 1),
         "server_metrics": {name: {"peak_during_load": peaks.get(name), "after_drain": after.get(name)}
                            for name in sorted(peaks.keys() | after.keys())},
         "server_interpreter": server_interpreter(pid),
@@ -660,9 +671,16 @@ def main() -> int:
                     help="longest wait after the last window for the server to finish (default 60 s)")
     ap.add_argument("--diagnose", type=int, default=500, help="wrong sends looked up on the server (default 500)")
     ap.add_argument("--shards", type=int, help="the server's engine.shards (default: its own default)")
+    servers = ap.add_mutually_exclusive_group()
+    servers.add_argument("--workers", type=int, help="cascade serve --workers N instead of one process")
+    servers.add_argument("--nodes", type=int, help="a cluster of N nodes on a local NATS JetStream instead")
+    ap.add_argument("--nats-servers", type=int, choices=(1, 3), default=3,
+                    help="with --nodes: NATS servers (and journal replicas), default 3")
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the server to CPU 0 and the clients to CPU 1")
     opts = ap.parse_args()
+    opts.servers = "cluster" if opts.nodes else "workers" if opts.workers else "single"
+    opts.count = opts.nodes or opts.workers or 1
     header = (f"cascade e2e: push -> email -> sms, windows {WINDOW_S:g} s (waitMinutes {WAIT_MINUTES}, "
               f"scaled clock x{CLOCK_RATE:g}), stopCondition clicked, webhooks to a local sink, journal_fsync batch")
     print(header, flush=True)

@@ -13,3 +13,8 @@ def loopback(url: str, flag: str) -> str:
     if not url.startswith("http://127.0.0.1:"):
         raise SystemExit(f"{flag} must be a loopback http://127.0.0.1:PORT address, not {url!r}")
     return url
+
+
+def loopbacks(urls: str, flag: str) -> list[str]:
+    """Comma-separated servers (a cluster's nodes): requests go to each in turn."""
+    return [loopback(url, flag) for url in urls.split(",")]

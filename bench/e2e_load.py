@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from e2e_common import JSON, TEMPLATE, loopback
+from e2e_common import JSON, TEMPLATE, loopbacks
 
 # Fates in percent of sends: click on step 1, 2, 3, or never (0).
 FATE_SHARES = ((1, 40), (2, 30), (3, 10), (0, 20))
@@ -62,12 +62,12 @@ def send_body(i: int, run: str) -> bytes:
     }, separators=(",", ":")).encode()
 
 
-async def one_send(http: aiohttp.ClientSession, i: int, due: float, run: str) -> dict[str, Any]:
+async def one_send(http: aiohttp.ClientSession, url: str, i: int, due: float, run: str) -> dict[str, Any]:
     body = send_body(i, run)
     start = time.monotonic()
     record: dict[str, Any] = {"i": i, "fate": fate(i)[0], "due": due, "start": start}
     try:
-        async with http.post("/v1/sends", data=body, headers=JSON) as resp:
+        async with http.post(url + "/v1/sends", data=body, headers=JSON) as resp:
             answer = await resp.read()
             record["status"] = resp.status
             record["retryAfter"] = resp.headers.get("Retry-After")
@@ -81,11 +81,11 @@ async def one_send(http: aiohttp.ClientSession, i: int, due: float, run: str) ->
     return record
 
 
-async def drive(url: str, rate: float, count: int, connections: int, timeout_s: float,
+async def drive(urls: list[str], rate: float, count: int, connections: int, timeout_s: float,
                 run: str) -> list[dict[str, Any]]:
     connector = aiohttp.TCPConnector(limit=connections)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout,
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
                                      skip_auto_headers=("User-Agent",)) as http:
         t0 = time.monotonic() + 0.05
         tasks = []
@@ -95,7 +95,7 @@ async def drive(url: str, rate: float, count: int, connections: int, timeout_s: 
             # Everything due is issued at once: when this loop falls behind it
             # catches up in a burst instead of lowering the offered rate.
             while i < count and t0 + i / rate <= now:
-                tasks.append(asyncio.create_task(one_send(http, i, t0 + i / rate, run)))
+                tasks.append(asyncio.create_task(one_send(http, urls[i % len(urls)], i, t0 + i / rate, run)))
                 i += 1
             if i < count:
                 await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
@@ -105,7 +105,8 @@ async def drive(url: str, rate: float, count: int, connections: int, timeout_s: 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080")
+    ap.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8080 (a cluster's nodes: "
+                    "comma-separated, used in turn)")
     ap.add_argument("--rate", type=float, required=True, help="offered sends per second")
     ap.add_argument("--sends", type=int, required=True, help="how many sends to issue")
     ap.add_argument("--connections", type=int, default=4096, help="connection pool size (default 4096)")
@@ -113,8 +114,8 @@ def main() -> int:
     ap.add_argument("--run", default="e2e", help="prefix of the recipient ids (default e2e)")
     ap.add_argument("--out", required=True, help="where to write the JSON result")
     args = ap.parse_args()
-    url = loopback(args.url, "--url")
-    sends = asyncio.run(drive(url, args.rate, args.sends, args.connections, args.timeout, args.run))
+    urls = loopbacks(args.url, "--url")
+    sends = asyncio.run(drive(urls, args.rate, args.sends, args.connections, args.timeout, args.run))
     Path(args.out).write_text(json.dumps({"sends": sends, "cpu_s": time.process_time()}), encoding="utf-8")
     return 0
 

@@ -37,12 +37,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from e2e_common import JSON, loopback
+from e2e_common import JSON, loopbacks
 
 
 class Sink:
-    def __init__(self, http: aiohttp.ClientSession) -> None:
-        self.http = http
+    def __init__(self, http: aiohttp.ClientSession, servers: list[str]) -> None:
+        self.http, self.servers, self.turn = http, servers, 0
         self.arrivals: list[tuple[str, int, str, float]] = []
         self.events: list[dict[str, Any]] = []
         self.seen: set[str] = set()
@@ -82,7 +82,10 @@ class Sink:
         record: dict[str, Any] = {"messageId": mid, "planned": planned, "start": start, "accepted": False}
         try:
             # trace_request_ctx: on_request_headers_sent notes when the request left this process
-            async with self.http.post("/v1/events", data=body, headers=JSON, trace_request_ctx=record) as resp:
+            self.turn += 1
+            server = self.servers[self.turn % len(self.servers)]
+            async with self.http.post(server + "/v1/events", data=body, headers=JSON,
+                                      trace_request_ctx=record) as resp:
                 answer = await resp.read()
                 record["status"] = resp.status
                 record["retryAfter"] = resp.headers.get("Retry-After")
@@ -117,7 +120,7 @@ async def _note_sent(_session: Any, ctx: Any, _params: Any) -> None:
         record["sent"] = time.monotonic()
 
 
-async def serve(port: int, server: str, connections: int, timeout_s: float, out: Path) -> None:
+async def serve(port: int, servers: list[str], connections: int, timeout_s: float, out: Path) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,9 +128,9 @@ async def serve(port: int, server: str, connections: int, timeout_s: float, out:
     connector = aiohttp.TCPConnector(limit=connections)
     trace = aiohttp.TraceConfig()
     trace.on_request_headers_sent.append(_note_sent)
-    async with aiohttp.ClientSession(server, connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                      skip_auto_headers=("User-Agent",), trace_configs=[trace]) as http:
-        sink = Sink(http)
+        sink = Sink(http, servers)
         app = web.Application(client_max_size=1 << 20)
         app.router.add_post("/hook/{channel}", sink.hook)
         app.router.add_get("/stats", sink.stats)
@@ -149,8 +152,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="per-event-request timeout in seconds (default 10)")
     ap.add_argument("--out", required=True, help="where to write the JSON result at exit")
     args = ap.parse_args()
-    server = loopback(args.server, "--server")
-    asyncio.run(serve(args.port, server, args.connections, args.timeout, Path(args.out)))
+    servers = loopbacks(args.server, "--server")
+    asyncio.run(serve(args.port, servers, args.connections, args.timeout, Path(args.out)))
     return 0
 
 
