@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--clock", choices=("real", "manual", "scaled"),
                        help="clock.mode: manual enables POST /v1/admin/clock; scaled runs --clock-rate times faster")
     serve.add_argument("--clock-rate", type=float, metavar="R", help="clock.rate for --clock scaled (default 60)")
+    serve.add_argument("--workers", type=_positive_int, metavar="N",
+                       help="N worker processes on the one address, over a NATS JetStream server started here "
+                            "under the data dir (the cluster extra); 1, the default, is one process")
     commands.add_parser("snapshot", help="inspect or verify snapshot and journal files (snapshot --help)",
                         add_help=False)
     test = commands.add_parser(
@@ -79,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--recipient-json", metavar="JSON",
                       help='the recipient\'s fields instead of the stored ones, e.g. \'{"email": "a@example.com"}\'')
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; at least 1")
+    return value
 
 
 def _json_object(text: str | None, flag: str) -> dict[str, Any] | None:
@@ -138,6 +151,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("refusing to start: %s", exc, extra={"event": "config_error"})
         return 2
+    if args.workers is not None and args.workers > 1:
+        from .cluster.workers import serve_workers  # a supervisor: no HTTP of its own
+
+        return serve_workers(settings, args.workers, args.config)
     from .storage import JournalError, SnapshotError
 
     try:

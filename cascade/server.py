@@ -358,6 +358,7 @@ async def run_server(settings: Settings, *, loop_description: str | None = None)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     server = Server(settings)
+    server.reuse_port = os.environ.get("CASCADE_REUSE_PORT", "").lower() in ("1", "true", "yes", "on")  # --workers
     try:
         await server.start()
         await stop.wait()
