@@ -229,7 +229,8 @@ class Server:
         from .cluster.runtime import ClusterRuntime  # nats-py is the [cluster] extra's: imported only here
 
         s = self.settings
-        self.cluster = runtime = ClusterRuntime(s, self.clock, self.providers, self._submit_jobs, address="")
+        self.cluster = runtime = ClusterRuntime(s, self.providers, self._submit_jobs, address="")
+        self.clock = runtime.clock
         # The cluster front answers Engine's calls for the whole cluster (cluster/front.py).
         engine = cast(Engine, runtime.engine)
         try:

@@ -34,15 +34,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.msg import Msg
 import nats.errors
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.errors import Error as JetStreamError
+from nats.aio.msg import Msg
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
 
 from ..engine import Engine
 from . import wire
 from .assign import share
 from .client import NatsThread
+from .clock import ClusterClock
 from .lease import Lease, LeaseLost, Leases
 from .members import Members
 from .partition import Partition, PartitionSettings
@@ -73,8 +73,10 @@ class NodeFigures:
 class Node:
     def __init__(self, *, node: str, address: str, servers: list[str], partitions: int, replicas: int,
                  lease_s: float, prefix: str, partition_settings: Callable[[NatsThread], PartitionSettings],
-                 handlers: dict[str, Handler], on_open: Callable[[Partition], None]) -> None:
+                 handlers: dict[str, Handler], on_open: Callable[[Partition], None],
+                 clock: ClusterClock | None = None) -> None:
         self.id, self.address, self.servers = node, address, servers
+        self.clock = clock or ClusterClock("real")
         self.partitions, self.replicas, self.lease_s, self.prefix = partitions, replicas, lease_s, prefix
         self._make_settings, self._handlers, self._on_open = partition_settings, handlers, on_open
         self.figures = NodeFigures()
@@ -123,7 +125,7 @@ class Node:
                 return
             except ClusterMismatch:
                 raise
-            except (TimeoutError, nats.errors.Error, JetStreamError) as exc:
+            except (TimeoutError, nats.errors.Error) as exc:  # JetStream's errors are nats.errors.Error too
                 attempt += 1
                 if time.monotonic() >= deadline:
                     raise
@@ -138,20 +140,24 @@ class Node:
             kv = await js.key_value(f"{self.prefix}-cluster")
         except BucketNotFoundError:
             kv = await js.create_key_value(bucket=f"{self.prefix}-cluster", history=1, replicas=self.replicas)
-        shape = json.dumps({"partitions": self.partitions}).encode()
+        shape = json.dumps({"partitions": self.partitions, "clock": self.clock.origin()}).encode()
         try:
             await kv.create("shape", shape)
             return
         except KeyWrongLastSequenceError:
             pass
-        try:
-            entry = await kv.get("shape")
-        except KeyNotFoundError:
-            return
-        recorded = json.loads(entry.value or b"{}").get("partitions")
-        if recorded != self.partitions:
+        entry = await kv.get("shape")
+        recorded = json.loads(entry.value or b"{}")
+        if recorded.get("partitions") != self.partitions:
             raise ClusterMismatch(f"cluster.partitions is {self.partitions} but the cluster {self.prefix!r} was "
-                                  f"created with {recorded}: partitions are fixed for a cluster's life")
+                                  f"created with {recorded.get('partitions')}: partitions are fixed for a cluster's life")
+        clock = recorded.get("clock") or {"mode": "real", "rate": 1.0}
+        if (clock["mode"], float(clock["rate"])) != (self.clock.mode, self.clock.rate):
+            raise ClusterMismatch(f"clock.mode {self.clock.mode!r} (rate {self.clock.rate:g}) differs from the "
+                                  f"cluster's {clock['mode']!r} (rate {float(clock['rate']):g}): every node "
+                                  "must read the same time")
+        if self.clock.mode == "scaled":
+            self.clock.adopt(clock)
 
     def subject(self, node: str) -> str:
         return f"{self.prefix}.node.{node}"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..config import Settings
@@ -19,9 +19,9 @@ from ..delivery.providers.base import Provider
 from ..domain.templates import TemplateRegistry
 from ..engine import EngineConfig
 from ..engine.arrivals import InFlight
-from ..engine.clock import Clock
 from ..engine.shard import SubmitJobs
 from .client import NatsThread
+from .clock import ClusterClock
 from .front import ClusterEngine, handlers
 from .node import Node
 from .partition import Partition, PartitionSettings
@@ -35,12 +35,13 @@ FORWARD_GRACE_S = 0.05  # longer than a forwarded call takes on a healthy networ
 
 
 class ClusterRuntime:
-    def __init__(self, settings: Settings, clock: Clock, providers: Mapping[str, Provider],
+    def __init__(self, settings: Settings, providers: Mapping[str, Provider],
                  submit_jobs: SubmitJobs | None, address: str) -> None:
         c = settings.cluster
+        clock = ClusterClock(settings.clock.mode, settings.clock.rate)  # the same time on every node
         self.settings, self.clock, self.providers, self.submit_jobs = settings, clock, providers, submit_jobs
         self.registry = TemplateRegistry()
-        rate = getattr(clock, "rate", 1.0)
+        rate = clock.rate
         # Windows wait FORWARD_GRACE_S for calls on their way from other nodes (rule 11 across nodes).
         self.in_flight = InFlight(hold=lambda: clock.now() - FORWARD_GRACE_S * rate)
         self.template_store: TemplateStore | None = None
@@ -48,7 +49,7 @@ class ClusterRuntime:
         self.node = Node(node=c.node, address=c.advertise or address, servers=list(c.nats), partitions=c.partitions,
                          replicas=c.replicas, lease_s=c.lease_s, prefix=c.prefix,
                          partition_settings=self._partition_settings, handlers=handlers(self.in_flight),
-                         on_open=self._opened)
+                         on_open=self._opened, clock=clock)
         self.engine = ClusterEngine(self.node, clock=clock, providers=providers, templates=self.registry,
                                     in_flight=self.in_flight, wait_owner_s=2 * c.lease_s + 5.0)
 
@@ -157,3 +158,11 @@ class _NodeCollector(Collector):
         yield GaugeMetricFamily("cascade_cluster_journal_pending_bytes",
                                 "Bytes appended and not yet acknowledged by JetStream",
                                 value=sum(s.pending_bytes for s in publish))
+        if publish:  # a stream journal's fsync figures are its publish round trips (journal_stats.py)
+            bounds = [le for le, _ in publish[0].fsync_buckets]
+            counts = [sum(s.fsync_buckets[i][1] for s in publish) for i in range(len(bounds))]
+            yield HistogramMetricFamily(
+                "cascade_cluster_publish_seconds", "JetStream publish round trips of this node's partition journals "
+                "(acknowledged by a quorum of replicas)",
+                buckets=[(str(le), n) for le, n in zip(bounds[:-1], counts[:-1])] + [("+Inf", counts[-1])],
+                sum_value=sum(s.fsync_seconds_sum for s in publish))
