@@ -89,7 +89,7 @@ class Servers:
             pids += _children(p.pid)
         if self.nats is not None:
             pids += [s.process.pid for s in self.nats.servers if s.process is not None]
-        return sorted(set(pids))
+        return list(dict.fromkeys(pids))  # the first is a cascade process: its interpreter is reported
 
     def logs(self, tmp: Path) -> str:
         return "\n".join(f"-- {log.name}\n{log.read_text(errors='replace')[-3000:]}"

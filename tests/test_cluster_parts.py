@@ -97,3 +97,24 @@ def test_a_hold_keeps_the_watermark_behind_the_clock() -> None:
     in_flight.leave(entry)
     now[0] = 60.0
     assert in_flight.oldest() == pytest.approx(59.95)
+
+
+def test_the_forward_allowance_follows_the_transits_seen_and_is_nothing_without_other_nodes() -> None:
+    from cascade.cluster.allowance import ForwardAllowance
+
+    now = [100.0]
+    others = [False]
+    allowance = ForwardAllowance(lambda: others[0], floor_s=0.01, ceiling_s=1.0, monotonic=lambda: now[0])
+    assert allowance.seconds() == 0.0  # alone: nothing can be on its way
+    others[0] = True
+    assert allowance.seconds() == 0.01
+    allowance.observe(0.004)
+    assert allowance.seconds() == 0.01  # twice 4 ms is under the floor
+    allowance.observe(0.2)
+    assert allowance.seconds() == pytest.approx(0.4) and allowance.late == 1  # 0.2 s came after the 10 ms it met
+    now[0] += 1.5
+    assert allowance.seconds() == pytest.approx(0.4)  # seen within the last two seconds
+    now[0] += 1.0
+    assert allowance.seconds() == 0.01
+    allowance.observe(5.0)
+    assert allowance.seconds() == 1.0  # the ceiling: a stalled sender cannot stop every window

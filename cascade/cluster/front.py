@@ -408,7 +408,7 @@ def multi_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
     return handle
 
 
-def one_handler(op: str, in_flight: InFlight) -> Callable[[Node, tuple[Any, ...]], Any]:
+def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None]) -> Callable[[Node, tuple[Any, ...]], Any]:
     carries_signal = op in SIGNAL_OPS
 
     async def handle(node: Node, args: tuple[Any, ...]) -> Any:
@@ -417,7 +417,10 @@ def one_handler(op: str, in_flight: InFlight) -> Callable[[Node, tuple[Any, ...]
         if partition is None:
             raise wire.NotOwner(f"node {node.id} does not own partition {p}")
         # A signal forwarded here holds this node's windows from the time it reached the other node.
-        token = in_flight.enter_forwarded(inner[-1]) if carries_signal else None
+        token = None
+        if carries_signal:
+            on_signal(inner[-1])
+            token = in_flight.enter_forwarded(inner[-1])
         try:
             return await while_owned(node, partition, lambda engine: OPS[op](engine, tuple(inner)))
         finally:
@@ -426,8 +429,8 @@ def one_handler(op: str, in_flight: InFlight) -> Callable[[Node, tuple[Any, ...]
     return handle
 
 
-def handlers(in_flight: InFlight) -> dict[str, Any]:
-    """The ops a node answers for others."""
-    table: dict[str, Any] = {op: one_handler(op, in_flight) for op in OPS}
+def handlers(in_flight: InFlight, on_signal: Callable[[float], None]) -> dict[str, Any]:
+    """The ops a node answers for others; `on_signal(arrival)` for each forwarded signal."""
+    table: dict[str, Any] = {op: one_handler(op, in_flight, on_signal) for op in OPS}
     table.update({op: multi_handler(op) for op in MULTI})
     return table

@@ -95,6 +95,7 @@ class Node:
         self._members: Members | None = None
         self._sub: Any = None
         self.first_round = threading.Event()
+        self.others_alive = False  # another node could be forwarding calls here
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -205,6 +206,7 @@ class Node:
         self._renew_all()
         client.run(members.heartbeat(), self.lease_s)
         client.run(members.refresh(), self.lease_s)
+        self.others_alive = any(m.alive and m.node != self.id for m in members.members())
         wanted = share(self.id, members.sharing(), self.partitions) if not self._draining else set()
         with self._lock:
             held = dict(self.leases_held)

@@ -20,6 +20,7 @@ from ..domain.templates import TemplateRegistry
 from ..engine import EngineConfig
 from ..engine.arrivals import InFlight
 from ..engine.shard import SubmitJobs
+from .allowance import ForwardAllowance
 from .client import NatsThread
 from .clock import ClusterClock
 from .front import ClusterEngine, handlers
@@ -31,7 +32,6 @@ from .template_store import TemplateStore
 __all__ = ["ClusterRuntime"]
 
 log = logging.getLogger("cascade.cluster")
-FORWARD_GRACE_S = 0.05  # longer than a forwarded call takes on a healthy network, in real seconds
 
 
 class ClusterRuntime:
@@ -42,13 +42,14 @@ class ClusterRuntime:
         self.settings, self.clock, self.providers, self.submit_jobs = settings, clock, providers, submit_jobs
         self.registry = TemplateRegistry()
         rate = clock.rate
-        # Windows wait FORWARD_GRACE_S for calls on their way from other nodes (rule 11 across nodes).
-        self.in_flight = InFlight(hold=lambda: clock.now() - FORWARD_GRACE_S * rate)
+        # Windows wait for calls on their way from other nodes (rule 11 across nodes).
+        self.allowance = ForwardAllowance(forwarding=lambda: self.node.others_alive)
+        self.in_flight = InFlight(hold=lambda: clock.now() - self.allowance.seconds() * rate)
         self.template_store: TemplateStore | None = None
         self.snapshot_store: SnapshotStore | None = None
         self.node = Node(node=c.node, address=c.advertise or address, servers=list(c.nats), partitions=c.partitions,
                          replicas=c.replicas, lease_s=c.lease_s, prefix=c.prefix,
-                         partition_settings=self._partition_settings, handlers=handlers(self.in_flight),
+                         partition_settings=self._partition_settings, handlers=handlers(self.in_flight, self._forwarded_signal),
                          on_open=self._opened, clock=clock)
         self.engine = ClusterEngine(self.node, clock=clock, providers=providers, templates=self.registry,
                                     in_flight=self.in_flight, wait_owner_s=2 * c.lease_s + 5.0)
@@ -68,6 +69,9 @@ class ClusterRuntime:
                                  submit_jobs=self.submit_jobs, templates=self.registry, in_flight=self.in_flight,
                                  snapshots=self.snapshot_store, snapshot_interval_s=s.storage.snapshot_interval_s,
                                  reassert_templates=self.template_store.reassert)
+
+    def _forwarded_signal(self, arrival: float) -> None:
+        self.allowance.observe((self.clock.now() - arrival) / self.clock.rate)
 
     def _opened(self, partition: Partition) -> None:
         self.engine.adopt(partition.engine)
@@ -130,12 +134,12 @@ class ClusterRuntime:
         }
 
     def collector(self) -> Collector:
-        return _NodeCollector(self.node)
+        return _NodeCollector(self.node, self.allowance)
 
 
 class _NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node: Node, allowance: ForwardAllowance) -> None:
+        self.node, self.allowance = node, allowance
 
     def collect(self) -> Iterable[Metric]:
         f = self.node.figures
@@ -154,6 +158,12 @@ class _NodeCollector(Collector):
                                   value=f.forward_seconds)
         yield CounterMetricFamily("cascade_cluster_served_calls", "Calls other nodes forwarded here",
                                   value=f.served)
+        yield GaugeMetricFamily("cascade_cluster_forward_allowance_seconds",
+                                "How long windows wait for signals on their way from other nodes",
+                                value=self.allowance.seconds())
+        yield CounterMetricFamily("cascade_cluster_late_forwarded_signals",
+                                  "Forwarded signals that arrived after the allowance they met (their window "
+                                  "may have closed first)", value=self.allowance.late)
         publish = [p.journal.stats() for p in list(self.node.owned.values())]
         yield GaugeMetricFamily("cascade_cluster_journal_pending_bytes",
                                 "Bytes appended and not yet acknowledged by JetStream",
