@@ -52,9 +52,9 @@ from . import (
     routes_ui,
 )
 from .arrival import ARRIVAL
-from .auth import Authorizer
+from .auth import READ, Authorizer
 from .cors import Cors
-from .errors import error_response, response_for_exception
+from .errors import ApiError, error_response, response_for_exception
 from .inbox_stream import InboxStreams
 from .openapi import Route, document
 from .routes_admin import AdminHooks
@@ -212,6 +212,18 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
     return probe
 
 
+def _single_server_only() -> list[Route]:
+    """In a cluster, what runs on one server only answers so, instead of a bare 404 (docs/cluster.md)."""
+    async def refuse(request: web.Request) -> web.Response:
+        raise ApiError(501, "not_in_cluster", f"{request.path} is served by a single cascade server only; "
+                       "a cluster does not run campaigns or keep the stats series yet (docs/cluster.md)")
+
+    paths = ("/v1/campaigns", "/v1/campaigns/{id}", "/v1/stats/series")
+    return [Route(method, path, refuse, READ, "Not in a cluster (501)", errors=(501,))
+            for path in paths for method in (("GET", "POST") if path == "/v1/campaigns" else
+                                             ("GET", "DELETE") if path.endswith("{id}") else ("GET",))]
+
+
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None,
               campaigns: Campaigns | None = None, series: SeriesSampler | None = None,
@@ -237,6 +249,8 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
         table += routes_campaigns.routes(engine, campaigns.book, settings)
     if series is not None:
         table += routes_stats.routes(series)
+    if cluster is not None:
+        table += _single_server_only()
     table += routes_admin.routes(engine, settings, admin, cluster)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
