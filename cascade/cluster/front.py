@@ -18,6 +18,7 @@ that it answers 503 with Retry-After. Prometheus figures (`totals`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -276,9 +277,18 @@ class ClusterEngine:
     async def drop_web_push(self, rid: str, endpoints: tuple[str, ...]) -> Any:
         return await self._one(self._recipient_partition(rid), "drop_web_push", (rid, list(endpoints)))
 
+    async def known_template(self, template: str) -> None:
+        """NotFound unless the template exists, read again from the bucket before saying so (a put on
+        another node reaches this one's registry a few milliseconds later: read-your-writes across nodes)."""
+        if self.templates.current(template) is not None:
+            return
+        if self.template_store is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.template_store.catch_up, template)
+        self.templates.get(template)
+
     async def start_send(self, template: str, recipient: str | dict[str, Any], data: dict[str, Any] | None = None,
                          idempotency_key: str | None = None) -> tuple[bool, dict[str, Any]]:
-        self.templates.get(template)  # 404 here, before any forwarding
+        await self.known_template(template)  # 404 here, before any forwarding
         rid = recipient.get("id") if isinstance(recipient, dict) else recipient
         created, view = await self._one(self._recipient_partition(rid), "send",
                                         (template, recipient, data, idempotency_key))
@@ -288,6 +298,11 @@ class ClusterEngine:
                          ) -> list[Any]:
         results: list[Any] = [None] * len(items)
         by_partition: dict[int, list[int]] = {}
+        for template in {item[0] for item in items}:
+            try:
+                await self.known_template(template)
+            except NotFound:
+                pass  # its items answer 404 below
         for index, (template, recipient, _, _) in enumerate(items):
             rid = recipient.get("id") if isinstance(recipient, dict) else recipient
             try:
@@ -408,8 +423,10 @@ def multi_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
     return handle
 
 
-def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None]) -> Callable[[Node, tuple[Any, ...]], Any]:
+def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None],
+                known_template: Callable[[str], Awaitable[None]]) -> Callable[[Node, tuple[Any, ...]], Any]:
     carries_signal = op in SIGNAL_OPS
+    starts_sends = op in ("send", "send_batch")
 
     async def handle(node: Node, args: tuple[Any, ...]) -> Any:
         p, *inner = args
@@ -417,6 +434,10 @@ def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None]
         if partition is None:
             raise wire.NotOwner(f"node {node.id} does not own partition {p}")
         # A signal forwarded here holds this node's windows from the time it reached the other node.
+        if starts_sends:  # the sender saw the template: this node may be a few milliseconds behind it
+            for template in ({inner[0]} if op == "send" else {item[0] for item in inner[0]}):
+                with contextlib.suppress(NotFound):
+                    await known_template(template)
         token = None
         if carries_signal:
             on_signal(inner[-1])
@@ -429,8 +450,10 @@ def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None]
     return handle
 
 
-def handlers(in_flight: InFlight, on_signal: Callable[[float], None]) -> dict[str, Any]:
-    """The ops a node answers for others; `on_signal(arrival)` for each forwarded signal."""
-    table: dict[str, Any] = {op: one_handler(op, in_flight, on_signal) for op in OPS}
+def handlers(in_flight: InFlight, on_signal: Callable[[float], None],
+             known_template: Callable[[str], Awaitable[None]]) -> dict[str, Any]:
+    """The ops a node answers for others; `on_signal(arrival)` for each forwarded signal,
+    `known_template(id)` before starting sends."""
+    table: dict[str, Any] = {op: one_handler(op, in_flight, on_signal, known_template) for op in OPS}
     table.update({op: multi_handler(op) for op in MULTI})
     return table

@@ -49,7 +49,8 @@ class ClusterRuntime:
         self.snapshot_store: SnapshotStore | None = None
         self.node = Node(node=c.node, address=c.advertise or address, servers=list(c.nats), partitions=c.partitions,
                          replicas=c.replicas, lease_s=c.lease_s, prefix=c.prefix,
-                         partition_settings=self._partition_settings, handlers=handlers(self.in_flight, self._forwarded_signal),
+                         partition_settings=self._partition_settings, handlers=handlers(self.in_flight, self._forwarded_signal,
+                                                                    lambda t: self.engine.known_template(t)),
                          on_open=self._opened, clock=clock)
         self.engine = ClusterEngine(self.node, clock=clock, providers=providers, templates=self.registry,
                                     in_flight=self.in_flight, wait_owner_s=2 * c.lease_s + 5.0)

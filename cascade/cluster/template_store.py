@@ -273,6 +273,11 @@ class TemplateStore:
         finally:
             await _halt(watcher)
 
+    def catch_up(self, template_id: str) -> None:
+        """Read one template's slots now (blocking): a node asked for a template it has not seen may be
+        a moment behind a put on another node, and a client that just put it expects to use it."""
+        self.client.run(self._reread(template_id), self.timeout_s)
+
     def reassert(self) -> None:
         """Make every template's current version the bucket's again (re-delete deleted ones).
 
