@@ -45,6 +45,7 @@ from .template_store import TemplateStore
 __all__ = ["ClusterEngine", "NodeAdmission"]
 
 CALL_TIMEOUT_S = 10.0
+VIEW_WAIT_S = 1.0
 
 
 class NodeAdmission:
@@ -176,14 +177,22 @@ class ClusterEngine:
                 raise Overloaded(f"partition {p} has no owner serving it right now (it is being taken over); "
                                  "retry shortly", max(1, round(self.node.lease_s)))
             await asyncio.sleep(min(0.05 * attempt, 0.5))  # the owner is changing: look again shortly
-            await self._on_nats(self.node.refresh_owner(p))
+            await self._refresh_owner(p)
 
-    async def _call(self, node: str, frame: list[Any]) -> Any:
+    async def _call(self, node: str, frame: list[Any], timeout: float = CALL_TIMEOUT_S) -> Any:
         """The owner's answer, or None when it did not answer (dead, or moved on: look again)."""
         try:
-            return await self._on_nats(self.node.call(node, frame, CALL_TIMEOUT_S))
+            return await self._on_nats(self.node.call(node, frame, timeout))
         except Exception:  # timeout, no responders: the node is gone or going
             return None
+
+    async def _refresh_owner(self, p: int) -> None:
+        """Read the partition's lease again; when the leases bucket cannot answer (a JetStream election,
+        no quorum) the owner stays unknown and the caller's deadline ends in a 503, never a 500."""
+        try:
+            await self._on_nats(self.node.refresh_owner(p))
+        except Exception:  # noqa: BLE001 - any failure to read is "not known yet"
+            pass
 
     async def _on_nats(self, coro: Any) -> Any:
         client = self.node.client
@@ -223,7 +232,7 @@ class ClusterEngine:
                                  "retry shortly", max(1, round(self.node.lease_s)))
             await asyncio.sleep(min(0.05 * attempt, 0.5))
             for p in wanted:
-                await self._on_nats(self.node.refresh_owner(p))
+                await self._refresh_owner(p)
         return answers
 
     # -- templates --------------------------------------------------------------------------------
@@ -381,11 +390,20 @@ class ClusterEngine:
 
     # -- the admin view --------------------------------------------------------------------------------
     async def cluster_view(self) -> dict[str, Any]:
+        """The admin view; journal positions from each owner, asked at once and waited for at most
+        VIEW_WAIT_S (a hung node's partitions show no position; the others' still do)."""
         view = self.node.view()
-        try:
-            positions = await self._all("position", (), [e["partition"] for e in view["partitions"] if e["owner"]])
-        except Overloaded:
-            positions = {}
+        by_node: dict[str, list[int]] = {}
+        for entry in view["partitions"]:
+            if entry["owner"]:
+                by_node.setdefault(entry["owner"], []).append(entry["partition"])
+        positions: dict[int, Any] = {}
+        mine = by_node.pop(self.node.id, [])
+        asked = [self._call(node, ["position", -1, [ps, []]], VIEW_WAIT_S) for node, ps in by_node.items()]
+        positions.update((await run_multi(self.node.local, "position", tuple(mine), ()))[0])
+        for answer in await asyncio.gather(*asked):
+            if answer is not None and answer[0] == wire.OK:
+                positions.update(answer[1][0])
         for entry in view["partitions"]:
             if entry["partition"] in positions:
                 entry["position"] = positions[entry["partition"]]

@@ -68,7 +68,10 @@ class Members:
         try:
             keys = await self.kv.keys()
         except NoKeysError:
-            keys = []
+            # nats-py's listing says "no keys" now and then on a bucket being rewritten (about once in
+            # 150 calls; this node's own key is there): a failed read, not an empty cluster. Forgetting
+            # everyone would make every partition this node's share for a round.
+            return self.members()
         now = self.clock()
         present = set()
         for key in keys:
