@@ -49,7 +49,7 @@ from typing import Any
 
 import aiohttp
 
-from benchlib import ORDER_SHIPPED, cpu_seconds, free_port, percentile
+from benchlib import ORDER_SHIPPED, cpu_seconds, free_port, percentile, wait_ready
 
 JSON = {"Content-Type": "application/json"}
 PARTITIONS = 16
@@ -116,17 +116,9 @@ class Deployment:
 
 async def ready(http: aiohttp.ClientSession, d: Deployment, limit_s: float = 90.0) -> None:
     deadline = time.monotonic() + limit_s
-    for url in d.urls:
-        while True:
-            try:
-                async with http.get(url + "/readyz") as r:
-                    if r.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"{url} not ready in {limit_s:g} s; see {d.tmp}")
-            await asyncio.sleep(0.1)  # polling a starting process, bounded
+    for url, proc in zip(d.urls, d.procs):
+        async with aiohttp.ClientSession(url) as node:
+            await wait_ready(node, proc, limit_s, what=f"cascade serve at {url} (logs in {d.tmp})")
     if d.nodes:
         await owned(http, d.urls[0], d.nodes, deadline)
 
@@ -260,7 +252,10 @@ async def failover(d: Deployment, per_node: int) -> dict[str, Any]:
                 async with http.post(d.urls[k % d.nodes] + "/v1/sends", data=bodies.batch_sends(500),
                                      headers=JSON) as r:
                     answer = await r.json()
-                    ids.extend(item["send"]["id"] for item in answer["results"] if item["status"] == 202)
+                if r.status != 200:  # 503: the cluster is behind; back off as a client should
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")) / 4)
+                    continue
+                ids.extend(item["send"]["id"] for item in answer["results"] if item["status"] == 202)
         await asyncio.gather(*(load(k) for k in range(6)))
         loaded_s = time.monotonic() - began
         view = await owned(http, d.urls[0], d.nodes, time.monotonic() + 30)

@@ -179,6 +179,44 @@ class ClusterEngine:
             await asyncio.sleep(min(0.05 * attempt, 0.5))  # the owner is changing: look again shortly
             await self._refresh_owner(p)
 
+    async def _many(self, parts: list[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
+        """Several one-partition calls at once: one NATS request per owner node (a "batch" frame), the
+        local ones here; what a node did not answer, or no longer owns, goes the way of `_one`."""
+        results: list[Any] = [None] * len(parts)
+        errors: dict[int, tuple[Any, ...]] = {}
+        by_node: dict[str, list[int]] = {}
+        again: list[int] = []
+        for i, (p, _, _) in enumerate(parts):
+            owner = None if self.node.serving(p) is not None else self.node.owner(p)
+            if owner is not None and owner != self.node.id:
+                by_node.setdefault(owner, []).append(i)
+            else:
+                again.append(i)
+
+        async def ask(node: str, ix: list[int]) -> None:
+            answer = await self._call(node, ["batch", -1, [[[parts[i][0], parts[i][1], list(parts[i][2])]
+                                                             for i in ix]]])
+            if answer is None or answer[0] != wire.OK:
+                again.extend(ix)
+                return
+            for i, frame in zip(ix, answer[1]):
+                if frame[0] == wire.OK:
+                    results[i] = frame[1]
+                elif frame[0] == wire.ERROR:
+                    errors[i] = frame
+                else:
+                    again.append(i)
+
+        await asyncio.gather(*(ask(node, ix) for node, ix in by_node.items()))
+
+        async def one(i: int) -> None:
+            results[i] = await self._one(*parts[i])
+
+        await asyncio.gather(*(one(i) for i in again))
+        for frame in errors.values():
+            wire.raise_error(frame)
+        return results
+
     async def _call(self, node: str, frame: list[Any], timeout: float = CALL_TIMEOUT_S) -> Any:
         """The owner's answer, or None when it did not answer (dead, or moved on: look again)."""
         try:
@@ -322,13 +360,12 @@ class ClusterEngine:
                 continue
             by_partition.setdefault(p, []).append(index)
 
-        async def part(p: int, indices: list[int]) -> None:
-            answers = await self._one(p, "send_batch", ([list(items[i]) for i in indices],))
-            for i, frame in zip(indices, answers):
+        groups = list(by_partition.items())
+        answers = await self._many([(p, "send_batch", ([list(items[i]) for i in ix],)) for p, ix in groups])
+        for (_, indices), part in zip(groups, answers):
+            for i, frame in zip(indices, part):
                 item = raise_item(frame)
                 results[i] = item if isinstance(item, CascadeError) else (bool(item[0]), item[1])
-
-        await asyncio.gather(*(part(p, ix) for p, ix in by_partition.items()))
         return results
 
     async def get_send(self, send_id: str) -> Any:
@@ -365,16 +402,13 @@ class ClusterEngine:
             by_partition.setdefault(p, []).append(index)
         accepted = duplicates = 0
         errors: list[dict[str, Any]] = []
-
-        async def part(p: int, indices: list[int]) -> None:
-            nonlocal accepted, duplicates
-            answer = await self._one(p, "signals", ([list(events[i]) for i in indices], arrival))
+        groups = list(by_partition.items())
+        answers = await self._many([(p, "signals", ([list(events[i]) for i in ix], arrival)) for p, ix in groups])
+        for (_, indices), answer in zip(groups, answers):
             accepted += answer["accepted"]
             duplicates += answer["duplicates"]
             for error in answer["errors"]:
                 errors.append({**error, "index": indices[error["index"]]})
-
-        await asyncio.gather(*(part(p, ix) for p, ix in by_partition.items()))
         errors.sort(key=lambda e: e["index"])
         return {"accepted": accepted, "duplicates": duplicates, "errors": errors}
 
@@ -468,10 +502,25 @@ def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None]
     return handle
 
 
+def batch_handler(one: dict[str, Any]) -> Callable[[Node, tuple[Any, ...]], Any]:
+    """Several one-partition calls in one frame, answered as a list of answer frames in their order."""
+    async def handle(node: Node, args: tuple[Any, ...]) -> Any:
+        _, items = args
+
+        async def run(p: int, op: str, inner: tuple[Any, ...]) -> list[Any]:
+            try:
+                return [wire.OK, await one[op](node, (p, *inner))]
+            except Exception as exc:  # noqa: BLE001 - each item's error is its own answer
+                return wire.error_frame(exc)
+        return list(await asyncio.gather(*(run(p, op, inner) for p, op, inner in items)))
+    return handle
+
+
 def handlers(in_flight: InFlight, on_signal: Callable[[float], None],
              known_template: Callable[[str], Awaitable[None]]) -> dict[str, Any]:
     """The ops a node answers for others; `on_signal(arrival)` for each forwarded signal,
     `known_template(id)` before starting sends."""
     table: dict[str, Any] = {op: one_handler(op, in_flight, on_signal, known_template) for op in OPS}
+    table["batch"] = batch_handler(dict(table))
     table.update({op: multi_handler(op) for op in MULTI})
     return table
