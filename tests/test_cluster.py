@@ -16,6 +16,7 @@ empty key listing that must not make a node forget the others.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -600,3 +601,42 @@ def test_a_spurious_empty_key_listing_forgets_no_member_and_revives_no_dead_one(
         assert me.sharing() == ["n1", "n2"], "n3 is dead but counts as alive again"
 
     asyncio.run(play())
+
+
+# -- the inbox stream on a node that does not own the recipient ----------------------------------
+
+def test_an_inbox_stream_on_any_node_gets_the_changes_made_on_the_owner(cluster: Cluster) -> None:
+    import http.client
+
+    from serverproc import ADMIN
+
+    a, b = cluster.start(N1, N2)
+    view = cluster.wait_balanced([N1, N2])
+    put_template(a, [b])
+    # A recipient whose partition n2 owns, streamed from n1.
+    rid = next(r for r in (f"stream-r{i}" for i in range(1000)) if view[partition_of(r)][0] == b.name)
+    conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=10.0)
+    conn.request("GET", f"/v1/recipients/{rid}/inbox/stream", headers=ADMIN)
+    stream = conn.getresponse()
+    assert stream.status == 200, stream.read()
+
+    def next_event() -> tuple[str, dict[str, Any]]:
+        kind, data = "", None
+        while data is None or not kind:
+            line = stream.readline().decode().rstrip("\n")  # bounded by the connection's timeout
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+        return kind, data
+
+    assert next_event() == ("unseen", {"unseen": 0})
+    sent = b.ok("POST", "/v1/sends", {"template": "seq", "recipient": rid, "data": {"order": {"id": "s1"}}})
+    kind, message = next_event()
+    while kind != "message":  # an unseen count may come first
+        kind, message = next_event()
+    assert message["messageId"] == f"{sent['id']}.1" and message["content"]["body"] == "Order s1 is on its way"
+    assert next_event() == ("unseen", {"unseen": 1})
+    b.ok("POST", "/v1/events", {"events": [viewed(sent["id"])]})
+    assert next_event() == ("unseen", {"unseen": 0})
+    conn.close()

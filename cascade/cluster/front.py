@@ -37,6 +37,7 @@ from ..engine.supervisor import Event, combine_listing
 from ..engine.views import metrics_view
 from . import wire
 from .assign import partition_of_key, partition_of_recipient
+from .inbox_relay import InboxRelay
 from .node import Node
 from .partition import Partition
 from .ops import MULTI, OPS, SIGNAL_OPS, raise_item, run_multi
@@ -83,15 +84,23 @@ class ClusterEngine:
         self.background = Background()  # campaigns' yield-to-requests hook: no campaigns run in a cluster yet
         self._loop_lag = 0.0
         self._inbox_listener: Callable[[str, str, str], None] | None = None
+        self.inbox_relay = InboxRelay(node.id, f"{node.prefix}.inbox")  # attached once the node is connected
 
     # -- this node's engines ------------------------------------------------------------------
     def local_engines(self) -> list[Engine]:
         return [e for p in list(self.node.owned) if (e := self.node.local(p)) is not None]
 
     def adopt(self, engine: Engine) -> None:
-        """A partition this node has just opened: it shares the front door's view of the loop and the inbox hook."""
+        """A partition this node has just opened: it shares the front door's view of the loop and reports
+        its inbox changes (to this node's streams, and to the other nodes')."""
         engine.loop_lag = self._loop_lag
-        engine.watch_inbox(self._inbox_listener)
+        engine.watch_inbox(self._inbox_changed)
+
+    def _inbox_changed(self, rid: str, message_id: str, kind: str) -> None:
+        listener = self._inbox_listener
+        if listener is not None:
+            listener(rid, message_id, kind)
+        self.inbox_relay.changed(rid, message_id, kind)
 
     @property
     def loop_lag(self) -> float:
@@ -146,11 +155,9 @@ class ClusterEngine:
         return parent
 
     def watch_inbox(self, listener: Callable[[str, str, str], None] | None) -> None:
-        """In-app changes of the partitions this node owns (a stream on another node's recipient sees
-        that node's changes only when the client is connected there: docs/cluster.md)."""
+        """In-app changes of every partition: this node's directly, the others' relayed over NATS."""
         self._inbox_listener = listener
-        for engine in self.local_engines():
-            engine.watch_inbox(listener)
+        self.inbox_relay.listen(listener)
 
     # -- routing --------------------------------------------------------------------------------
     async def _one(self, p: int, op: str, args: tuple[Any, ...]) -> Any:

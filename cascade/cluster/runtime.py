@@ -61,6 +61,7 @@ class ClusterRuntime:
                                             replicas=c.replicas).open()
         self.snapshot_store = SnapshotStore(client, bucket=f"{c.prefix}-snapshots", replicas=c.replicas).open()
         self.engine.template_store = self.template_store
+        self.engine.inbox_relay.attach(client)
         engine = EngineConfig(shards=1, retain_finished_s=s.storage.retain_finished_s,
                               max_pending_per_shard=s.engine.max_pending_per_shard,
                               tick_interval_s=s.engine.tick_interval_s, gc_freeze_interval_s=0.0,
