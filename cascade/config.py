@@ -129,7 +129,7 @@ class ChannelSettings(_Section, frozen=True):
 
 
 class EngineSettings(_Section, frozen=True):
-    shards: int = 4
+    shards: int = 1  # one process has one interpreter lock: more shards only add thread wake-ups
     max_pending_per_shard: int = 100_000
     tick_interval_s: float = 0.05
     gc_freeze_interval_s: float = 0.1

@@ -60,7 +60,7 @@ _KIND = {name: k for k, name in enumerate(SIGNALS)}
 
 @dataclass(frozen=True)
 class EngineConfig:
-    shards: int = 4
+    shards: int = 1
     retain_finished_s: float = 7 * 86400.0
     idempotency_ttl_s: float = 86400.0
     max_pending_per_shard: int = 100_000  # commands queued towards one shard (new sends: a quarter of it)
