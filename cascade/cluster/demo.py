@@ -11,6 +11,7 @@ watch GET /v1/admin/cluster on another give its partitions new owners.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -33,6 +34,22 @@ def _ready(port: int, timeout_s: float) -> bool:
         except OSError:
             pass
         time.sleep(0.2)  # polling a child's readiness, bounded by the deadline
+    return False
+
+
+def _settled(port: int, nodes: int, timeout_s: float) -> bool:
+    """Every partition owned, by as many nodes as were started, as the first node sees it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/admin/cluster", timeout=2) as answer:
+                view = json.load(answer)
+            owners = {p["owner"] for p in view["partitions"]}
+            if None not in owners and len(owners) == nodes:
+                return True
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)  # polling the cluster's view until the partitions are spread, bounded
     return False
 
 
@@ -67,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             if not _ready(args.port + i, 60.0):
                 print(f"cluster: node n{i + 1} did not get ready in 60 s; see its log", file=sys.stderr)
                 return 1
+        if not _settled(args.port, args.nodes, 60.0):
+            print("cluster: the partitions were not spread over every node in 60 s; see the logs", file=sys.stderr)
+            return 1
         print(f"cluster: ready. Try: curl -s http://127.0.0.1:{args.port}/v1/admin/cluster   (Ctrl-C stops it)",
               flush=True)
         stop.wait()
