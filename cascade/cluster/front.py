@@ -84,6 +84,8 @@ class ClusterEngine:
         self.background = Background()  # campaigns' yield-to-requests hook: no campaigns run in a cluster yet
         self._loop_lag = 0.0
         self._inbox_listener: Callable[[str, str, str], None] | None = None
+        self._outbox: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}  # forwards of this iteration
+        self._sending: set[asyncio.Future[None]] = set()
         self.inbox_relay = InboxRelay(node.id, f"{node.prefix}.inbox")  # attached once the node is connected
 
     # -- this node's engines ------------------------------------------------------------------
@@ -173,7 +175,7 @@ class ClusterEngine:
                     pass  # lost while answering: a fenced owner's writes never land; ask the next owner
             owner = self.node.owner(p)
             if owner is not None and owner != self.node.id:
-                answer = await self._call(owner, [op, p, list(args)])
+                answer = await self._forward(owner, p, op, args)
                 if answer is not None:
                     if answer[0] == wire.OK:
                         return answer[1]
@@ -223,6 +225,37 @@ class ClusterEngine:
         for frame in errors.values():
             wire.raise_error(frame)
         return results
+
+    def _forward(self, node: str, p: int, op: str, args: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """A one-partition call for `node`, sent with the others for it that this loop iteration makes
+        (one batch frame, one NATS request, instead of one request each): its answer frame, or None."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        pending = self._outbox.get(node)
+        if pending is None:
+            pending = self._outbox[node] = []
+            if len(self._outbox) == 1:
+                loop.call_soon(self._send_forwards)
+        pending.append(([p, op, list(args)], future))
+        return future
+
+    def _send_forwards(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for node, calls in outbox.items():
+            task = asyncio.ensure_future(self._send_batch(node, calls))
+            self._sending.add(task)  # held until done: the loop keeps only weak references to tasks
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, node: str, calls: list[tuple[list[Any], asyncio.Future[Any]]]) -> None:
+        if len(calls) == 1:
+            (p, op, args), future = calls[0]
+            answers = [await self._call(node, [op, p, args])]
+        else:
+            answer = await self._call(node, ["batch", -1, [[item for item, _ in calls]]])
+            answers = list(answer[1]) if answer is not None and answer[0] == wire.OK else [None] * len(calls)
+        for (_, future), frame in zip(calls, answers):
+            if not future.done():
+                future.set_result(frame)
 
     async def _call(self, node: str, frame: list[Any], timeout: float = CALL_TIMEOUT_S) -> Any:
         """The owner's answer, or None when it did not answer (dead, or moved on: look again)."""
