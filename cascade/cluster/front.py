@@ -504,6 +504,9 @@ async def while_owned(node: Node, partition: Partition, call: Callable[[Engine],
                     raise
                 raise wire.NotOwner(f"partition {partition.number} was handed over") from None
         if not node.answering(partition):
+            done, _ = await asyncio.wait({task}, timeout=0.5)  # an answer already on its way to this loop
+            if done:
+                return task.result()
             task.cancel()
             raise wire.NotOwner(f"node {node.id} lost partition {partition.number} while answering")
 

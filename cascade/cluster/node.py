@@ -292,12 +292,14 @@ class Node:
             self.leases_held.pop(p, None)
             partition = self.owned.pop(p, None)
         if partition is not None:
-            partition.lost = True
             partition.serving = False
             self.figures.lost += 1
             log.warning("node %s: lost partition %d: %s", self.id, p, reason,
                         extra={"event": "partition_lost", "partition": p, "reason": reason})
+            # Closing publishes what is queued: what JetStream still takes (appended before another
+            # owner's takeover) is answered to its callers; only then are the rest sent elsewhere.
             partition.close(handover=False, reason=reason)
+            partition.lost = True
 
     def _let_go(self, partition: Partition, handover: bool, reason: str) -> None:
         p = partition.number
@@ -337,9 +339,11 @@ class Node:
         return partition.engine if partition is not None else None
 
     def answering(self, partition: Partition) -> bool:
-        """Whether a call already given to `partition`'s engine will be answered by it: not once the
-        partition is lost (a handover still answers what it was given)."""
-        return not partition.lost and (partition.handing_over or self._lease_valid(partition.number))
+        """Whether a call already given to `partition`'s engine may still be answered by it: until the
+        partition is lost, that is fenced (JetStream refuses its writes) or closed after its lease ended
+        (what JetStream took by then is answered). A lapsed lease alone is not enough: a write
+        acknowledged just then must not be made again elsewhere."""
+        return not partition.lost
 
     def _lease_valid(self, p: int) -> bool:
         lease = self.leases_held.get(p)
