@@ -191,6 +191,14 @@ def test_sequences_behave_as_on_one_node_whichever_node_a_request_hits(cluster: 
                 break
         assert sorted(seen) == sorted(ids)
 
+    # The stats series of the whole cluster, from any node: every partition's minutes summed.
+    for node in (a, b, c):
+        points = node.ok("GET", "/v1/stats/series?minutes=120")["points"]
+        assert sum(p["sendsStarted"] for p in points) == 16, points
+        assert sum(p["sendsFinished"]["stopped"] for p in points) == 8
+        assert sum(p["channels"]["push"]["requested"] for p in points) == 8
+    assert a.call("GET", "/v1/campaigns").status == 501  # campaigns run on a single server only
+
     metrics = [node.ok("GET", "/v1/templates/seq/metrics") for node in (a, b, c)]
     assert metrics[0] == metrics[1] == metrics[2]
     m = metrics[0]

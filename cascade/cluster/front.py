@@ -33,6 +33,7 @@ from ..engine.background import Background
 from ..engine.clock import Clock
 from ..engine.counters import merge_totals
 from ..engine.reply import Gather, Reply
+from ..engine.series import SeriesRing
 from ..engine.supervisor import Event, combine_listing
 from ..engine.views import metrics_view
 from . import wire
@@ -461,6 +462,15 @@ class ClusterEngine:
     async def inbox_signal(self, rid: str, message_id: str, kind_name: str, arrival: float | None = None) -> Any:
         return await self._one(self._recipient_partition(rid), "inbox_signal",
                                (rid, message_id, kind_name, self._arrival(arrival)))
+
+    # -- the stats series -------------------------------------------------------------------------
+    async def view(self, minutes: int, step: int) -> dict[str, Any]:
+        """GET /v1/stats/series for the whole cluster: every partition's minutes, summed."""
+        ring = SeriesRing()
+        for data in (await self._all("series", ())).values():
+            if data is not None:
+                ring.load(data)
+        return ring.points(self.clock.now(), minutes, step)
 
     # -- the admin view --------------------------------------------------------------------------------
     async def cluster_view(self) -> dict[str, Any]:

@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncio
+
 from ..domain.errors import CascadeError
 from ..engine import Engine
+from ..engine.series_sampler import SeriesSampler
 from . import wire
 
 __all__ = ["MULTI", "OPS", "SIGNAL_OPS", "raise_item", "run_multi"]
@@ -79,6 +82,18 @@ async def _totals(engine: Engine, args: tuple[Any, ...]) -> Any:
     return await engine.totals(list(groups) if groups is not None else None)
 
 
+async def _series(engine: Engine, args: tuple[Any, ...]) -> Any:
+    """The partition's stats series (series.py ring bytes), read fresh; None if it keeps none."""
+    sampler = next((e for e in engine.extensions if isinstance(e, SeriesSampler)), None)
+    if sampler is None:
+        return None
+
+    def read() -> bytes:
+        sampler.sample()  # waits for the shard: off the loop
+        return sampler.ring.encode()
+    return await asyncio.get_running_loop().run_in_executor(None, read)
+
+
 async def _position(engine: Engine, args: tuple[Any, ...]) -> Any:
     journal = engine.journal
     return journal.position() if journal is not None else 0
@@ -90,7 +105,7 @@ OPS: dict[str, Op] = {
     "inbox": _inbox, "inbox_peek": _inbox_peek, "inbox_signal": _inbox_signal,
 }
 SIGNAL_OPS = frozenset({"signals", "cancel", "inbox", "inbox_signal"})  # their last argument is the arrival
-MULTI: dict[str, Op] = {"listing": _listing, "totals": _totals, "position": _position}
+MULTI: dict[str, Op] = {"listing": _listing, "totals": _totals, "position": _position, "series": _series}
 
 
 async def run_multi(local: Callable[[int], Engine | None], op: str, partitions: tuple[int, ...],

@@ -36,6 +36,7 @@ from ..durability.recovery import RecoveryResult, recover
 from ..engine import Engine, EngineConfig
 from ..engine.arrivals import InFlight
 from ..engine.clock import Clock
+from ..engine.series_sampler import attach_series
 from ..engine.shard import SubmitJobs
 from ..storage.journal import JournalError
 from .client import NatsThread
@@ -104,6 +105,8 @@ class Partition:
             s.snapshots.download(number, directory)
             engine = Engine(s.clock, s.providers, s.engine, submit_jobs=s.submit_jobs, journal=journal,
                             templates=s.templates, in_flight=s.in_flight)
+            # GET /v1/stats/series gathers every partition's; counted from this takeover on (not saved).
+            attach_series(engine, save_interval_s=0)
             recoverable: Any = engine
             recovery = recover(recoverable, directory, journal)
             s.reassert_templates()  # the snapshot's template records are older than the bucket's

@@ -216,9 +216,9 @@ def _single_server_only() -> list[Route]:
     """In a cluster, what runs on one server only answers so, instead of a bare 404 (docs/cluster.md)."""
     async def refuse(request: web.Request) -> web.Response:
         raise ApiError(501, "not_in_cluster", f"{request.path} is served by a single cascade server only; "
-                       "a cluster does not run campaigns or keep the stats series yet (docs/cluster.md)")
+                       "a cluster does not run campaigns yet (docs/cluster.md)")
 
-    paths = ("/v1/campaigns", "/v1/campaigns/{id}", "/v1/stats/series")
+    paths = ("/v1/campaigns", "/v1/campaigns/{id}")
     return [Route(method, path, refuse, READ, "Not in a cluster (501)", errors=(501,))
             for path in paths for method in (("GET", "POST") if path == "/v1/campaigns" else
                                              ("GET", "DELETE") if path.endswith("{id}") else ("GET",))]
@@ -250,7 +250,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     if series is not None:
         table += routes_stats.routes(series)
     if cluster is not None:
-        table += _single_server_only()
+        table += routes_stats.routes(cluster) + _single_server_only()
     table += routes_admin.routes(engine, settings, admin, cluster)
     for route in table:
         front.routes[app.router.add_route(route.method, route.path, route.handler)] = route

@@ -8,12 +8,19 @@ The read is blocking (it asks every shard), so it runs off the event loop.
 from __future__ import annotations
 
 import asyncio
+from typing import Any, Awaitable, Protocol
 
 import msgspec
 from aiohttp import web
 
 from ..engine.series import MAX_MINUTES
 from ..engine.series_sampler import SeriesSampler
+
+
+class GatheredSeries(Protocol):
+    """A cluster's series: every partition's, gathered (cluster/front.py)."""
+
+    def view(self, minutes: int, step: int) -> Awaitable[dict[str, Any]]: ...
 from .auth import READ
 from .errors import ApiError, json_response
 from .openapi import Route
@@ -75,7 +82,8 @@ def _integer(name: str, text: str | None, default: int, low: int, high: int, rul
     return n
 
 
-def routes(series: SeriesSampler) -> list[Route]:
+def routes(series: SeriesSampler | GatheredSeries) -> list[Route]:
+    """`series`: a single server's sampler, or a cluster's gathered view (an async `view`)."""
     async def get_series(request: web.Request) -> web.Response:
         query = request.query
         for name in query:  # as GET /v1/sends: a misspelt parameter is not silently ignored
@@ -89,7 +97,10 @@ def routes(series: SeriesSampler) -> list[Route]:
         step = _integer("step", query.get("step"), 60, 60, MAX_STEP_S, step_rule)
         if step % 60:
             raise ApiError(422, "invalid", f"step {query.get('step')!r} must be {step_rule}", [("step", step_rule)])
-        view = await asyncio.get_running_loop().run_in_executor(None, series.view, minutes, step)
+        if isinstance(series, SeriesSampler):  # reads the shards and waits: off the loop
+            view = await asyncio.get_running_loop().run_in_executor(None, series.view, minutes, step)
+        else:
+            view = await series.view(minutes, step)
         return json_response(view)
 
     return [
