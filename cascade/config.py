@@ -7,7 +7,8 @@ Environment variables are `CASCADE_<SECTION>_<KEY>` (e.g.
 `CASCADE_SERVER_PORT=9090`, `CASCADE_CLOCK_MODE=manual`); API keys as
 `CASCADE_AUTH_API_KEYS="k1=admin,k2=events"`; a channel's provider as
 `CASCADE_CHANNELS_<CHANNEL>_<KEY>` (`CASCADE_CHANNELS_PUSH_URL=...`).
-An environment value is text, read as its key's type; a file value must
+An environment value is text, read as its key's type (a list comma-separated:
+`CASCADE_CLUSTER_NATS=nats://a:4222,nats://b:4222`); a file value must
 already have its key's type (`port = "8080"` is an error, as is
 `CASCADE_SERVER_PORT=http`). `CASCADE_LOG_FORMAT` is checked here too,
 though logging reads it.

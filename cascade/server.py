@@ -232,6 +232,8 @@ class Server:
         self.cluster = runtime = ClusterRuntime(s, self.providers, self._submit_jobs, address="")
         self.clock = runtime.clock
         # The cluster front answers Engine's calls for the whole cluster (cluster/front.py).
+        assert self.dispatcher is not None
+        runtime.engine.delivery_wait = self.dispatcher.oldest_wait
         engine = cast(Engine, runtime.engine)
         try:
             self.metrics = HttpMetrics(engine, self.registry, self.dispatcher, runtime.stats)

@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serverproc import ADMIN, ROOT, Post, Sink, config_text, free_port
+from serverproc import ADMIN, Post, Sink, config_text, free_port, spawn_serve
 
 from cascade.cluster.assign import partition_of_key, partition_of_recipient, share
 from cascade.domain.ids import parse_send_id
@@ -153,16 +152,9 @@ class ClusterNode:
         cfg.write_text(config_text(self.data_dir, self.port, push_url=self.push_url, clock="scaled",
                                    clock_rate=self.clock_rate, snapshot_interval_s=self.snapshot_interval_s,
                                    extra=cluster), encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env["CASCADE_LOG_LEVEL"] = "INFO"
-        env["CASCADE_LOG_FORMAT"] = "logfmt"
         log_path = home / f"serve-{self.starts}.log"
         self.logs.append(log_path)
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", "--config", str(cfg)],
-                                         cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+        self.proc = spawn_serve(cfg, home, log_path, log_format="logfmt")
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> ClusterNode:

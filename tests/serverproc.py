@@ -45,6 +45,18 @@ ORDER_SHIPPED = {
 }
 
 
+def spawn_serve(cfg: Path, cwd: Path, log_path: Path, log_format: str | None = None) -> subprocess.Popen[bytes]:
+    """`cascade serve --config cfg` from this checkout, its output to `log_path`; no CASCADE_* of ours leaks in."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["CASCADE_LOG_LEVEL"] = "INFO"
+    if log_format is not None:
+        env["CASCADE_LOG_FORMAT"] = log_format
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", "--config", str(cfg)],
+                                cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -248,14 +260,8 @@ class ServerProc:
                                    snapshot_interval_s=self.snapshot_interval_s, extra=self.extra,
                                    clock=self.clock, clock_rate=self.clock_rate),
                        encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env["CASCADE_LOG_LEVEL"] = "INFO"
-        env["CASCADE_LOG_FORMAT"] = "json"
         self.log_path = self.workdir / f"serve-{self.starts}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", "--config", str(cfg)],
-                                         cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = spawn_serve(cfg, self.workdir, self.log_path, log_format="json")
         self.pids.append(self.proc.pid)
         return self
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from ..delivery.providers.base import Provider
@@ -34,7 +34,7 @@ from ..engine.clock import Clock
 from ..engine.counters import merge_totals
 from ..engine.reply import Gather, Reply
 from ..engine.series import SeriesRing
-from ..engine.supervisor import Event, combine_listing
+from ..engine.supervisor import Event, behind_reason, combine_listing
 from ..engine.views import metrics_view
 from . import wire
 from .assign import partition_of_key, partition_of_recipient
@@ -75,11 +75,12 @@ class NodeAdmission:
 
 class ClusterEngine:
     def __init__(self, node: Node, *, clock: Clock, providers: Mapping[str, Provider], templates: TemplateRegistry,
-                 in_flight: InFlight, wait_owner_s: float) -> None:
+                 in_flight: InFlight, wait_owner_s: float, shed_lag_s: float) -> None:
         self.node, self.clock, self.providers = node, clock, dict(providers)
         self.templates, self.in_flight = templates, in_flight
         self.template_store: TemplateStore | None = None  # once the node has joined
-        self.wait_owner_s = wait_owner_s
+        self.wait_owner_s, self.shed_lag_s = wait_owner_s, shed_lag_s
+        self.delivery_wait: Callable[[], float] = lambda: 0.0  # the server sets its dispatcher's
         self.partitions = node.partitions
         self.admission = NodeAdmission(self.local_engines)
         self.background = Background()  # campaigns' yield-to-requests hook: no campaigns run in a cluster yet
@@ -97,6 +98,7 @@ class ClusterEngine:
         """A partition this node has just opened: it shares the front door's view of the loop and reports
         its inbox changes (to this node's streams, and to the other nodes')."""
         engine.loop_lag = self._loop_lag
+        engine.delivery_wait = self.delivery_wait  # its admission sheds on the node's delivery backlog too
         engine.watch_inbox(self._inbox_changed)
 
     def _inbox_changed(self, rid: str, message_id: str, kind: str) -> None:
@@ -128,11 +130,9 @@ class ClusterEngine:
             raise Overloaded("this node is joining the cluster; retry shortly")
 
     def behind(self) -> str | None:
-        for engine in self.local_engines():
-            why = engine.behind()
-            if why is not None:
-                return why
-        return None
+        """As a single server judges it: every partition here shares the front door, the in-flight
+        requests and the delivery dispatcher it looks at (and a node owning none still sheds)."""
+        return behind_reason(self.shed_lag_s, self._loop_lag, self.delivery_wait, self.in_flight, self.clock)
 
     def pending(self) -> int:
         return sum(e.pending() for e in self.local_engines())
@@ -194,14 +194,15 @@ class ClusterEngine:
         local ones here; what a node did not answer, or no longer owns, goes the way of `_one`."""
         results: list[Any] = [None] * len(parts)
         errors: dict[int, tuple[Any, ...]] = {}
+        _, remote = self._by_owner({p for p, _, _ in parts})
+        owner_of = {p: node for node, ps in remote.items() for p in ps}
         by_node: dict[str, list[int]] = {}
         again: list[int] = []
         for i, (p, _, _) in enumerate(parts):
-            owner = None if self.node.serving(p) is not None else self.node.owner(p)
-            if owner is not None and owner != self.node.id:
-                by_node.setdefault(owner, []).append(i)
+            if p in owner_of:
+                by_node.setdefault(owner_of[p], []).append(i)
             else:
-                again.append(i)
+                again.append(i)  # here, or owner unknown: the way of `_one`
 
         async def ask(node: str, ix: list[int]) -> None:
             answer = await self._call(node, ["batch", -1, [[[parts[i][0], parts[i][1], list(parts[i][2])]
@@ -285,23 +286,7 @@ class ClusterEngine:
         deadline = time.monotonic() + self.wait_owner_s
         attempt = 0
         while wanted:
-            local: list[int] = []
-            by_node: dict[str, list[int]] = {}
-            for p in sorted(wanted):
-                if self.node.local(p) is not None:
-                    local.append(p)
-                else:
-                    owner = self.node.owner(p)
-                    if owner is not None and owner != self.node.id:
-                        by_node.setdefault(owner, []).append(p)
-            calls = [self._call(node, [op, -1, [ps, list(args)]]) for node, ps in by_node.items()]
-            got, _ = await run_multi(self.node.local, op, tuple(local), args)
-            answers.update(got)
-            for answer in await asyncio.gather(*calls):
-                if answer is not None and answer[0] == wire.OK:
-                    answers.update(answer[1][0])
-                elif answer is not None and answer[0] == wire.ERROR:
-                    wire.raise_error(answer)
+            answers.update(await self._round(op, args, wanted, CALL_TIMEOUT_S))
             wanted -= set(answers)
             if not wanted:
                 break
@@ -312,6 +297,29 @@ class ClusterEngine:
             await asyncio.sleep(min(0.05 * attempt, 0.5))
             for p in wanted:
                 await self._refresh_owner(p)
+        return answers
+
+    def _by_owner(self, partitions: Iterable[int]) -> tuple[list[int], dict[str, list[int]]]:
+        """(the partitions served here, the others by the node that owns them); unknown owners in neither."""
+        local: list[int] = []
+        by_node: dict[str, list[int]] = {}
+        for p in partitions:
+            if self.node.serving(p) is not None:
+                local.append(p)
+            elif (owner := self.node.owner(p)) is not None and owner != self.node.id:
+                by_node.setdefault(owner, []).append(p)
+        return local, by_node
+
+    async def _round(self, op: str, args: tuple[Any, ...], partitions: Iterable[int], timeout: float) -> dict[int, Any]:
+        """One ask of a MULTI op: the answers of the owners that gave them within `timeout`, by partition."""
+        local, by_node = self._by_owner(sorted(partitions))
+        calls = [self._call(node, [op, -1, [ps, list(args)]], timeout) for node, ps in by_node.items()]
+        answers, _ = await run_multi(self.node.local, op, tuple(local), args)
+        for answer in await asyncio.gather(*calls):
+            if answer is not None and answer[0] == wire.OK:
+                answers.update(answer[1][0])
+            elif answer is not None and answer[0] == wire.ERROR:
+                wire.raise_error(answer)
         return answers
 
     # -- templates --------------------------------------------------------------------------------
@@ -477,17 +485,7 @@ class ClusterEngine:
         """The admin view; journal positions from each owner, asked at once and waited for at most
         VIEW_WAIT_S (a hung node's partitions show no position; the others' still do)."""
         view = self.node.view()
-        by_node: dict[str, list[int]] = {}
-        for entry in view["partitions"]:
-            if entry["owner"]:
-                by_node.setdefault(entry["owner"], []).append(entry["partition"])
-        positions: dict[int, Any] = {}
-        mine = by_node.pop(self.node.id, [])
-        asked = [self._call(node, ["position", -1, [ps, []]], VIEW_WAIT_S) for node, ps in by_node.items()]
-        positions.update((await run_multi(self.node.local, "position", tuple(mine), ()))[0])
-        for answer in await asyncio.gather(*asked):
-            if answer is not None and answer[0] == wire.OK:
-                positions.update(answer[1][0])
+        positions = await self._round("position", (), range(self.partitions), VIEW_WAIT_S)
         for entry in view["partitions"]:
             if entry["partition"] in positions:
                 entry["position"] = positions[entry["partition"]]

@@ -211,8 +211,10 @@ class Node:
         with self._lock:
             held = dict(self.leases_held)
             owned = dict(self.owned)
+        # Hand over only when another node shares the partitions (it takes them at once), or draining.
+        successor = self._draining or bool(set(members.sharing()) - {self.id})
         for p, partition in owned.items():
-            if p not in wanted and self._successor_ready(p, members):
+            if p not in wanted and successor:
                 self._let_go(partition, handover=True, reason="rebalanced to another node")
         for p in sorted(wanted - set(held) - self.opening):
             lease = client.run(leases.acquire(p, self.id, self.lease_s), self.lease_s)
@@ -223,11 +225,6 @@ class Node:
                 self.opening.add(p)
             self._openers.submit(self._open, p, lease)
         self._read_owners()
-
-    def _successor_ready(self, p: int, members: Members) -> bool:
-        """Hand over only to a node that is alive and sharing (it will take the partition at once)."""
-        sharing = members.sharing()
-        return bool(set(sharing) - {self.id}) or self._draining
 
     def _renew_all(self) -> None:
         client, leases = self.client, self._leases

@@ -53,7 +53,8 @@ class ClusterRuntime:
                                                                     lambda t: self.engine.known_template(t)),
                          on_open=self._opened, clock=clock)
         self.engine = ClusterEngine(self.node, clock=clock, providers=providers, templates=self.registry,
-                                    in_flight=self.in_flight, wait_owner_s=2 * c.lease_s + 5.0)
+                                    in_flight=self.in_flight, wait_owner_s=2 * c.lease_s + 5.0,
+                                    shed_lag_s=settings.engine.shed_lag_s)
 
     def _partition_settings(self, client: NatsThread) -> PartitionSettings:
         s, c = self.settings, self.settings.cluster

@@ -49,7 +49,7 @@ from .shard import ShardState, SubmitJobs
 from .snapshot_records import template_record
 from .views import SendQuery, metrics_view
 
-__all__ = ["Engine", "EngineConfig", "Event", "ListingPart", "combine_listing"]
+__all__ = ["Engine", "EngineConfig", "Event", "ListingPart", "behind_reason", "combine_listing"]
 
 _log = logging.getLogger("cascade.engine")
 
@@ -162,19 +162,7 @@ class Engine:
 
     def behind(self) -> str | None:
         """Why new sends must wait (the server is behind on what it was sent), or None."""
-        limit = self.config.shed_lag_s
-        if limit <= 0:
-            return None
-        if self.loop_lag > limit:
-            return f"the server is {self.loop_lag * 1000:.0f} ms behind; retry shortly"
-        waited = self.delivery_wait()
-        if waited > limit:  # a window opens when its step fires: a delivery backlog eats into it
-            return f"deliveries wait {waited * 1000:.0f} ms for their providers; retry shortly"
-        # Requests read and not yet applied (a loop that has not read is the loop lag's to judge).
-        oldest = self.in_flight.oldest_request()
-        if oldest is not None and self.clock.now() - oldest > limit * _clock_rate(self.clock):
-            return "signals are waiting to be applied; retry shortly"
-        return None
+        return behind_reason(self.config.shed_lag_s, self.loop_lag, self.delivery_wait, self.in_flight, self.clock)
 
     def watermark_lag(self) -> float:
         """How far the shards' windows trail the clock (the largest, in clock seconds)."""
@@ -593,6 +581,24 @@ def _parse_cursor(text: str | None) -> tuple[float, int] | None:
         raise InvalidInput(f"cursor {text!r} is not a `next` of this listing",
                            [("before", "use the `next` value of the previous page")])
     return at
+
+
+def behind_reason(limit: float, loop_lag: float, delivery_wait: Callable[[], float], in_flight: InFlight,
+                  clock: Clock) -> str | None:
+    """Why new sends must wait, from what a front door sees (`Engine.behind`; a cluster node's, whose
+    partitions share these), or None. `limit` 0: never."""
+    if limit <= 0:
+        return None
+    if loop_lag > limit:
+        return f"the server is {loop_lag * 1000:.0f} ms behind; retry shortly"
+    waited = delivery_wait()
+    if waited > limit:  # a window opens when its step fires: a delivery backlog eats into it
+        return f"deliveries wait {waited * 1000:.0f} ms for their providers; retry shortly"
+    # Requests read and not yet applied (a loop that has not read is the loop lag's to judge).
+    oldest = in_flight.oldest_request()
+    if oldest is not None and clock.now() - oldest > limit * _clock_rate(clock):
+        return "signals are waiting to be applied; retry shortly"
+    return None
 
 
 def _clock_rate(clock: Clock) -> float:

@@ -19,7 +19,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/, for serverproc
-from serverproc import ADMIN_KEY, ROOT, ServerProc, config_text, free_port
+from serverproc import ADMIN_KEY, ServerProc, config_text, free_port, spawn_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -68,13 +67,8 @@ class DashboardServer(ServerProc):
         text = text.replace(written, "api_keys = { " + ", ".join(f'"{k}" = "{v}"' for k, v in self.keys.items()) + " }")
         cfg = self.workdir / f"cascade-{self.starts}.toml"
         cfg.write_text(text, encoding="utf-8")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CASCADE_")}
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env["CASCADE_LOG_LEVEL"] = "INFO"
         self.log_path = self.workdir / f"serve-{self.starts}.log"
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cascade.cli", "serve", "--config", str(cfg)],
-                                         cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = spawn_serve(cfg, self.workdir, self.log_path)
         self.pids.append(self.proc.pid)
         return self
 
