@@ -46,10 +46,10 @@ import uuid
 from typing import Any
 
 import nats.errors
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NoStreamResponseError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from ..domain.errors import Conflict, NotFound, TemplateInvalid
+from ..domain.errors import Conflict, NotFound, Overloaded, TemplateInvalid
 from ..domain.templates import TemplateRegistry, TemplateVersion, validate_template
 from .client import NatsThread
 
@@ -256,15 +256,28 @@ class TemplateStore:
                        f"({TRIES} tries lost); try again")
 
     async def _create(self, template_id: str, n: int, value: dict[str, Any]) -> bool:
-        """Create slot `n` with `value`; False (the template's slots read again) if another write has it."""
-        try:
-            await self.kv.create(slot_key(template_id, n), json.dumps(value).encode())
-            return True
-        except KeyWrongLastSequenceError:
-            await self._reread(template_id)
-            return False
-        except nats.errors.TimeoutError:  # the create may have landed with its ack lost: is the slot ours?
-            return bool((await self._reread(template_id)).get((template_id, n)) == value["writer"])
+        """Create slot `n` with `value`; False (the template's slots read again) if another write has it.
+        While the bucket's stream has no leader (just created, or a server lost) the create reaches nobody
+        and is tried again, up to half of `timeout_s`; then Overloaded (a 503, not a 500)."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.timeout_s / 2
+        attempt = 0
+        while True:
+            try:
+                await self.kv.create(slot_key(template_id, n), json.dumps(value).encode())
+                return True
+            except NoStreamResponseError:  # nobody took it: nothing was written
+                attempt += 1
+                if loop.time() >= give_up:
+                    raise Overloaded(f"the templates bucket {self.bucket} has no leader right now; retry shortly",
+                                     retry_after_s=2) from None
+                await asyncio.sleep(min(0.05 * attempt, 0.5))  # back-off while JetStream elects one
+            except KeyWrongLastSequenceError:
+                break
+            except nats.errors.TimeoutError:  # the create may have landed with its ack lost: is the slot ours?
+                return bool((await self._reread(template_id)).get((template_id, n)) == value["writer"])
+        await self._reread(template_id)
+        return False
 
     async def _reread(self, template_id: str) -> dict[tuple[str, int], str]:
         watcher = await self.kv.watch(f"t.{_escape(template_id)}.>")
