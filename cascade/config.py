@@ -63,6 +63,8 @@ class StorageSettings(_Section, frozen=True):
     snapshot_interval_s: float = 60.0
     snapshots_kept: int = 3
     journal_fsync: Literal["batch", "always", "off"] = "batch"
+    # batch: a group commit starts at least this long after the previous one began (0: at once)
+    journal_sync_interval_ms: float = 2.0
     retain_finished_s: float = 7 * 86400.0
 
 
@@ -211,6 +213,9 @@ def _check(s: Settings) -> None:
     problems += [f"server.cors_origins: {o!r} is not an origin; write scheme://host[:port] without a path "
                  "(\"https://app.example.com\"), or \"*\" for any"
                  for o in s.server.cors_origins if o != "*" and _ORIGIN.fullmatch(o) is None]
+    if not 0 <= s.storage.journal_sync_interval_ms <= 1000:
+        problems.append(f"storage.journal_sync_interval_ms {s.storage.journal_sync_interval_ms!r} "
+                        "must be from 0 to 1000")
     if s.storage.snapshots_kept < 1:
         problems.append("storage.snapshots_kept must be at least 1")
     if s.engine.shards < 1 or s.engine.shards > 256:

@@ -187,7 +187,7 @@ class Server:
             await self._start_cluster(loop)
             return
         self.durability = Durability(s.storage.data_dir, s.storage.journal_fsync, s.storage.snapshots_kept,
-                                     s.storage.snapshot_interval_s)
+                                     s.storage.snapshot_interval_s, s.storage.journal_sync_interval_ms / 1000.0)
         self.engine = Engine(self.clock, self.providers, EngineConfig(
             shards=s.engine.shards, retain_finished_s=s.storage.retain_finished_s,
             max_pending_per_shard=s.engine.max_pending_per_shard, tick_interval_s=s.engine.tick_interval_s,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,44 @@ def test_group_commit_covers_everything_that_arrived_during_an_fsync_with_one_mo
     assert stats.appends == 2001
     assert stats.fsyncs == 2
     assert len(fired) == 2001
+
+
+def test_with_a_sync_interval_appends_that_come_faster_share_one_sync_and_close_does_not_wait(
+        tmp_path: Path) -> None:
+    journal = FileJournal(tmp_path, "batch", sync_interval_s=1.0)
+    first = threading.Event()
+    journal.append([("first",)], first.set)  # after a quiet spell: synced at once
+    assert first.wait(10)
+    fired: list[int] = []
+    threads = [threading.Thread(target=lambda n=n: [journal.append([(n, k)], lambda: fired.append(1))
+                                                   for k in range(25)]) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    journal.close()  # the interval is not waited out: everything queued is synced now
+    stats = journal.stats()
+    assert (stats.appends, stats.fsyncs, len(fired)) == (101, 2, 100)
+
+
+def test_a_sync_interval_spaces_the_syncs_and_every_append_is_acknowledged(tmp_path: Path) -> None:
+    began: list[float] = []
+
+    def timed_sync(fd: int) -> None:
+        began.append(time.perf_counter())
+        os.fdatasync(fd)
+
+    interval = 0.02
+    journal = FileJournal(tmp_path, "batch", sync_interval_s=interval, fdatasync=timed_sync)
+    acked = threading.Semaphore(0)
+    for k in range(300):
+        journal.append([("r", k)], acked.release)
+        if k % 30 == 0:
+            assert acked.acquire(timeout=10)  # now and then a writer waits for its answer, as clients do
+    assert all(acked.acquire(timeout=10) for _ in range(300 - 10))
+    journal.close()
+    assert len(began) >= 2
+    assert min(b - a for a, b in zip(began, began[1:])) >= interval
 
 
 def test_always_syncs_once_per_append_and_acks_only_after_its_sync(tmp_path: Path) -> None:

@@ -37,12 +37,14 @@ class DataDirError(Exception):
 
 
 class Durability:
-    def __init__(self, data_dir: str, fsync: str = "batch", keep: int = 3, interval_s: float = 60.0) -> None:
+    def __init__(self, data_dir: str, fsync: str = "batch", keep: int = 3, interval_s: float = 60.0,
+                 sync_interval_s: float = 0.0) -> None:
         self.data_dir = os.path.abspath(data_dir)
         self.snapshot_dir = os.path.join(self.data_dir, "snapshots")
         try:
             os.makedirs(self.snapshot_dir, exist_ok=True)
-            self.journal = FileJournal(os.path.join(self.data_dir, "journal"), fsync=fsync)
+            self.journal = FileJournal(os.path.join(self.data_dir, "journal"), fsync=fsync,
+                                       sync_interval_s=sync_interval_s)
         except OSError as exc:
             raise DataDirError(self.data_dir, exc) from exc
         report = self.journal.recovery_report
