@@ -85,9 +85,22 @@ class Router:
             self._refs[i].tell(commands)
 
     def post(self, i: int, commands: list[Command]) -> None:
-        """Internal commands (ticks, answers, firings): counted, never refused."""
+        """Internal commands (ticks, answers, firings): counted, never refused,
+        told at once (a caller may block on their replies)."""
         self.admission.admit(((i, len(commands)),), INTERNAL, None)
         self.tell(i, commands)
+
+    def post_soon(self, i: int, commands: list[Command]) -> None:
+        """As `post`, but on a loop they join the iteration's batch: each tell
+        wakes the shard's thread, and with the process on one core every
+        wake-up is a pair of context switches. Not for a caller that blocks
+        the loop on their replies."""
+        self.admission.admit(((i, len(commands)),), INTERNAL, None)
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self.tell(i, commands)
+        else:
+            self._outbox(loop)[i].extend(commands)
 
     def submit(self, i: int, command: Command, kind: int) -> None:
         """One command from a caller: admitted, then batched per loop iteration."""
@@ -106,12 +119,16 @@ class Router:
         loop = asyncio._get_running_loop()
         if loop is None:
             self.tell(i, [command])
-            return
+        else:
+            self._outbox(loop)[i].append(command)
+
+    def _outbox(self, loop: asyncio.AbstractEventLoop) -> list[list[Command]]:
+        """This loop iteration's commands per shard, told once at its end."""
         outbox = self._outboxes.get(loop)
         if outbox is None:
             outbox = self._outboxes[loop] = [[] for _ in self.states]
             loop.call_soon(self._flush, loop)
-        outbox[i].append(command)
+        return outbox
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         outbox = self._outboxes.pop(loop, None) or []

@@ -476,7 +476,7 @@ class Engine:
             batches[self.shard_of_key(token[0])].append((token, outcome))
         for i, batch in enumerate(batches):
             if batch:
-                self.router.post(i, [Command("results", batch)])  # accepted work: never refused
+                self.router.post_soon(i, [Command("results", batch)])  # accepted work: never refused
 
     # -- inbox ----------------------------------------------------------------------
     def inbox(self, rid: str, limit: int = 50, before: str | None = None, arrival: float | None = None) -> Reply:
