@@ -52,6 +52,7 @@ class ServerSettings(_Section, frozen=True):
     max_csv_bytes: int = 512 * 1024 * 1024
     max_inflight_requests: int = 4096  # beyond this, 503 with Retry-After
     shutdown_timeout_s: float = 30.0
+    lean_door: bool = True  # POST /v1/sends and /v1/events framed by cascade itself (http/lean_door.py)
     cors_origins: list[str] = []  # origins ("https://app.example.com") whose pages may call the inbox and its stream
     max_streams: int = 10_000  # open inbox streams (SSE); beyond this, 503 with Retry-After (0: streams off)
     stream_ping_s: float = 15.0  # an idle stream gets a comment line this often (keeps proxies from closing it)

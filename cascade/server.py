@@ -38,7 +38,8 @@ from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvid
 from .engine.clock import Clock
 from .engine.series_file import FILE_NAME, read_series, write_series
 from .engine.series_sampler import SeriesSampler, attach_series
-from .http.app import build_app
+from .http.app import HOT_KEY, build_app
+from .http.lean_door import LeanDoor
 from .http.metrics import HttpMetrics
 from .logs import request_id_var
 
@@ -142,6 +143,8 @@ class Server:
         self.metrics: HttpMetrics | None = None
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
+        self._door: LeanDoor | None = None
+        self._listener: asyncio.AbstractServer | None = None  # the lean door's socket
         self.port: int | None = None
         self.cluster: Any = None  # cluster.runtime.ClusterRuntime in cluster mode
         self.reuse_port = False  # --workers: every worker listens on the one port
@@ -260,6 +263,13 @@ class Server:
             access_log=logging.getLogger("cascade.access") if access else None,
             access_log_class=_AccessLogger)
         await self._runner.setup()
+        if s.server.lean_door and not access:  # the access log is aiohttp's: with it, every request goes there
+            assert self._runner.server is not None
+            self._door = LeanDoor(self.app, self.app[HOT_KEY], self._runner.server, s.server.max_body_bytes)
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._door, s.server.host, s.server.port, reuse_address=True, reuse_port=self.reuse_port or None)
+            self.port = self._listener.sockets[0].getsockname()[1]
+            return
         site = web.TCPSite(self._runner, s.server.host, s.server.port, reuse_address=True,
                            reuse_port=self.reuse_port or None)
         await site.start()
@@ -291,6 +301,12 @@ class Server:
         clean = True
         self.ready.clear()
         timeout = 1.0 if quick else self.settings.server.shutdown_timeout_s
+        if self._listener is not None:
+            self._listener.close()  # stop accepting
+            self._listener = None
+        if self._door is not None:
+            await self._door.shutdown(timeout)  # finish the lean door's requests, close its connections
+            self._door = None
         if self._runner is not None:
             await self._runner.cleanup()  # stop accepting, finish in-flight requests, close connections
             self._runner = None

@@ -59,13 +59,15 @@ from .inbox_stream import InboxStreams
 from .openapi import Route, document
 from .routes_admin import AdminHooks
 
-__all__ = ["ARRIVAL", "AdminHooks", "ENGINE_KEY", "MetricsHooks", "ROUTES_KEY", "SETTINGS_KEY", "build_app"]
+__all__ = ["ARRIVAL", "AdminHooks", "ENGINE_KEY", "HOT_KEY", "MetricsHooks", "ROUTES_KEY", "SETTINGS_KEY",
+           "build_app"]
 
 _log = logging.getLogger("cascade.http")
 
 ENGINE_KEY = web.AppKey("engine", Engine)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ROUTES_KEY = web.AppKey("routes", list)  # the operation table, for metrics labels and docs
+HOT_KEY = web.AppKey("hot", dict)  # (method, path) -> aiohttp route of each hot route, for the lean door
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LAG_PROBE_S = 0.01  # how often the event loop's lag is measured
@@ -252,8 +254,12 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     if cluster is not None:
         table += routes_stats.routes(cluster) + _single_server_only()
     table += routes_admin.routes(engine, settings, admin, cluster)
+    hot: dict[tuple[str, str], AbstractRoute] = {}
     for route in table:
-        front.routes[app.router.add_route(route.method, route.path, route.handler)] = route
+        added = app.router.add_route(route.method, route.path, route.handler)
+        front.routes[added] = route
+        if route.hot:
+            hot[(route.method, route.path)] = added
     routes_ui.install(app, front.routes)  # the dashboard: public static files, outside the OpenAPI table
     streams.install(app)
     cors.install(app, [route.path for route in inbox])  # the inbox and its stream only, not the admin API
@@ -262,4 +268,5 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     app[ENGINE_KEY] = engine
     app[SETTINGS_KEY] = settings
     app[ROUTES_KEY] = table
+    app[HOT_KEY] = hot
     return app

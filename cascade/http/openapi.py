@@ -43,6 +43,7 @@ class Route:
     raw_body: tuple[tuple[str, str], ...] = ()  # other request media types: (type, description)
     signals: bool = False  # may carry an engagement signal: its arrival holds windows open (rule 11)
     sheddable: bool = False  # starts new sends: refused first while the server is behind
+    hot: bool = False  # high volume, fixed path: served by the lean door (lean_door.py) when one listens
     # A long-lived response (the inbox stream): outside the in-flight bound and the readiness gate,
     # bounded by its own limit; its handler checks auth itself (a token may come in the query).
     stream: bool = False

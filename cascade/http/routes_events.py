@@ -147,4 +147,4 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
                   "Ingest engagement events: one object, {\"events\": [...]} or NDJSON (at most 10,000); "
                   "a bad item is reported in errors and never fails the rest",
                   body=(EventBody, EventBatch), response=EventsResult, ndjson_item=EventBody, errors=(503,),
-                  signals=True)]
+                  signals=True, hot=True)]

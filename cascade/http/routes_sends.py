@@ -152,7 +152,7 @@ def routes(engine: Engine, settings: Settings) -> list[Route]:
               body=(SendBody, SendBatch), response=SendView, ok=202, errors=(404, 409, 503),
               also_ok=((200, "The send an earlier request with this idempotencyKey and the same body made; "
                              "or, for a batch, each item's answer by index", (SendView, SendBatchResult)),),
-              sheddable=True),
+              sheddable=True, hot=True),
         Route("GET", "/v1/sends", list_sends, READ,
               "Sends, newest first (retained finished ones too), by every filter given", response=SendList,
               errors=(422, 503), query=(
