@@ -136,6 +136,7 @@ class LeanDoor:
         self.max_body_bytes = max_body_bytes
         self.connections: set[_Connection] = set()
         self.closing = False
+        self._busy = 0  # connections with a request being answered
         self._idle = asyncio.Event()
         self._idle.set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -158,10 +159,13 @@ class LeanDoor:
             self._date_at, self._date = now, formatdate(now, usegmt=True).encode()
         return self._date
 
-    def busy_changed(self) -> None:
-        if any(c.busy for c in self.connections):
-            self._idle.clear()
-        else:
+    def began(self) -> None:
+        self._busy += 1
+        self._idle.clear()
+
+    def ended(self) -> None:
+        self._busy -= 1
+        if not self._busy:
             self._idle.set()
 
     async def shutdown(self, timeout_s: float) -> None:
@@ -176,7 +180,7 @@ class LeanDoor:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             _log.warning("lean door: %d requests still in flight after %g s; closing their connections",
-                         sum(c.busy for c in self.connections), timeout_s)
+                         self._busy, timeout_s)
         for connection in list(self.connections):
             connection.close()
 
@@ -269,7 +273,7 @@ class _Connection(asyncio.Protocol):
         body = bytes(buffer[start:start + length])
         del buffer[:start + length]
         self.busy = True
-        self.door.busy_changed()
+        self.door.began()
         request = LeanRequest(method, path, headers, body, hot.route)
         asyncio.get_running_loop().create_task(self._serve(hot, request, keep_alive))
 
@@ -340,7 +344,7 @@ class _Connection(asyncio.Protocol):
             payload, keep_alive = _INTERNAL, False
         finally:
             self.busy = False
-            self.door.busy_changed()
+            self.door.ended()
         transport = self.transport
         if transport is None:
             return  # the client went away meanwhile
