@@ -1,11 +1,17 @@
 """What the end-to-end benchmark's processes share (bench/e2e.py runs
-e2e_sink.py and e2e_load.py); plain values only, so importing it cannot
-shadow anything."""
+e2e_sink.py and e2e_load.py): plain values and the clients' plumbing.
+Import it only after moving bench/ to the end of sys.path, as they do."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any, Coroutine, TypeVar
+
+from lean_http import LeanClient
+
+T = TypeVar("T")
+
 TEMPLATE = "e2e-sequence"
-JSON = {"Content-Type": "application/json"}
 
 
 def loopback(url: str, flag: str) -> str:
@@ -18,3 +24,19 @@ def loopback(url: str, flag: str) -> str:
 def loopbacks(urls: str, flag: str) -> list[str]:
     """Comma-separated servers (a cluster's nodes): requests go to each in turn."""
     return [loopback(url, flag) for url in urls.split(",")]
+
+
+def client_for(url: str, connections: int, timeout_s: float) -> LeanClient:
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    return LeanClient(host, int(port), connections, timeout_s)
+
+
+def run_fast(main: Coroutine[Any, Any, T]) -> T:
+    """Run a client process on uvloop where it imports (cascade depends on
+    it on Linux): the two clients share one core."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

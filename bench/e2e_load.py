@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/http.py would shadow the standard library's `http`, which aiohttp
-# imports: move this directory from the front of sys.path to the end.
+# bench/http.py would shadow the standard library's `http`: move this
+# directory from the front of sys.path to the end.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.append(str(Path(__file__).resolve().parent))
 
@@ -30,9 +30,8 @@ import json
 import time
 from typing import Any
 
-import aiohttp
-
-from e2e_common import JSON, TEMPLATE, loopbacks
+from e2e_common import TEMPLATE, client_for, loopbacks, run_fast
+from lean_http import ClientError, LeanClient
 
 # Fates in percent of sends: click on step 1, 2, 3, or never (0).
 FATE_SHARES = ((1, 40), (2, 30), (3, 10), (0, 20))
@@ -62,20 +61,19 @@ def send_body(i: int, run: str) -> bytes:
     }, separators=(",", ":")).encode()
 
 
-async def one_send(http: aiohttp.ClientSession, url: str, i: int, due: float, run: str) -> dict[str, Any]:
+async def one_send(http: LeanClient, i: int, due: float, run: str) -> dict[str, Any]:
     body = send_body(i, run)
     start = time.monotonic()
     record: dict[str, Any] = {"i": i, "fate": fate(i)[0], "due": due, "start": start}
     try:
-        async with http.post(url + "/v1/sends", data=body, headers=JSON) as resp:
-            answer = await resp.read()
-            record["status"] = resp.status
-            record["retryAfter"] = resp.headers.get("Retry-After")
-            if resp.status == 202:
-                record["id"] = json.loads(answer)["id"]
-    except asyncio.TimeoutError:
+        status, retry_after, answer = await http.post("/v1/sends", body)
+        record["status"] = status
+        record["retryAfter"] = retry_after.decode() if retry_after is not None else None
+        if status == 202:
+            record["id"] = json.loads(answer)["id"]
+    except TimeoutError:
         record["status"] = "timeout"
-    except (aiohttp.ClientError, OSError) as exc:
+    except (ClientError, OSError) as exc:
         record["status"] = f"error:{type(exc).__name__}"
     record["latency"] = time.monotonic() - start
     return record
@@ -83,24 +81,21 @@ async def one_send(http: aiohttp.ClientSession, url: str, i: int, due: float, ru
 
 async def drive(urls: list[str], rate: float, count: int, connections: int, timeout_s: float,
                 run: str) -> list[dict[str, Any]]:
-    connector = aiohttp.TCPConnector(limit=connections)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     skip_auto_headers=("User-Agent",)) as http:
-        t0 = time.monotonic() + 0.05
-        tasks = []
-        i = 0
-        while i < count:
-            now = time.monotonic()
-            # Everything due is issued at once: when this loop falls behind it
-            # catches up in a burst instead of lowering the offered rate.
-            while i < count and t0 + i / rate <= now:
-                tasks.append(asyncio.create_task(one_send(http, urls[i % len(urls)], i, t0 + i / rate, run)))
-                i += 1
-            if i < count:
-                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
-        # Every request ends by its own timeout, so this wait is bounded.
-        return list(await asyncio.gather(*tasks))
+    clients = [client_for(url, connections, timeout_s) for url in urls]
+    t0 = time.monotonic() + 0.05
+    tasks = []
+    i = 0
+    while i < count:
+        now = time.monotonic()
+        # Everything due is issued at once: when this loop falls behind it
+        # catches up in a burst instead of lowering the offered rate.
+        while i < count and t0 + i / rate <= now:
+            tasks.append(asyncio.create_task(one_send(clients[i % len(clients)], i, t0 + i / rate, run)))
+            i += 1
+        if i < count:
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+    # Every request ends by its own timeout, so this wait is bounded.
+    return list(await asyncio.gather(*tasks))
 
 
 def main() -> int:
@@ -115,7 +110,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="where to write the JSON result")
     args = ap.parse_args()
     urls = loopbacks(args.url, "--url")
-    sends = asyncio.run(drive(urls, args.rate, args.sends, args.connections, args.timeout, args.run))
+    sends = run_fast(drive(urls, args.rate, args.sends, args.connections, args.timeout, args.run))
     Path(args.out).write_text(json.dumps({"sends": sends, "cpu_s": time.process_time()}), encoding="utf-8")
     return 0
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# bench/http.py would shadow the standard library's `http`, which aiohttp
-# imports: move this directory from the front of sys.path to the end.
+# bench/http.py would shadow the standard library's `http`: move this
+# directory from the front of sys.path to the end.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.append(str(Path(__file__).resolve().parent))
 
@@ -34,15 +34,15 @@ import signal
 import time
 from typing import Any
 
-import aiohttp
-from aiohttp import web
+from e2e_common import client_for, loopbacks, run_fast
+from lean_http import ClientError, LeanClient, LeanServerProtocol
 
-from e2e_common import JSON, loopbacks
+_JSON = b"application/json"
 
 
 class Sink:
-    def __init__(self, http: aiohttp.ClientSession, servers: list[str]) -> None:
-        self.http, self.servers, self.turn = http, servers, 0
+    def __init__(self, clients: list[LeanClient]) -> None:
+        self.clients, self.turn = clients, 0
         self.arrivals: list[tuple[str, int, str, float]] = []
         self.events: list[dict[str, Any]] = []
         self.seen: set[str] = set()
@@ -50,15 +50,23 @@ class Sink:
         self.pending = 0  # events scheduled or in flight
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def hook(self, request: web.Request) -> web.Response:
+    def handle(self, method: bytes, url: bytes, body: bytes) -> tuple[int, bytes, bytes]:
+        if method == b"POST" and url.startswith(b"/hook/"):
+            self.hook(body)
+            return 200, b"text/plain", b""
+        if method == b"GET" and url == b"/stats":
+            return 200, _JSON, json.dumps({"arrivals": len(self.arrivals), "events": len(self.events),
+                                           "pending": self.pending}).encode()
+        return 404, b"text/plain", b""
+
+    def hook(self, body: bytes) -> None:
         now = time.monotonic()
-        msg = json.loads(await request.read())
+        msg = json.loads(body)
         mid = msg["messageId"]
         self.arrivals.append((mid, msg["step"], msg["channel"], now))
         if mid not in self.seen:  # delivery is at least once: act on the first copy only
             self.seen.add(mid)
             self._maybe_engage(mid, msg, now)
-        return web.Response()
 
     def _maybe_engage(self, mid: str, msg: dict[str, Any], now: float) -> None:
         try:
@@ -80,44 +88,35 @@ class Sink:
         body = b'{"messageId":"%s","type":"clicked"}' % mid.encode()
         start = time.monotonic()
         record: dict[str, Any] = {"messageId": mid, "planned": planned, "start": start, "accepted": False}
+
+        def sent() -> None:
+            # When the click's request was written to its socket: a stall in this
+            # process between deciding to click and sending is this process's, not
+            # the server's (the diagnosis of a wrong delivery tells them apart).
+            record["sent"] = time.monotonic()
+
         try:
-            # trace_request_ctx: on_request_headers_sent notes when the request left this process
             self.turn += 1
-            server = self.servers[self.turn % len(self.servers)]
-            async with self.http.post(server + "/v1/events", data=body, headers=JSON,
-                                      trace_request_ctx=record) as resp:
-                answer = await resp.read()
-                record["status"] = resp.status
-                record["retryAfter"] = resp.headers.get("Retry-After")
-                if resp.status == 200:
-                    result = json.loads(answer)
-                    record["accepted"] = result.get("accepted") == 1
-                    record["duplicate"] = result.get("duplicates") == 1
-                    record["errors"] = [e.get("code") for e in result.get("errors", [])]
-        except asyncio.TimeoutError:
+            client = self.clients[self.turn % len(self.clients)]
+            status, retry_after, answer = await client.post("/v1/events", body, sent)
+            record["status"] = status
+            record["retryAfter"] = retry_after.decode() if retry_after is not None else None
+            if status == 200:
+                result = json.loads(answer)
+                record["accepted"] = result.get("accepted") == 1
+                record["duplicate"] = result.get("duplicates") == 1
+                record["errors"] = [e.get("code") for e in result.get("errors", [])]
+        except TimeoutError:
             record["status"] = "timeout"
-        except (aiohttp.ClientError, OSError) as exc:
+        except (ClientError, OSError) as exc:
             record["status"] = f"error:{type(exc).__name__}"
         record["latency"] = time.monotonic() - start
         self.events.append(record)
         self.pending -= 1
 
-    async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"arrivals": len(self.arrivals), "events": len(self.events),
-                                  "pending": self.pending})
-
     def result(self) -> dict[str, Any]:
         return {"arrivals": self.arrivals, "events": self.events, "unreadable": self.unreadable,
                 "pending": self.pending, "cpu_s": time.process_time()}
-
-
-async def _note_sent(_session: Any, ctx: Any, _params: Any) -> None:
-    """When a click's request was written to its socket: a stall in this
-    process between deciding to click and sending is this process's, not
-    the server's (the diagnosis of a wrong delivery tells them apart)."""
-    record = ctx.trace_request_ctx
-    if isinstance(record, dict):
-        record["sent"] = time.monotonic()
 
 
 async def serve(port: int, servers: list[str], connections: int, timeout_s: float, out: Path) -> None:
@@ -125,23 +124,13 @@ async def serve(port: int, servers: list[str], connections: int, timeout_s: floa
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    connector = aiohttp.TCPConnector(limit=connections)
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_note_sent)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
-                                     skip_auto_headers=("User-Agent",), trace_configs=[trace]) as http:
-        sink = Sink(http, servers)
-        app = web.Application(client_max_size=1 << 20)
-        app.router.add_post("/hook/{channel}", sink.hook)
-        app.router.add_get("/stats", sink.stats)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-        out.write_text(json.dumps(sink.result()), encoding="utf-8")
+    sink = Sink([client_for(url, connections, timeout_s) for url in servers])
+    listener = await loop.create_server(lambda: LeanServerProtocol(sink.handle), "127.0.0.1", port, backlog=4096)
+    try:
+        await stop.wait()
+    finally:
+        listener.close()
+    out.write_text(json.dumps(sink.result()), encoding="utf-8")
 
 
 def main() -> int:
@@ -153,7 +142,7 @@ def main() -> int:
     ap.add_argument("--out", required=True, help="where to write the JSON result at exit")
     args = ap.parse_args()
     servers = loopbacks(args.server, "--server")
-    asyncio.run(serve(args.port, servers, args.connections, args.timeout, Path(args.out)))
+    run_fast(serve(args.port, servers, args.connections, args.timeout, Path(args.out)))
     return 0
 
 
