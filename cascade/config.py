@@ -51,6 +51,11 @@ class ServerSettings(_Section, frozen=True):
     max_body_bytes: int = 8 * 1024 * 1024
     max_csv_bytes: int = 512 * 1024 * 1024
     max_inflight_requests: int = 4096  # beyond this, 503 with Retry-After
+    # Connections the kernel holds before cascade accepts them (the kernel caps it at
+    # net.core.somaxconn). When that queue is full the kernel drops handshakes, and the
+    # request a dropped handshake carries comes a TCP retransmit (0.2-1 s) later: a signal
+    # that late can miss its window, so keep it at least the clients' connection count.
+    listen_backlog: int = 4096
     shutdown_timeout_s: float = 30.0
     lean_door: bool = True  # POST /v1/sends and /v1/events framed by cascade itself (http/lean_door.py)
     cors_origins: list[str] = []  # origins ("https://app.example.com") whose pages may call the inbox and its stream
@@ -206,7 +211,7 @@ def _check(s: Settings) -> None:
     problems = _bounds_problems(s)
     if not 0 < s.server.port < 65536:
         problems.append(f"server.port {s.server.port} must be between 1 and 65535")
-    for key in ("max_body_bytes", "max_csv_bytes", "max_inflight_requests"):
+    for key in ("max_body_bytes", "max_csv_bytes", "max_inflight_requests", "listen_backlog"):
         if getattr(s.server, key) <= 0:
             problems.append(f"server.{key} must be positive")
     if s.server.max_streams < 0:

@@ -267,11 +267,12 @@ class Server:
             assert self._runner.server is not None
             self._door = LeanDoor(self.app, self.app[HOT_KEY], self._runner.server, s.server.max_body_bytes)
             self._listener = await asyncio.get_running_loop().create_server(
-                self._door, s.server.host, s.server.port, reuse_address=True, reuse_port=self.reuse_port or None)
+                self._door, s.server.host, s.server.port, reuse_address=True, reuse_port=self.reuse_port or None,
+                backlog=s.server.listen_backlog)
             self.port = self._listener.sockets[0].getsockname()[1]
             return
         site = web.TCPSite(self._runner, s.server.host, s.server.port, reuse_address=True,
-                           reuse_port=self.reuse_port or None)
+                           reuse_port=self.reuse_port or None, backlog=s.server.listen_backlog)
         await site.start()
         self.port = self._runner.addresses[0][1]
 

@@ -112,6 +112,7 @@ def test_flags_win_over_environment_and_file(tmp_path: Path) -> None:
     ('[engine]\nshards = 0\n', {}, "engine.shards"),
     ('[storage]\njournal_sync_interval_ms = -1.0\n', {}, "storage.journal_sync_interval_ms"),
     ('', {"CASCADE_STORAGE_JOURNAL_SYNC_INTERVAL_MS": "nan"}, "storage.journal_sync_interval_ms"),
+    ('[server]\nlisten_backlog = 0\n', {}, "server.listen_backlog"),
 ])
 def test_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -125,10 +125,9 @@ class _Front:
                 and self._authorized(request, route):
             self.engine.admission.note_shed("lag")
             response = error_response(503, "overloaded", why, (), {"Retry-After": "1"})
-            # Close the connection too: every open connection that sends more
-            # work is read ahead of the signals, so under overload the clients
-            # that are refused are made to come back through the accept queue.
-            response.force_close()
+            # The connection stays open: a refused client that reconnects costs
+            # both sides a handshake, and a storm of them fills the accept queue,
+            # where a signal's new connection then waits a TCP retransmit.
         else:
             entry = None
             if signals:
