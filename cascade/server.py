@@ -39,6 +39,7 @@ from .engine.clock import Clock
 from .engine.series_file import FILE_NAME, read_series, write_series
 from .engine.series_sampler import SeriesSampler, attach_series
 from .http.app import HOT_KEY, build_app
+from .http.acceptor import Acceptor
 from .http.lean_door import LeanDoor
 from .http.metrics import HttpMetrics
 from .logs import request_id_var
@@ -144,7 +145,7 @@ class Server:
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._door: LeanDoor | None = None
-        self._listener: asyncio.AbstractServer | None = None  # the lean door's socket
+        self._listener: Acceptor | None = None  # the lean door's socket
         self.port: int | None = None
         self.cluster: Any = None  # cluster.runtime.ClusterRuntime in cluster mode
         self.reuse_port = False  # --workers: every worker listens on the one port
@@ -266,10 +267,9 @@ class Server:
         if s.server.lean_door and not access:  # the access log is aiohttp's: with it, every request goes there
             assert self._runner.server is not None
             self._door = LeanDoor(self.app, self.app[HOT_KEY], self._runner.server, s.server.max_body_bytes)
-            self._listener = await asyncio.get_running_loop().create_server(
-                self._door, s.server.host, s.server.port, reuse_address=True, reuse_port=self.reuse_port or None,
-                backlog=s.server.listen_backlog)
-            self.port = self._listener.sockets[0].getsockname()[1]
+            self._listener = Acceptor.listen(asyncio.get_running_loop(), s.server.host, s.server.port,
+                                             s.server.listen_backlog, self.reuse_port, self._door)
+            self.port = self._listener.port
             return
         site = web.TCPSite(self._runner, s.server.host, s.server.port, reuse_address=True,
                            reuse_port=self.reuse_port or None, backlog=s.server.listen_backlog)

@@ -14,12 +14,13 @@ def behind(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine, "behind", lambda: "the server is 500 ms behind; retry shortly")
 
 
-async def test_while_behind_a_new_send_is_503_with_retry_after_and_the_connection_closed(
+async def test_while_behind_a_new_send_is_503_with_retry_after_on_a_connection_kept_open(
         client: Any, put_shipped: Any, behind: None, error_of: Any) -> None:
     await put_shipped()
     resp = await client.post("/v1/sends", json={"template": "order-shipped", "recipient": "u-1"})
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
-    assert resp.headers.get("Connection", "").lower() == "close"
+    # Kept open: refused clients that all reconnect at once fill the accept queue, where signals then wait.
+    assert resp.headers.get("Connection", "").lower() != "close"
     error_of(await resp.json(), "overloaded")
 
 
