@@ -35,6 +35,7 @@ class Acceptor:
         self.factory = protocol_factory
         self.backlog = backlog
         self.closed = False
+        self._attaching: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
         self.port = int(sock.getsockname()[1])
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._ready)
@@ -71,7 +72,9 @@ class Acceptor:
                     return
                 raise
             conn.setblocking(False)  # the loop's transport sets TCP_NODELAY itself
-            self.loop.create_task(self._attach(conn))
+            task = self.loop.create_task(self._attach(conn))
+            self._attaching.add(task)
+            task.add_done_callback(self._attaching.discard)
 
     def _resume(self) -> None:
         if not self.closed:
