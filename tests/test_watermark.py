@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from cascade.domain.errors import Overloaded
 from cascade.engine import Engine, EngineConfig, MemoryProvider, RealClock
 
 T0 = 1_800_000_000.0
@@ -89,6 +90,32 @@ def test_a_signal_that_arrived_after_the_deadline_does_not_undo_the_escalation(
     settle(engine)
     assert [m.message_id for m in push.messages] == [f"{sid}.2"]
     assert status(engine, sid) == ["completed", "fired", "fired"]
+
+
+def test_a_signal_stamped_before_a_window_that_closed_without_it_is_refused_not_acknowledged(
+        engine: Engine, clock: SteppedClock, push: MemoryProvider) -> None:
+    # What a cluster owner meets when another node's forward is delayed past its allowance: the window
+    # closed (nothing here held it) before a view that reached the other node in time. Acknowledging it
+    # would claim an in-time view that did not stop the chain.
+    sid = engine.send("chain", "u")[0].wait()["id"]
+    clock.t = T0 + 400
+    settle(engine)
+    assert [m.message_id for m in push.messages] == [f"{sid}.2"]
+    with pytest.raises(Overloaded, match=f"{sid}.1: its window closed before this signal"):
+        engine.signals([(f"{sid}.1", None, None, "viewed", None)], arrival=T0 + 299).wait()
+    with pytest.raises(Overloaded):
+        engine.inbox_signal("u", f"{sid}.1", "viewed", arrival=T0 + 299).wait()
+    view = engine.get_send(sid).wait()
+    assert view["steps"][0]["signals"]["viewed"] is None  # nothing of the refused command was applied
+    # A signal that could not have stopped the chain is no claim about the window: taken as ever.
+    delivered = engine.signals([(f"{sid}.1", None, None, "delivered", None)], arrival=T0 + 299).wait()
+    assert delivered["accepted"] == 1
+    # The client's retry reaches the server now: a late view, counted, changing nothing (rule 3).
+    late = engine.signals([(f"{sid}.1", None, None, "viewed", None)], arrival=T0 + 400).wait()
+    assert late == {"accepted": 1, "duplicates": 0, "errors": []}
+    assert status(engine, sid) == ["completed", "fired", "fired"]
+    assert [m.message_id for m in push.messages] == [f"{sid}.2"]
+    assert sum(s["refused_closed"] for s in engine.stats().wait()) == 2
 
 
 def test_without_a_signal_the_window_closes_once_the_clock_passes_the_deadline(

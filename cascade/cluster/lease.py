@@ -38,6 +38,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from .transient import retried
+
 __all__ = ["Lease", "LeaseLost", "Leases"]
 
 
@@ -81,12 +83,14 @@ class Leases:
         self._kv: KeyValue | None = None
         self._seen: dict[int, tuple[int, float]] = {}  # partition -> (revision, when this node first read it)
 
-    async def open(self) -> Leases:
+    async def open(self, give_up_s: float = 30.0) -> Leases:
         """Bind to the bucket, creating it (history 1, `replicas`) if it does not exist."""
+        what = f"lease bucket {self.bucket}: open"
         try:
-            self._kv = await self.js.key_value(self.bucket)
+            self._kv = await retried(lambda: self.js.key_value(self.bucket), what, give_up_s)
         except BucketNotFoundError:
-            self._kv = await self.js.create_key_value(bucket=self.bucket, history=1, replicas=self.replicas)
+            self._kv = await retried(lambda: self.js.create_key_value(
+                bucket=self.bucket, history=1, replicas=self.replicas), what, give_up_s)
         return self
 
     @property

@@ -21,6 +21,8 @@ from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
+from .transient import retried
+
 __all__ = ["Member", "Members"]
 
 
@@ -43,12 +45,14 @@ class Members:
         self._kv: KeyValue | None = None
         self._seen: dict[str, tuple[int, float, Member]] = {}  # node -> (revision, first seen, entry)
 
-    async def open(self) -> Members:
+    async def open(self, give_up_s: float = 30.0) -> Members:
+        what = f"member bucket {self.bucket}: open"
         try:
-            self._kv = await self.js.key_value(self.bucket)
+            self._kv = await retried(lambda: self.js.key_value(self.bucket), what, give_up_s)
         except BucketNotFoundError:
-            self._kv = await self.js.create_key_value(bucket=self.bucket, history=1, replicas=self.replicas,
-                                                      ttl=max(60.0, 20 * self.lease_s))
+            self._kv = await retried(lambda: self.js.create_key_value(
+                bucket=self.bucket, history=1, replicas=self.replicas, ttl=max(60.0, 20 * self.lease_s)),
+                what, give_up_s)
         return self
 
     @property

@@ -46,6 +46,7 @@ from .clock import ClusterClock
 from .lease import Lease, LeaseLost, Leases
 from .members import Members
 from .partition import Partition, PartitionSettings
+from .transient import retried
 
 __all__ = ["ClusterMismatch", "Node", "NodeFigures"]
 
@@ -137,10 +138,12 @@ class Node:
         """The partition count is the cluster's, fixed at its creation: refuse to join with another."""
         assert self.client is not None
         js = self.client.js
+        bucket, what = f"{self.prefix}-cluster", f"cluster bucket {self.prefix}-cluster: open"
         try:
-            kv = await js.key_value(f"{self.prefix}-cluster")
+            kv = await retried(lambda: js.key_value(bucket), what, 25.0)
         except BucketNotFoundError:
-            kv = await js.create_key_value(bucket=f"{self.prefix}-cluster", history=1, replicas=self.replicas)
+            kv = await retried(lambda: js.create_key_value(bucket=bucket, history=1, replicas=self.replicas),
+                               what, 25.0)
         shape = json.dumps({"partitions": self.partitions, "clock": self.clock.origin()}).encode()
         try:
             await kv.create("shape", shape)

@@ -42,6 +42,7 @@ from nats.js.object_store import ObjectStore
 from ..storage.codec import CorruptSnapshot, UnsupportedFormat
 from ..storage.files import SnapshotSet, list_snapshots, snapshot_path, verify_snapshot
 from .client import NatsThread
+from .transient import retried
 
 __all__ = ["SnapshotStore"]
 
@@ -131,10 +132,12 @@ class SnapshotStore:
         return self
 
     async def _open(self) -> ObjectStore:
+        what = f"snapshot bucket {self.bucket}: open"
         try:
-            return await self.client.js.object_store(self.bucket)
+            return await retried(lambda: self.client.js.object_store(self.bucket), what, self.timeout_s)
         except BucketNotFoundError:
-            return await self.client.js.create_object_store(self.bucket, replicas=self.replicas)
+            return await retried(lambda: self.client.js.create_object_store(self.bucket, replicas=self.replicas),
+                                 what, self.timeout_s)
 
     def _objects(self, partition: int) -> Objects:
         objects: Objects = {}

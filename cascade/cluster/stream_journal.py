@@ -64,13 +64,14 @@ from typing import Any, TypeVar
 import msgpack
 import nats.errors
 from nats.js import api
-from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, NotFoundError
 
 from ..storage.codec import FrameReader, StopReason, encode_records
 from ..storage.journal import JournalClosed, JournalError, JournalIssue, JournalStats, RecoveryReport
 from .client import NatsThread
 from .journal_stats import AckCounters
 from .pull import Puller
+from .transient import retried
 
 __all__ = ["Fenced", "StreamJournal", "Takeover"]
 
@@ -78,7 +79,6 @@ log = logging.getLogger("cascade.cluster.journal")
 Callback = Callable[[], None]
 T = TypeVar("T")
 WRONG_LAST_SEQUENCE = (10071, 10164)  # JSStreamWrongLastSequenceErrF, ...ConstantErr
-PLACEMENT = (10005,)  # JSClusterNoPeersErrF: "no suitable peers for placement" (a peer briefly seen offline)
 EXPECTED, MSG_ID = "Nats-Expected-Last-Sequence", "Nats-Msg-Id"
 EXPECTED_SUBJECT = "Nats-Expected-Last-Subject-Sequence"
 END, COUNT, EPOCH = "Cascade-End", "Cascade-Count", "Cascade-Epoch"
@@ -297,26 +297,9 @@ class StreamJournal:
             return None
 
     async def _api(self, call: Callable[[], Awaitable[T]], what: str) -> T:
-        """A JetStream API call, retried while the cluster cannot answer (a leader election after a
-        server died, a reconnect, a peer briefly seen offline at placement) until `give_up_s`;
-        other errors at once."""
-        loop = asyncio.get_running_loop()
-        deadline, attempt = loop.time() + self.give_up_s, 0
-        while True:
-            try:
-                return await call()
-            except (TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError, ServiceUnavailableError,
-                    APIError) as exc:
-                if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError) \
-                        and exc.err_code not in PLACEMENT:
-                    raise
-                attempt += 1
-                pause = min(0.05 * attempt, 0.5)
-                if loop.time() + pause > deadline:
-                    raise JournalError(
-                        f"journal {self.stream}: {what} failed for {self.give_up_s} s ({exc!r})") from exc
-                log.warning("journal %s: %s failed (%r); retrying", self.stream, what, exc)
-                await asyncio.sleep(pause)  # back-off between retries
+        """A JetStream API call, retried while the cluster cannot answer (`transient.retried`)."""
+        return await retried(call, f"journal {self.stream}: {what}", self.give_up_s, lambda exc: JournalError(
+            f"journal {self.stream}: {what} failed for {self.give_up_s} s ({exc!r})"))
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str],
                        landed: Callable[[str], Awaitable[int | None]]) -> int:

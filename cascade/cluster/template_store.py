@@ -52,6 +52,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from ..domain.errors import Conflict, NotFound, Overloaded, TemplateInvalid
 from ..domain.templates import TemplateRegistry, TemplateVersion, validate_template
 from .client import NatsThread
+from .transient import retried
 
 __all__ = ["TemplateStore", "slot_key"]
 
@@ -141,10 +142,12 @@ class TemplateStore:
         return self
 
     async def _open(self) -> None:
+        what = f"template bucket {self.bucket}: open"
         try:
-            self._kv = await self.client.js.key_value(self.bucket)
+            self._kv = await retried(lambda: self.client.js.key_value(self.bucket), what, self.timeout_s)
         except BucketNotFoundError:
-            self._kv = await self.client.js.create_key_value(bucket=self.bucket, history=1, replicas=self.replicas)
+            self._kv = await retried(lambda: self.client.js.create_key_value(
+                bucket=self.bucket, history=1, replicas=self.replicas), what, self.timeout_s)
         watcher = await self.kv.watch("t.>")
         try:
             self._apply_all(await self._drain(watcher))

@@ -39,7 +39,7 @@ from .send import (
     Send,
 )
 
-__all__ = ["Emit", "SignalOutcome", "cancel", "delivery_result", "signal", "start", "timer_due"]
+__all__ = ["Emit", "SignalOutcome", "cancel", "closed_before", "delivery_result", "signal", "start", "timer_due"]
 
 Emit = Callable[[Any], None]
 _FAILED = 3  # channels.FAILED
@@ -175,6 +175,25 @@ def signal(send: Send, i: int, kind: int, at: float, now: float, emit: Emit) -> 
     if (i == cur and st == WAITING) or (i < cur and send.step_status(cur) in (WAITING, DEFERRED)):
         emit(SendStopped(send.key, i, kind, now))
     return SignalOutcome.ACCEPTED
+
+
+def closed_before(send: Send, i: int, kind: int, stamp: float) -> bool:
+    """Whether a signal that reached the server at `stamp` finds step i's
+    window already closed by escalation although its deadline was after
+    `stamp`, and would have stopped the chain had it come in time (rule 11).
+    One server never closes a window that early (its watermark waits for
+    every request it has stamped); a cluster can, when a forward from
+    another node is delayed past the owner's allowance. Acknowledging such
+    a signal would claim an in-time signal that did not stop the chain, so
+    the caller refuses it instead; its retry is judged as a late signal."""
+    steps = send.tpl.steps
+    if not 0 <= i < len(steps) or not send.tpl.sequence or kind == _FAILED:
+        return False
+    rank = steps[i].stop_rank
+    if rank < 0 or kind < rank or send.sig & (1 << (4 * i + kind)) or send.step_status(i) != FIRED:
+        return False
+    deadline = send.window_deadline(i)
+    return deadline is not None and deadline > stamp
 
 
 def cancel(send: Send, now: float, emit: Emit) -> bool:

@@ -27,13 +27,13 @@ import pykka
 from ..delivery.providers.base import DeliveryOutcome, OutgoingMessage, Provider
 from ..domain.bitmaps import set_bit
 from ..domain.channels import SIGNALS
-from ..domain.errors import AlreadyFinished, CascadeError, NotFound
+from ..domain.errors import AlreadyFinished, CascadeError, NotFound, Overloaded
 from ..domain.evolve import EVOLVE
 from ..domain.ids import format_message_id, format_send_id
 from ..domain.recipients import Recipient, RecipientUpdate, without_subscriptions
 from ..domain.records import RecipientPut, SendOrdered, SendStarted, ShardBatch, SignalApplied, StepFired
 from ..domain.send import ACTIVE, THROTTLED, Send
-from ..domain.sequence import SignalOutcome, cancel, delivery_result, signal, start, timer_due
+from ..domain.sequence import SignalOutcome, cancel, closed_before, delivery_result, signal, start, timer_due
 from ..domain.templates import TemplateRegistry, TemplateVersion
 from ..storage.journal import Journal
 from .commands import Command
@@ -108,6 +108,8 @@ class ShardState:
         self._shape_of: tuple[TemplateVersion | None, Any] = (None, None)
         self._local: deque[tuple[Send, int, DeliveryOutcome]] = deque()
         self._jobs: list[tuple[str, OutgoingMessage, Any]] = []
+        self._stamp: float | None = None  # when the command being run reached a front door (None: internal)
+        self._fired_to = float("-inf")  # every timer due by this time has fired
         self._ops: dict[str, Callable[[Any, float], Any]] = {
             "start": self._start, "signals": self._signals, "results": self._results,
             "get_send": self._get_send, "cancel": self._cancel, "fire": self._fire_until,
@@ -241,6 +243,7 @@ class ShardState:
                 replies = []
             if arrival is not None:
                 fire_due(arrival if arrival < now else now)
+            self._stamp = arrival
             try:
                 result = self._ops[op](payload, now)
             except CascadeError as exc:
@@ -334,6 +337,8 @@ class ShardState:
 
     # -- timers and retention -----------------------------------------------
     def _fire_due(self, now: float) -> None:
+        if now > self._fired_to:
+            self._fired_to = now
         due = self.wheel.pop_due(now)
         if due:
             counts = self.stats.lateness_counts
@@ -462,6 +467,9 @@ class ShardState:
 
     def _signals(self, items: list[tuple[int, int, int | None, str | None, int, float | None]], now: float) -> list[tuple[int, int, str]]:
         """Apply signals; answer (index, outcome, message) for each that was not plainly accepted."""
+        stamp = self._stamp
+        if stamp is not None and stamp < self._fired_to:
+            self._refuse_closed(((key, i, channel, kind) for _, key, i, channel, kind, _ in items), stamp)
         problems = []
         sends = self.sends
         counts = self.stats.signals
@@ -493,6 +501,21 @@ class ShardState:
             else:
                 problems.append((index, outcome, f"message {format_message_id(key, i + 1)} was never sent"))
         return problems
+
+    def _refuse_closed(self, signals: Any, stamp: float) -> None:
+        """Refuse (503, nothing applied) a command stamped before a deadline
+        whose window has closed without it (`closed_before`): a forward from
+        another node that the owner's allowance did not wait for."""
+        for key, i, channel, kind in signals:
+            send = self.sends.get(key)
+            if send is None:
+                continue
+            if i is None:
+                i = next((s.number - 1 for s in send.tpl.steps if s.channel == channel), -1)
+            if closed_before(send, i, kind, stamp):
+                self.stats.refused_closed += 1
+                raise Overloaded(f"message {format_message_id(key, i + 1)}: its window closed before this "
+                                 "signal reached the partition's owner; retry (it will count as late)")
 
     def _results(self, results: list[tuple[Any, DeliveryOutcome]], now: float) -> None:
         self._answered += len(results)
@@ -540,6 +563,9 @@ class ShardState:
         if (send is None or send.recipient.id != rid or not 0 <= i < len(send.tpl.steps)
                 or send.tpl.steps[i].channel != "inapp" or send.step_status(i) == 0):
             raise NotFound(f"message {format_message_id(key, i + 1)} is not in the inbox of {rid!r}")
+        stamp = self._stamp
+        if stamp is not None and stamp < self._fired_to:
+            self._refuse_closed([(key, i, None, kind)], stamp)
         self.stats.signal(kind, signal(send, i, kind, now, now, self._emit))
         self._answer_local(now)
 

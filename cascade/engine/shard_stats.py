@@ -19,6 +19,7 @@ class ShardStats:
         self.lateness_counts = [0] * (len(LATENESS_BUCKETS) + 1)
         self.lateness_sum = 0.0
         self.watermark_lag = 0.0  # now - the low watermark, at the end of the last batch
+        self.refused_closed = 0  # signal commands refused: stamped before a window that had closed (closed_before)
         # synchronous providers' answers: deliveries[channel][ok] (async ones: the dispatcher's stats)
         self.deliveries: dict[str, list[int]] = {c: [0, 0] for c in CHANNELS}
 
@@ -33,6 +34,7 @@ class ShardStats:
             "lateness_counts": list(self.lateness_counts),
             "lateness_sum": self.lateness_sum,
             "watermark_lag": self.watermark_lag,
+            "refused_closed": self.refused_closed,
             "deliveries": {(c, "ok" if ok else "failed"): n for c, row in self.deliveries.items()
                            for ok, n in enumerate(row) if n},
         }

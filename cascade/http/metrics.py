@@ -220,6 +220,10 @@ class HttpMetrics:
                                 value=sum(s.get("stored", 0) for s in stats))
         yield GaugeMetricFamily("cascade_recipients", "Recipients held in memory",
                                 value=sum(s.get("recipients", 0) for s in stats))
+        yield CounterMetricFamily(
+            "cascade_signals_refused_closed", "Signal commands refused (503) because they reached the owner "
+            "after a window they were in time for had closed (a delayed forward in a cluster)",
+            value=sum(s.get("refused_closed", 0) for s in stats))
         counts = [0] * (len(LATENESS_BUCKETS) + 1)
         total = 0.0
         for s in stats:
