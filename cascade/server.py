@@ -27,6 +27,7 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from .campaigns import attach_campaigns
+from .campaigns.desk import LocalDesk
 from .config import Settings
 from .delivery.dispatcher import DeliveryDispatcher, Job, OnResults
 from .delivery.providers.base import Provider
@@ -206,7 +207,8 @@ class Server:
                                        campaigns=self.campaigns)
             ProcessCollector(registry=self.registry)
             self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics,
-                                 admin=self.durability, campaigns=self.campaigns, series=self.series)
+                                 admin=self.durability, campaigns=LocalDesk(self.engine, self.campaigns.book),
+                                 series=self.series)
             await self._listen()
         except BaseException:
             await self._teardown(quick=True)

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from cascade.campaigns import Campaigns, attach_campaigns
 from cascade.campaigns.book import Campaign, CampaignBook
-from cascade.campaigns.rows import MAX_REPORTED_ERRORS, Upload
+from cascade.campaigns.rows import MAX_REPORTED_ERRORS, RowsWriter, Upload
 from cascade.domain.timefmt import iso
 from cascade.engine import AlreadyFinished, Engine, EngineConfig, InvalidInput, ManualClock, MemoryProvider, NotFound
 from cascade.http.metrics import HttpMetrics
@@ -290,7 +290,7 @@ def test_the_rows_file_is_on_disk_before_the_campaign_and_gone_after_it(make_eng
 
 
 def test_an_upload_reports_bad_and_repeated_rows_and_keeps_the_first(tmp_path: Path) -> None:
-    upload = Upload("cmp_test", str(tmp_path))
+    upload = Upload("cmp_test", RowsWriter(str(tmp_path), "cmp_test"))
     upload.add(1, "u1", {"email": "u1@example.com"}, None)
     upload.add(2, "", None, None)
     upload.add(3, "has space", None, None)
@@ -306,7 +306,7 @@ def test_an_upload_reports_bad_and_repeated_rows_and_keeps_the_first(tmp_path: P
 
 
 def test_an_upload_reports_at_most_a_thousand_errors_and_counts_them_all() -> None:
-    upload = Upload("cmp_test", None)
+    upload = Upload("cmp_test", RowsWriter(None, "cmp_test"))
     for n in range(1, 1501):
         upload.add(n, "", None, None)
     upload.add(1501, "u1", None, None)

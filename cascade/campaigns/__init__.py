@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .book import CAMPAIGN_RECORDS, CampaignBook
+from .book import CAMPAIGN_RECORDS, CampaignBook, RowsStore
 from .fanout import Fanout
 from .host import CampaignHost
 
@@ -22,8 +22,9 @@ __all__ = ["CampaignHost", "Campaigns", "attach_campaigns"]
 class Campaigns:
     record_types = CAMPAIGN_RECORDS
 
-    def __init__(self, host: CampaignHost, directory: str | None = None, max_sends_per_s: float = 0.0) -> None:
-        self.book = CampaignBook(host, directory)
+    def __init__(self, host: CampaignHost, directory: str | None = None, max_sends_per_s: float = 0.0,
+                 rows_store: RowsStore | None = None) -> None:
+        self.book = CampaignBook(host, directory, rows_store)
         self.fanout = Fanout(host, self.book, max_sends_per_s)
         self.book.fanout = self.fanout
 
@@ -50,10 +51,12 @@ class Campaigns:
         self.fanout.stop()
 
 
-def attach_campaigns(engine: Any, directory: str | None = None, max_sends_per_s: float = 0.0) -> Campaigns:
+def attach_campaigns(engine: Any, directory: str | None = None, max_sends_per_s: float = 0.0,
+                     rows_store: RowsStore | None = None) -> Campaigns:
     """Campaigns on `engine` (before it recovers or starts): `directory` keeps
     rows files (None: rows inline in the journal), `max_sends_per_s` paces
-    the fan-out (0: unlimited)."""
-    campaigns = Campaigns(engine, directory, max_sends_per_s)
+    the fan-out (0: unlimited), `rows_store` holds the rows files where
+    another process can fetch them (a cluster's object store)."""
+    campaigns = Campaigns(engine, directory, max_sends_per_s, rows_store)
     engine.attach(campaigns)
     return campaigns

@@ -31,9 +31,10 @@ from ..domain.errors import AlreadyFinished, NotFound, Overloaded
 from ..domain.records import CampaignCreated, CampaignEnded
 from ..domain.timefmt import iso
 from ..engine.reply import Reply, resolve_batch
+from ..domain.templates import TemplateVersion
 from ..engine.views import metrics_view
 from .host import CampaignHost
-from .rows import Upload
+from .rows import RowsWriter, Upload
 
 
 class _FanoutHandle(Protocol):
@@ -43,7 +44,18 @@ class _FanoutHandle(Protocol):
 
     def stats(self) -> dict[str, Any]: ...
 
-__all__ = ["CAMPAIGN_RECORDS", "Campaign", "CampaignBook", "SCHEDULED", "RUNNING", "COMPLETED", "CANCELLED", "STATUSES"]
+
+class RowsStore(Protocol):
+    """Where rows files live besides this process's disk (a cluster's object store, so the next owner
+    of a partition finds them): `fetch` copies one into `directory`, `drop` deletes it."""
+
+    def fetch(self, name: str, directory: str) -> None: ...
+
+    def drop(self, name: str) -> None: ...
+
+
+__all__ = ["CAMPAIGN_RECORDS", "Campaign", "CampaignBook", "RowsStore", "SCHEDULED", "RUNNING", "COMPLETED",
+           "CANCELLED", "STATUSES", "campaign_view"]
 
 _log = logging.getLogger("cascade.campaigns")
 SCHEDULED, RUNNING, COMPLETED, CANCELLED = "scheduled", "running", "completed", "cancelled"
@@ -76,6 +88,21 @@ class Campaign:
                 self.rows, self.n_rows, self.rejected, self.data)
 
 
+def campaign_view(c: Campaign, tpl: TemplateVersion | None, totals: Any = None, metrics: bool = True) -> dict[str, Any]:
+    """The API view of `c` (of template version `tpl`); `totals` are the group totals of `c.group`."""
+    block = metrics_view(c.template, tpl, totals)
+    view: dict[str, Any] = {
+        "id": c.id, "name": c.name, "status": c.status, "template": c.template, "templateVersion": c.version,
+        "scheduledAt": iso(c.scheduled_at), "createdAt": iso(c.created_at), "finishedAt": iso(c.finished_at),
+        "recipients": c.n_rows, "sendsStarted": block["sends"]["started"], "rejectedRows": c.rejected,
+    }
+    if metrics:
+        view["metrics"] = block
+    if c.problem is not None:
+        view["problem"] = c.problem
+    return view
+
+
 class _Then:
     """A reply stand-in whose completion runs `fn(value, error)` on the thread that completed it."""
 
@@ -98,8 +125,9 @@ class _Then:
 
 
 class CampaignBook:
-    def __init__(self, engine: CampaignHost, directory: str | None) -> None:
+    def __init__(self, engine: CampaignHost, directory: str | None, rows_store: RowsStore | None = None) -> None:
         self.engine = engine
+        self.rows_store = rows_store
         self.fanout: _FanoutHandle | None = None  # set by Campaigns: the book wakes it
         self.directory = directory
         self.cond = threading.Condition()  # guards the campaigns; the fan-out submits under it
@@ -107,12 +135,13 @@ class CampaignBook:
         self._seq = 0
 
     # -- creating ------------------------------------------------------------------
-    def new_upload(self) -> Upload:
+    def new_upload(self) -> Upload[str | bytes]:
         """A campaign's rows on their way in (503 while the engine cannot take one)."""
         self.engine.check_open()
-        return Upload("cmp_" + os.urandom(8).hex(), self.directory)
+        cid = "cmp_" + os.urandom(8).hex()
+        return Upload(cid, RowsWriter(self.directory, cid))
 
-    def create(self, upload: Upload, rows: str | bytes, template: str, scheduled_at: float | None,
+    def create(self, upload: Upload[str | bytes], rows: str | bytes, template: str, scheduled_at: float | None,
                name: str | None, data: bytes | None) -> Reply:
         """Register the campaign of a finished upload; the reply (the Campaign)
         comes once its record is durable. NotFound if the template is gone."""
@@ -124,9 +153,30 @@ class CampaignBook:
             self._discard(rows)
             raise
         now = engine.clock.now()
-        c = Campaign(upload.id, tpl.id, tpl.version, name, now if scheduled_at is None else scheduled_at, now,
-                     rows, upload.accepted, upload.rejected, data)
-        if c.scheduled_at <= now:
+        return self._register(Campaign(upload.id, tpl.id, tpl.version, name,
+                                       now if scheduled_at is None else scheduled_at, now, rows, upload.accepted,
+                                       upload.rejected, data))
+
+    def create_part(self, c: Campaign) -> Reply:
+        """Register `c` as given, once (a cluster's part of a campaign: its rows in this partition, the
+        template version fixed where the campaign was created); a campaign already here is answered
+        as it is, so a creation retried after a lost answer makes nothing twice."""
+        self.engine.check_open()
+        with self.cond:  # held from the look to the append: two tries of one creation make one record
+            found = self._by_id.get(c.id)
+            if found is None:
+                return self._register(c)
+        reply = Reply.here()
+        reply.set(found)
+        if self.engine.journal is None:
+            resolve_batch([reply])
+        else:  # answered once everything appended so far (the first try's record too) is durable
+            self.engine.journal.append([], lambda: resolve_batch([reply]))
+        return reply
+
+    def _register(self, c: Campaign) -> Reply:
+        engine = self.engine
+        if c.scheduled_at <= engine.clock.now():
             c.status = RUNNING
         reply = Reply.here()
         reply.set(c)
@@ -134,7 +184,7 @@ class CampaignBook:
             resolve_batch([reply])
         else:
             engine.journal.append([c.record()], lambda: resolve_batch([reply]))
-        with self.cond:
+        with self.cond:  # re-entrant: create_part holds it already
             self._add(c)
         self._wake_fanout()
         return reply
@@ -159,17 +209,7 @@ class CampaignBook:
 
     def view(self, c: Campaign, totals: Any = None, metrics: bool = True) -> dict[str, Any]:
         """The API view; `totals` are the group totals of `c.group` (engine.totals)."""
-        block = metrics_view(c.template, self.engine.templates.version(c.template, c.version), totals)
-        view: dict[str, Any] = {
-            "id": c.id, "name": c.name, "status": c.status, "template": c.template, "templateVersion": c.version,
-            "scheduledAt": iso(c.scheduled_at), "createdAt": iso(c.created_at), "finishedAt": iso(c.finished_at),
-            "recipients": c.n_rows, "sendsStarted": block["sends"]["started"], "rejectedRows": c.rejected,
-        }
-        if metrics:
-            view["metrics"] = block
-        if c.problem is not None:
-            view["problem"] = c.problem
-        return view
+        return campaign_view(c, self.engine.templates.version(c.template, c.version), totals, metrics)
 
     # -- lifecycle -----------------------------------------------------------------
     def promote_due(self, now: float) -> None:
@@ -244,6 +284,19 @@ class CampaignBook:
                 os.unlink(os.path.join(self.directory, rows))
             except FileNotFoundError:
                 pass
+            if self.rows_store is not None:
+                try:
+                    self.rows_store.drop(rows)
+                except Exception:  # noqa: BLE001 - only space: the campaign has ended either way
+                    _log.warning("campaign rows %s were not deleted from the rows store", rows, exc_info=True)
+
+    def local_rows(self, c: Campaign) -> None:
+        """Make sure `c`'s rows file is on this disk: fetched from the rows store when this process did
+        not write it (a cluster partition taken over from another node). Raises what the fetch raises."""
+        if (isinstance(c.rows, str) and self.directory is not None and self.rows_store is not None
+                and not os.path.exists(os.path.join(self.directory, c.rows))):
+            os.makedirs(self.directory, exist_ok=True)
+            self.rows_store.fetch(c.rows, self.directory)
 
     def prune_started_rows(self) -> None:
         """Shards drop the started-rows bitmaps of campaigns that will start nothing more."""

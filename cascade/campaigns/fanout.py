@@ -149,6 +149,12 @@ class Fanout:
         if tpl is None:
             c.problem = f"template {c.template!r} version {c.version} is missing"
             return None
+        try:
+            self.book.local_rows(c)
+        except Exception:  # noqa: BLE001 - the rows store is away for a moment: try again shortly
+            _log.warning("campaign %s: its rows could not be fetched; retrying", c.id, exc_info=True)
+            self._stop.wait(1.0)
+            return None
         skip = None
         if c.recovered:  # rows that started before the restart: their bits are with the shards
             skip = self.engine.campaign_rows_started(c.id).wait(None)
@@ -160,7 +166,8 @@ class Fanout:
         if job is None:
             job = self._open(c)
             if job is None:
-                _log.error("campaign %s cannot fan out: %s", c.id, c.problem)
+                if c.problem is not None:
+                    _log.error("campaign %s cannot fan out: %s", c.id, c.problem)
                 return
             self._jobs[c.id] = job
         rows = self._read(job)

@@ -18,17 +18,32 @@ kept in memory, never the rows.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator
+from typing import Any, Generic, Iterator, Protocol, TypeVar
 
 from ..domain.errors import InvalidInput
 from ..domain.recipients import validate_recipient
 from ..storage.codec import FrameReader, StopReason, encode_records
 
-__all__ = ["MAX_REPORTED_ERRORS", "Row", "RowsWriter", "Upload", "iter_rows", "rows_path"]
+__all__ = ["MAX_REPORTED_ERRORS", "Row", "RowsSink", "RowsWriter", "Upload", "iter_rows", "rows_path"]
 
 MAX_REPORTED_ERRORS = 1000
 _CHUNK = 2000
 Row = tuple[str, "dict[str, Any] | None", "bytes | None"]
+Ref = TypeVar("Ref", covariant=True)
+
+
+class RowsSink(Protocol[Ref]):
+    """Where an upload's accepted rows go: one rows file (`RowsWriter`), or one per partition of a
+    cluster (cluster/campaign_rows.py). `commit` makes them durable and names them."""
+
+    @property
+    def count(self) -> int: ...
+
+    def add(self, row: Row) -> None: ...
+
+    def commit(self) -> Ref: ...
+
+    def abort(self) -> None: ...
 
 
 def rows_path(directory: str, campaign_id: str) -> str:
@@ -112,12 +127,12 @@ def iter_rows(ref: str | bytes, directory: str | None) -> Iterator[Row]:
             raise ValueError(f"{path} is damaged: {reader.detail}")
 
 
-class Upload:
-    """One campaign's rows on their way in: validated, deduplicated, written."""
+class Upload(Generic[Ref]):
+    """One campaign's rows on their way in: validated, deduplicated, written to `writer`."""
 
-    def __init__(self, campaign_id: str, directory: str | None) -> None:
+    def __init__(self, campaign_id: str, writer: RowsSink[Ref]) -> None:
         self.id = campaign_id
-        self.writer = RowsWriter(directory, campaign_id)
+        self.writer = writer
         self.errors: list[dict[str, Any]] = []
         self.rejected = 0
         self._seen: set[str] = set()
@@ -146,7 +161,7 @@ class Upload:
         self._seen.add(rid)
         self.writer.add((rid, fields or None, data))
 
-    def finish(self) -> str | bytes:
+    def finish(self) -> Ref:
         """Commit the rows (durably); 422 when not one row was accepted."""
         self._seen = set()
         if self.writer.count == 0:

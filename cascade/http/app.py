@@ -35,7 +35,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractRoute
 
-from ..campaigns import Campaigns
+from ..campaigns.desk import CampaignDesk
 from ..config import Settings
 from ..engine import Engine
 from ..engine.series_sampler import SeriesSampler
@@ -213,23 +213,11 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
     return probe
 
 
-def _single_server_only() -> list[Route]:
-    """In a cluster, what runs on one server only answers so, instead of a bare 404 (docs/cluster.md)."""
-    async def refuse(request: web.Request) -> web.Response:
-        raise ApiError(501, "not_in_cluster", f"{request.path} is served by a single cascade server only; "
-                       "a cluster does not run campaigns yet (docs/cluster.md)")
-
-    paths = ("/v1/campaigns", "/v1/campaigns/{id}")
-    return [Route(method, path, refuse, READ, "Not in a cluster (501)", errors=(501,))
-            for path in paths for method in (("GET", "POST") if path == "/v1/campaigns" else
-                                             ("GET", "DELETE") if path.endswith("{id}") else ("GET",))]
-
-
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None,
-              campaigns: Campaigns | None = None, series: SeriesSampler | None = None,
+              campaigns: CampaignDesk | None = None, series: SeriesSampler | None = None,
               cluster: Any = None) -> web.Application:
-    """The whole API of API.md over `engine` (campaigns: their routes, when attached;
+    """The whole API of API.md over `engine` (campaigns: their routes, when a desk answers them;
     series: GET /v1/stats/series, when the engine keeps one)."""
     front = _Front(engine, settings, ready)
     middlewares = [front.middleware] if metrics is None else [metrics.middleware, front.middleware]
@@ -247,11 +235,11 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     table += routes_sends.routes(engine, settings)
     table += routes_events.routes(engine, settings)
     if campaigns is not None:
-        table += routes_campaigns.routes(engine, campaigns.book, settings)
+        table += routes_campaigns.routes(engine, campaigns, settings)
     if series is not None:
         table += routes_stats.routes(series)
     if cluster is not None:
-        table += routes_stats.routes(cluster) + _single_server_only()
+        table += routes_stats.routes(cluster)
     table += routes_admin.routes(engine, settings, admin, cluster)
     hot: dict[tuple[str, str], AbstractRoute] = {}
     for route in table:

@@ -115,7 +115,7 @@ class CsvColumns:
         return out
 
 
-def parse_csv(lines: Iterable[str], upload: Upload, pause: Callable[[], None] | None = None) -> None:
+def parse_csv(lines: Iterable[str], upload: Upload[Any], pause: Callable[[], None] | None = None) -> None:
     """Rows of the CSV `lines` into `upload` (header problems: ApiError 400/422).
     `pause` is called every PAUSE_ROWS rows: the upload yields to requests there."""
     reader = csv.reader(lines)
@@ -166,7 +166,7 @@ def parse_csv(lines: Iterable[str], upload: Upload, pause: Callable[[], None] | 
         upload.add(number, rid, fields, data)
 
 
-def read_csv(pull: Callable[[], bytes], limit: int, upload: Upload, pause: Callable[[], None] | None = None) -> None:
+def read_csv(pull: Callable[[], bytes], limit: int, upload: Upload[Any], pause: Callable[[], None] | None = None) -> None:
     """Parse the body that `pull` yields (blocking: run it in a worker thread)."""
     text = io.TextIOWrapper(io.BufferedReader(BodyStream(pull, limit), 1 << 16), encoding="utf-8-sig", newline="")
     try:

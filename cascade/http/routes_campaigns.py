@@ -18,7 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
-from ..campaigns.book import STATUSES, Campaign, CampaignBook
+from ..campaigns.book import STATUSES, Campaign
+from ..campaigns.desk import CampaignDesk
 from ..campaigns.rows import Upload
 from ..config import Settings
 from ..domain.timefmt import iso, parse_iso
@@ -50,7 +51,7 @@ _LIST_QUERY = (
 )
 
 
-def _created(c: Campaign, upload: Upload) -> web.Response:
+def _created(c: Campaign, upload: Upload[Any]) -> web.Response:
     return json_response({
         "id": c.id, "status": c.status, "name": c.name, "template": c.template, "templateVersion": c.version,
         "scheduledAt": iso(c.scheduled_at), "createdAt": iso(c.created_at), "recipients": c.n_rows,
@@ -69,7 +70,7 @@ def _time(text: str | None, param: str) -> float | None:
         raise ApiError(422, "invalid", f"invalid query parameter {param}: {exc}", [(param, str(exc))]) from None
 
 
-def routes(engine: Engine, book: CampaignBook, settings: Settings) -> list[Route]:
+def routes(engine: Engine, desk: CampaignDesk, settings: Settings) -> list[Route]:
     json_max = settings.server.max_body_bytes
     csv_max = settings.server.max_csv_bytes
     decoder = decoder_for(CampaignBody)
@@ -89,9 +90,9 @@ def routes(engine: Engine, book: CampaignBook, settings: Settings) -> list[Route
         if body.data:
             check_json(((body.data, "$.data"),))
         data = pack_data(body.data)
-        upload = book.new_upload()
+        upload = desk.new_upload()
 
-        def rows() -> str | bytes:
+        def rows() -> Any:
             try:
                 for n, r in enumerate(body.recipients, 1):
                     if isinstance(r, str):
@@ -105,7 +106,7 @@ def routes(engine: Engine, book: CampaignBook, settings: Settings) -> list[Route
 
         ref = await asyncio.get_running_loop().run_in_executor(None, rows)
         scheduled = body.scheduledAt.timestamp() if body.scheduledAt is not None else None
-        c = await book.create(upload, ref, body.template, scheduled, body.name, data)
+        c = await desk.create(upload, ref, body.template, scheduled, body.name, data)
         return _created(c, upload)
 
     async def create_from_csv(request: web.Request) -> web.Response:
@@ -129,17 +130,18 @@ def routes(engine: Engine, book: CampaignBook, settings: Settings) -> list[Route
                            "(server.max_csv_bytes)")
         loop = asyncio.get_running_loop()
         content = request.content
-        upload = book.new_upload()
+        upload = desk.new_upload()
+        background = desk.background
 
         def pull() -> bytes:
             return asyncio.run_coroutine_threadsafe(content.read(_PULL_BYTES), loop).result(_PULL_TIMEOUT_S)
 
         def pause() -> None:  # parsing is background work: requests other than this one come first
-            engine.background.pause(_NEVER, own_requests=1)
+            background.pause(_NEVER, own_requests=1)
 
-        def rows() -> str | bytes:
+        def rows() -> Any:
             try:
-                with engine.background.running():
+                with background.running():
                     read_csv(pull, csv_max, upload, pause)
                 return upload.finish()
             except BaseException:
@@ -147,13 +149,11 @@ def routes(engine: Engine, book: CampaignBook, settings: Settings) -> list[Route
                 raise
 
         ref = await loop.run_in_executor(None, rows)
-        c = await book.create(upload, ref, template, scheduled, name, None)
+        c = await desk.create(upload, ref, template, scheduled, name, None)
         return _created(c, upload)
 
     async def get_campaign(request: web.Request) -> web.Response:
-        c = book.get(request.match_info["id"])
-        totals = await engine.totals([c.group])
-        return json_response(book.view(c, totals.get(c.group)))
+        return json_response(await desk.view(request.match_info["id"]))
 
     async def list_campaigns(request: web.Request) -> web.Response:
         query = request.query
@@ -168,23 +168,10 @@ def routes(engine: Engine, book: CampaignBook, settings: Settings) -> list[Route
         if not 1 <= limit <= 1000:
             raise ApiError(422, "invalid", "limit must be an integer from 1 to 1000",
                            [("limit", "an integer from 1 to 1000")])
-        found = book.newest_first(status)
-        before = query.get("before")
-        if before:
-            at = next((k for k, c in enumerate(found) if c.id == before), None)
-            if at is None:
-                raise ApiError(422, "invalid", f"cursor {before!r} names no campaign",
-                               [("before", "use the `next` value of the previous page")])
-            found = found[at + 1:]
-        page = found[:limit]
-        totals: dict[str, Any] = await engine.totals([c.group for c in page]) if page else {}
-        return json_response({"campaigns": [book.view(c, totals.get(c.group), metrics=False) for c in page],
-                              "next": page[-1].id if len(found) > limit else None})
+        return json_response(await desk.page(status, limit, query.get("before") or None))
 
     async def cancel_campaign(request: web.Request) -> web.Response:
-        c = await book.cancel(request.match_info["id"])
-        totals = await engine.totals([c.group])
-        return json_response(book.view(c, totals.get(c.group)))
+        return json_response(await desk.cancel(request.match_info["id"]))
 
     path = "/v1/campaigns/{id}"
     return [

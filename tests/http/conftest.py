@@ -14,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from cascade.campaigns import Campaigns, attach_campaigns
+from cascade.campaigns.desk import LocalDesk
 from cascade.config import Settings
 from cascade.domain.timefmt import parse_iso
 from cascade.engine import Engine, EngineConfig, ManualClock, MemoryProvider
@@ -52,8 +53,10 @@ def engine(providers: dict[str, MemoryProvider]) -> Iterator[Engine]:
     e.stop()
 
 
-def campaigns_of(engine: Engine) -> Campaigns | None:
-    return next((e for e in engine.extensions if isinstance(e, Campaigns)), None)
+def campaigns_of(engine: Engine) -> LocalDesk | None:
+    """The campaign routes' desk over the engine's campaigns, when it has them."""
+    campaigns = next((e for e in engine.extensions if isinstance(e, Campaigns)), None)
+    return LocalDesk(engine, campaigns.book) if campaigns is not None else None
 
 
 @pytest.fixture
