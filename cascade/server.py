@@ -232,7 +232,8 @@ class Server:
 
     async def _start_cluster(self, loop: asyncio.AbstractEventLoop) -> None:
         """A cluster node (docs/cluster.md): listen first (/healthz, /readyz 503), then join."""
-        from .cluster.runtime import ClusterRuntime  # nats-py is the [cluster] extra's: imported only here
+        from .cluster.campaigns import ClusterDesk  # nats-py is the [cluster] extra's: imported only here
+        from .cluster.runtime import ClusterRuntime
 
         s = self.settings
         self.cluster = runtime = ClusterRuntime(s, self.providers, self._submit_jobs, address="")
@@ -245,8 +246,10 @@ class Server:
             self.metrics = HttpMetrics(engine, self.registry, self.dispatcher, runtime.stats)
             self.registry.register(runtime.collector())
             ProcessCollector(registry=self.registry)
+            desk = ClusterDesk(runtime.engine, os.path.join(s.storage.data_dir, "campaign-uploads"),
+                               lambda: runtime.rows_store)
             self.app = build_app(engine, s, ready=self.ready.is_set, metrics=self.metrics, admin=runtime,
-                                 cluster=runtime.engine)
+                                 campaigns=desk, cluster=runtime.engine)
             await self._listen()
             runtime.node.address = s.cluster.advertise or self.url
             await loop.run_in_executor(None, runtime.start)

@@ -194,10 +194,13 @@ class ClusterNode:
         return self.proc.wait(timeout)
 
     # -- HTTP -----------------------------------------------------------------------------
-    def call(self, method: str, path: str, body: Any = None, timeout: float = 20.0) -> Answer:
-        data = json.dumps(body).encode() if body is not None else None
+    def call(self, method: str, path: str, body: Any = None, timeout: float = 20.0, *,
+             csv: str | None = None) -> Answer:
+        """`body` as JSON, or `csv` as text/csv."""
+        data = csv.encode() if csv is not None else json.dumps(body).encode() if body is not None else None
+        kind = "text/csv" if csv is not None else "application/json"
         request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={**ADMIN, "Content-Type": "application/json"})
+                                         headers={**ADMIN, "Content-Type": kind})
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
                 raw = answer.read()

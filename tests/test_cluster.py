@@ -25,6 +25,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from cluster_nodes import Cluster, ClusterNode, partition_of, partition_of_send, poll
@@ -197,7 +198,6 @@ def test_sequences_behave_as_on_one_node_whichever_node_a_request_hits(cluster: 
         assert sum(p["sendsStarted"] for p in points) == 16, points
         assert sum(p["sendsFinished"]["stopped"] for p in points) == 8
         assert sum(p["channels"]["push"]["requested"] for p in points) == 8
-    assert a.call("GET", "/v1/campaigns").status == 501  # campaigns run on a single server only
 
     metrics = [node.ok("GET", "/v1/templates/seq/metrics") for node in (a, b, c)]
     assert metrics[0] == metrics[1] == metrics[2]
@@ -648,3 +648,66 @@ def test_an_inbox_stream_on_any_node_gets_the_changes_made_on_the_owner(cluster:
     b.ok("POST", "/v1/events", {"events": [viewed(sent["id"])]})
     assert next_event() == ("unseen", {"unseen": 0})
     conn.close()
+
+
+# -- 7. campaigns across the cluster -----------------------------------------------------------
+
+def campaign_of(node: ClusterNode, cid: str) -> dict[str, Any]:
+    return dict(node.ok("GET", f"/v1/campaigns/{cid}"))
+
+
+def test_a_campaign_taken_on_one_node_starts_every_row_once_and_reads_the_same_on_every_node(
+        cluster: Cluster) -> None:
+    a, b, c = cluster.start(*NODES)
+    cluster.wait_balanced(NODES)
+    put_template(a, [b, c])
+    rids = [f"cmp-r{i}" for i in range(60)]
+    assert len({partition_of(r) for r in rids}) == 8  # every partition holds a part
+    created = a.ok("POST", "/v1/campaigns", {"template": "seq", "name": "spring", "data": {"order": {"id": "c"}},
+                                             "recipients": [*rids, rids[0], {"id": "bad id"}]})
+    cid = created["id"]
+    assert created["recipients"] == 60 and created["rejectedRows"] == 2 and len(created["errors"]) == 2
+    done = poll(lambda: (v := campaign_of(b, cid))["status"] == "completed" and v, f"campaign {cid} completed", 20.0)
+    assert done["sendsStarted"] == 60 and done["recipients"] == 60 and done["rejectedRows"] == 2
+    assert done["metrics"]["sends"]["started"] == 60 and done["name"] == "spring"
+    for node in (a, c):
+        assert campaign_of(node, cid) == campaign_of(b, cid)
+    sends = c.list_sends(f"campaign={cid}")
+    assert sorted(s["recipient"] for s in sends) == sorted(rids)  # each row started once
+    listed = b.ok("GET", "/v1/campaigns?status=completed")["campaigns"]
+    assert [v["id"] for v in listed] == [cid] and listed[0]["sendsStarted"] == 60
+
+    # A CSV on another node, scheduled an hour of clock time away, then cancelled from a third.
+    later = datetime.fromtimestamp(clock_now(c) + 3600).astimezone().isoformat()
+    csv = "recipient,email,order.id\n" + "".join(f"csv-r{i},csv{i}@example.com,{i}\n" for i in range(20))
+    answer = c.call("POST", f"/v1/campaigns?template=seq&scheduledAt={quote(later)}",
+                    csv=csv + ",nobody@example.com,x\n")
+    assert answer.status == 201 and answer.body["recipients"] == 20 and answer.body["errors"][0]["row"] == 21
+    scheduled = answer.body["id"]
+    assert campaign_of(a, scheduled)["status"] == "scheduled"
+    page = a.ok("GET", "/v1/campaigns?limit=1")
+    assert [v["id"] for v in page["campaigns"]] == [scheduled] and page["next"] == scheduled
+    assert [v["id"] for v in a.ok("GET", f"/v1/campaigns?before={scheduled}")["campaigns"]] == [cid]
+    cancelled = b.ok("DELETE", f"/v1/campaigns/{scheduled}")
+    assert cancelled["status"] == "cancelled" and cancelled["sendsStarted"] == 0
+    assert campaign_of(c, scheduled)["status"] == "cancelled"
+    assert a.call("DELETE", f"/v1/campaigns/{scheduled}").status == 409
+    assert a.call("GET", "/v1/campaigns/cmp_0000000000000000").status == 404
+    assert not c.list_sends(f"campaign={scheduled}")
+
+
+def test_a_scheduled_campaign_starts_in_full_after_the_node_that_took_it_was_killed(cluster: Cluster) -> None:
+    a, b, c = cluster.start(*NODES)
+    before = cluster.wait_balanced(NODES)
+    put_template(a, [b, c])
+    rids = [f"kept-r{i}" for i in range(40)]
+    victims = {p for p, (owner, _) in before.items() if owner == a.name}
+    assert {partition_of(r) for r in rids} & victims  # some parts live on the node that dies
+    start = datetime.fromtimestamp(clock_now(a) + 8 * 60).astimezone().isoformat()  # 8 s of real time
+    cid = a.ok("POST", "/v1/campaigns", {"template": "seq", "recipients": rids, "scheduledAt": start})["id"]
+    a.kill9()  # its parts' rows are only in the rows bucket now; its partitions move to b and c
+    cluster.wait_balanced([b.name, c.name], timeout=LEASE_S + RECOVERY_S + 10.0, via=b)
+    done = poll(lambda: (v := campaign_of(c, cid))["status"] == "completed" and v, f"campaign {cid} completed",
+                30.0, interval=0.2)
+    assert done["sendsStarted"] == 40
+    assert sorted(s["recipient"] for s in b.list_sends(f"campaign={cid}")) == sorted(rids)

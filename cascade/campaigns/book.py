@@ -47,7 +47,8 @@ class _FanoutHandle(Protocol):
 
 class RowsStore(Protocol):
     """Where rows files live besides this process's disk (a cluster's object store, so the next owner
-    of a partition finds them): `fetch` copies one into `directory`, `drop` deletes it."""
+    of a partition finds them): `fetch` copies one into `directory` (blocking), `drop` deletes it
+    (without waiting: it may be called from any thread)."""
 
     def fetch(self, name: str, directory: str) -> None: ...
 
@@ -285,10 +286,7 @@ class CampaignBook:
             except FileNotFoundError:
                 pass
             if self.rows_store is not None:
-                try:
-                    self.rows_store.drop(rows)
-                except Exception:  # noqa: BLE001 - only space: the campaign has ended either way
-                    _log.warning("campaign rows %s were not deleted from the rows store", rows, exc_info=True)
+                self.rows_store.drop(rows)
 
     def local_rows(self, c: Campaign) -> None:
         """Make sure `c`'s rows file is on this disk: fetched from the rows store when this process did

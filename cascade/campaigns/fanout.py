@@ -151,6 +151,8 @@ class Fanout:
             return None
         try:
             self.book.local_rows(c)
+        except FileNotFoundError:
+            pass  # gone for good: reading them says so (the campaign's problem)
         except Exception:  # noqa: BLE001 - the rows store is away for a moment: try again shortly
             _log.warning("campaign %s: its rows could not be fetched; retrying", c.id, exc_info=True)
             self._stop.wait(1.0)

@@ -83,7 +83,7 @@ class ClusterEngine:
         self.delivery_wait: Callable[[], float] = lambda: 0.0  # the server sets its dispatcher's
         self.partitions = node.partitions
         self.admission = NodeAdmission(self.local_engines)
-        self.background = Background()  # campaigns' yield-to-requests hook: no campaigns run in a cluster yet
+        self.background = Background()  # uploads and every partition's campaign fan-out yield to requests
         self._loop_lag = 0.0
         self._inbox_listener: Callable[[str, str, str], None] | None = None
         self._outbox: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}  # forwards of this iteration
@@ -189,7 +189,7 @@ class ClusterEngine:
             await asyncio.sleep(min(0.05 * attempt, 0.5))  # the owner is changing: look again shortly
             await self._refresh_owner(p)
 
-    async def _many(self, parts: list[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
+    async def many(self, parts: list[tuple[int, str, tuple[Any, ...]]]) -> list[Any]:
         """Several one-partition calls at once: one NATS request per owner node (a "batch" frame), the
         local ones here; what a node did not answer, or no longer owns, goes the way of `_one`."""
         results: list[Any] = [None] * len(parts)
@@ -279,7 +279,7 @@ class ClusterEngine:
         assert client is not None
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, client.loop))
 
-    async def _all(self, op: str, args: tuple[Any, ...], partitions: list[int] | None = None) -> dict[int, Any]:
+    async def every(self, op: str, args: tuple[Any, ...], partitions: list[int] | None = None) -> dict[int, Any]:
         """`op` on every partition (or those given): answers by partition, gathered one call per node."""
         wanted = set(range(self.partitions) if partitions is None else partitions)
         answers: dict[int, Any] = {}
@@ -348,7 +348,7 @@ class ClusterEngine:
         if not self.templates.known(template_id):
             raise NotFound(f"template {template_id!r} does not exist")
         group = f"t:{template_id}"
-        parts = await self._all("totals", ([group],))
+        parts = await self.every("totals", ([group],))
         return metrics_view(template_id, self.templates.current(template_id),
                             merge_totals(list(parts.values())).get(group))
 
@@ -410,7 +410,7 @@ class ClusterEngine:
             by_partition.setdefault(p, []).append(index)
 
         groups = list(by_partition.items())
-        answers = await self._many([(p, "send_batch", ([list(items[i]) for i in ix],)) for p, ix in groups])
+        answers = await self.many([(p, "send_batch", ([list(items[i]) for i in ix],)) for p, ix in groups])
         for (_, indices), part in zip(groups, answers):
             for i, frame in zip(indices, part):
                 item = raise_item(frame)
@@ -432,7 +432,7 @@ class ClusterEngine:
         Engine.send_query(recipient, template, campaign, status, limit, before)  # 422 here
         args = (recipient, template, campaign, status, limit, before)
         only = [self._recipient_partition(recipient)] if recipient is not None else None
-        parts = await self._all("listing", args, only)
+        parts = await self.every("listing", args, only)
         return combine_listing([piece for shards in parts.values() for piece in shards], limit)
 
     async def signals(self, events: list[Event], arrival: float | None = None) -> dict[str, Any]:
@@ -452,7 +452,7 @@ class ClusterEngine:
         accepted = duplicates = 0
         errors: list[dict[str, Any]] = []
         groups = list(by_partition.items())
-        answers = await self._many([(p, "signals", ([list(events[i]) for i in ix], arrival)) for p, ix in groups])
+        answers = await self.many([(p, "signals", ([list(events[i]) for i in ix], arrival)) for p, ix in groups])
         for (_, indices), answer in zip(groups, answers):
             accepted += answer["accepted"]
             duplicates += answer["duplicates"]
@@ -475,7 +475,7 @@ class ClusterEngine:
     async def view(self, minutes: int, step: int) -> dict[str, Any]:
         """GET /v1/stats/series for the whole cluster: every partition's minutes, summed."""
         ring = SeriesRing()
-        for data in (await self._all("series", ())).values():
+        for data in (await self.every("series", ())).values():
             if data is not None:
                 ring.load(data)
         return ring.points(self.clock.now(), minutes, step)
@@ -529,7 +529,7 @@ def multi_handler(op: str) -> Callable[[Node, tuple[Any, ...]], Any]:
 def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None],
                 known_template: Callable[[str], Awaitable[None]]) -> Callable[[Node, tuple[Any, ...]], Any]:
     carries_signal = op in SIGNAL_OPS
-    starts_sends = op in ("send", "send_batch")
+    starts_sends = op in ("send", "send_batch", "campaign_create")
 
     async def handle(node: Node, args: tuple[Any, ...]) -> Any:
         p, *inner = args
@@ -538,7 +538,7 @@ def one_handler(op: str, in_flight: InFlight, on_signal: Callable[[float], None]
             raise wire.NotOwner(f"node {node.id} does not own partition {p}")
         # A signal forwarded here holds this node's windows from the time it reached the other node.
         if starts_sends:  # the sender saw the template: this node may be a few milliseconds behind it
-            for template in ({inner[0]} if op == "send" else {item[0] for item in inner[0]}):
+            for template in ({item[0] for item in inner[0]} if op == "send_batch" else {inner[0]}):
                 with contextlib.suppress(NotFound):
                     await known_template(template)
         token = None

@@ -13,10 +13,13 @@ from typing import Any
 
 import asyncio
 
-from ..domain.errors import CascadeError
+from ..campaigns import Campaigns
+from ..campaigns.book import CANCELLED, Campaign
+from ..domain.errors import AlreadyFinished, CascadeError, NotFound, Overloaded
 from ..engine import Engine
 from ..engine.series_sampler import SeriesSampler
 from . import wire
+from .campaign_parts import part_of
 
 __all__ = ["MULTI", "OPS", "SIGNAL_OPS", "raise_item", "run_multi"]
 
@@ -94,6 +97,63 @@ async def _series(engine: Engine, args: tuple[Any, ...]) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, read)
 
 
+def _campaigns_of(engine: Engine) -> Campaigns | None:
+    for extension in engine.extensions:
+        if isinstance(extension, Campaigns):
+            return extension
+    return None
+
+
+def _campaigns(engine: Engine) -> Campaigns:
+    found = _campaigns_of(engine)
+    if found is None:
+        raise Overloaded("this partition runs no campaigns (it is being opened); retry shortly")
+    return found
+
+
+TEMPLATE_WAIT_S = 2.0
+
+
+async def _campaign_create(engine: Engine, args: tuple[Any, ...]) -> Any:
+    """Journal this partition's part of a campaign (cluster/campaigns.py), once; answer the part."""
+    template, version, cid, name, scheduled_at, created_at, rows, n_rows, rejected, data = args
+    book = _campaigns(engine).book
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TEMPLATE_WAIT_S
+    while engine.templates.version(template, version) is None:  # put on another node a moment ago
+        if loop.time() > deadline:
+            raise Overloaded(f"template {template!r} version {version} has not reached this node yet; retry")
+        await asyncio.sleep(0.02)
+    c: Campaign = await book.create_part(Campaign(cid, template, version, name, scheduled_at, created_at, rows,
+                                                  n_rows, rejected, data))
+    return part_of(c, None)
+
+
+async def _campaign_cancel(engine: Engine, args: tuple[Any, ...]) -> Any:
+    """Cancel this partition's part: [1, part] when cancelled now, [2, part] if it already was, [0] if none."""
+    book = _campaigns(engine).book
+    try:
+        c: Campaign = await book.cancel(args[0])
+    except NotFound:
+        return [0]
+    except AlreadyFinished:
+        return [2, part_of(book.get(args[0]), None)]
+    assert c.status == CANCELLED
+    return [1, part_of(c, None)]
+
+
+async def _campaign_parts(engine: Engine, args: tuple[Any, ...]) -> Any:
+    """The parts here of the campaigns `args[0]` (None: all), each with its group's totals."""
+    campaigns = _campaigns_of(engine)
+    if campaigns is None:
+        return []
+    wanted = args[0]
+    book = campaigns.book
+    found = [c for c in book.newest_first() if wanted is None or c.id in wanted]
+    totals = await engine.totals([c.group for c in found]) if found else {}
+    return [part_of(c, totals.get(c.group)) for c in found]
+
+
 async def _position(engine: Engine, args: tuple[Any, ...]) -> Any:
     journal = engine.journal
     return journal.position() if journal is not None else 0
@@ -103,9 +163,11 @@ OPS: dict[str, Op] = {
     "send": _send, "send_batch": _send_batch, "signals": _signals, "get_send": _get_send, "cancel": _cancel,
     "put_recipient": _put_recipient, "get_recipient": _get_recipient, "drop_web_push": _drop_web_push,
     "inbox": _inbox, "inbox_peek": _inbox_peek, "inbox_signal": _inbox_signal,
+    "campaign_create": _campaign_create, "campaign_cancel": _campaign_cancel,
 }
 SIGNAL_OPS = frozenset({"signals", "cancel", "inbox", "inbox_signal"})  # their last argument is the arrival
-MULTI: dict[str, Op] = {"listing": _listing, "totals": _totals, "position": _position, "series": _series}
+MULTI: dict[str, Op] = {"listing": _listing, "totals": _totals, "position": _position, "series": _series,
+                        "campaign_parts": _campaign_parts}
 
 
 async def run_multi(local: Callable[[int], Engine | None], op: str, partitions: tuple[int, ...],

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..campaigns import attach_campaigns
 from ..delivery.providers.base import Provider
 from ..domain.records import ShardLayout
 from ..domain.templates import TemplateRegistry
@@ -35,11 +36,13 @@ from ..durability.coordinator import SnapshotCoordinator
 from ..durability.recovery import RecoveryResult, recover
 from ..engine import Engine, EngineConfig
 from ..engine.arrivals import InFlight
+from ..engine.background import Background
 from ..engine.clock import Clock
 from ..engine.series_sampler import attach_series
 from ..engine.shard import SubmitJobs
 from ..storage.journal import JournalError
 from .client import NatsThread
+from .rows_store import RowsStore
 from .snapshot_store import SnapshotStore
 from .stream_journal import StreamJournal
 
@@ -54,11 +57,13 @@ class PartitionSettings:
     def __init__(self, *, node: str, prefix: str, replicas: int, data_dir: str, clock: Clock,
                  providers: Mapping[str, Provider], engine: EngineConfig, submit_jobs: SubmitJobs | None,
                  templates: TemplateRegistry, in_flight: InFlight, snapshots: SnapshotStore,
-                 snapshot_interval_s: float, reassert_templates: Callable[[], None]) -> None:
+                 snapshot_interval_s: float, reassert_templates: Callable[[], None], rows_store: RowsStore,
+                 background: Background, campaign_sends_per_s: float = 0.0) -> None:
         self.node, self.prefix, self.replicas, self.data_dir = node, prefix, replicas, data_dir
         self.clock, self.providers, self.engine, self.submit_jobs = clock, providers, engine, submit_jobs
         self.templates, self.in_flight, self.snapshots = templates, in_flight, snapshots
         self.snapshot_interval_s, self.reassert_templates = snapshot_interval_s, reassert_templates
+        self.rows_store, self.background, self.campaign_sends_per_s = rows_store, background, campaign_sends_per_s
 
 
 class Partition:
@@ -107,6 +112,10 @@ class Partition:
                             templates=s.templates, in_flight=s.in_flight)
             # GET /v1/stats/series gathers every partition's; counted from this takeover on (not saved).
             attach_series(engine, save_interval_s=0)
+            # This partition's parts of campaigns (cluster/campaigns.py); rows from the rows bucket. Its
+            # fan-out yields to the node's requests, through the one switch interval of the process.
+            engine.background = s.background
+            attach_campaigns(engine, os.path.join(directory, "campaigns"), s.campaign_sends_per_s, s.rows_store)
             recoverable: Any = engine
             recovery = recover(recoverable, directory, journal)
             s.reassert_templates()  # the snapshot's template records are older than the bucket's

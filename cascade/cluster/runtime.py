@@ -26,6 +26,7 @@ from .clock import ClusterClock
 from .front import ClusterEngine, handlers
 from .node import Node
 from .partition import Partition, PartitionSettings
+from .rows_store import RowsStore
 from .snapshot_store import SnapshotStore
 from .template_store import TemplateStore
 
@@ -47,6 +48,7 @@ class ClusterRuntime:
         self.in_flight = InFlight(hold=lambda: clock.now() - self.allowance.seconds() * rate)
         self.template_store: TemplateStore | None = None
         self.snapshot_store: SnapshotStore | None = None
+        self.rows_store: RowsStore | None = None
         self.node = Node(node=c.node, address=c.advertise or address, servers=list(c.nats), partitions=c.partitions,
                          replicas=c.replicas, lease_s=c.lease_s, prefix=c.prefix,
                          partition_settings=self._partition_settings, handlers=handlers(self.in_flight, self._forwarded_signal,
@@ -61,6 +63,7 @@ class ClusterRuntime:
         self.template_store = TemplateStore(client, self.registry, bucket=f"{c.prefix}-templates",
                                             replicas=c.replicas).open()
         self.snapshot_store = SnapshotStore(client, bucket=f"{c.prefix}-snapshots", replicas=c.replicas).open()
+        self.rows_store = RowsStore(client, bucket=f"{c.prefix}-campaign-rows", replicas=c.replicas).open()
         self.engine.template_store = self.template_store
         self.engine.inbox_relay.attach(client)
         engine = EngineConfig(shards=1, retain_finished_s=s.storage.retain_finished_s,
@@ -71,7 +74,10 @@ class ClusterRuntime:
                                  clock=self.clock, providers=self.providers, engine=engine,
                                  submit_jobs=self.submit_jobs, templates=self.registry, in_flight=self.in_flight,
                                  snapshots=self.snapshot_store, snapshot_interval_s=s.storage.snapshot_interval_s,
-                                 reassert_templates=self.template_store.reassert)
+                                 reassert_templates=self.template_store.reassert, rows_store=self.rows_store,
+                                 background=self.engine.background,
+                                 # each partition paces its part: together about the configured rate
+                                 campaign_sends_per_s=s.campaigns.max_sends_per_s / c.partitions)
 
     def _forwarded_signal(self, arrival: float) -> None:
         self.allowance.observe((self.clock.now() - arrival) / self.clock.rate)
