@@ -517,6 +517,11 @@ def test_a_joining_node_takes_its_share_and_a_draining_one_hands_over_without_lo
     assert metrics[0]["sends"]["started"] == 24 and metrics[0]["sends"]["active"] == 0, metrics[0]
     assert (step1["requested"], step1["viewed"], step1["stopped"], step1["escalated"]) == (24, 8, 8, 16), metrics[0]
     assert step2["requested"] == 16, metrics[0]
+    # The stats series moved with the partitions (in their snapshots): every send still counted once.
+    for node in survivors:
+        points = node.ok("GET", "/v1/stats/series?minutes=120")["points"]
+        assert sum(p["sendsStarted"] for p in points) == 24, points
+        assert sum(p["channels"]["push"]["requested"] for p in points) == 16
     print(f"join: balanced in {took_join:.2f} s; drain: exit 0 in {took_drain:.2f} s, "
           f"partitions {drained_from} served again in {took_move:.2f} s")
 

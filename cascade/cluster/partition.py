@@ -30,7 +30,7 @@ from typing import Any
 
 from ..campaigns import attach_campaigns
 from ..delivery.providers.base import Provider
-from ..domain.records import ShardLayout
+from ..domain.records import SeriesKept, ShardLayout
 from ..domain.templates import TemplateRegistry
 from ..durability.coordinator import SnapshotCoordinator
 from ..durability.recovery import RecoveryResult, recover
@@ -49,6 +49,7 @@ from .stream_journal import StreamJournal
 __all__ = ["Partition", "PartitionSettings"]
 
 log = logging.getLogger("cascade.cluster.partition")
+SERIES_SAVE_S = 10.0
 
 
 class PartitionSettings:
@@ -110,8 +111,11 @@ class Partition:
             s.snapshots.download(number, directory)
             engine = Engine(s.clock, s.providers, s.engine, submit_jobs=s.submit_jobs, journal=journal,
                             templates=s.templates, in_flight=s.in_flight)
-            # GET /v1/stats/series gathers every partition's; counted from this takeover on (not saved).
-            attach_series(engine, save_interval_s=0)
+            # GET /v1/stats/series gathers every partition's. Its ring is in the partition's snapshots and
+            # journaled every SERIES_SAVE_S, so a new owner goes on with it (a kill -9 loses at most that).
+            def save_series(ring: bytes) -> None:
+                journal.append([SeriesKept(ring)])
+            attach_series(engine, save=save_series, save_interval_s=SERIES_SAVE_S, in_snapshots=True)
             # This partition's parts of campaigns (cluster/campaigns.py); rows from the rows bucket. Its
             # fan-out yields to the node's requests, through the one switch interval of the process.
             engine.background = s.background

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "CampaignCreated", "CampaignEnded", "ClockMoved", "DeliveryAnswered", "EngagementKept", "IdempotencyKept",
-    "RecipientPut", "Record", "SendCancelled", "SendFinished", "SendOrdered", "SendStarted", "SendStopped",
+    "RecipientPut", "Record", "SendCancelled", "SeriesKept", "SendFinished", "SendOrdered", "SendStarted", "SendStopped",
     "ShardBatch", "ShardLayout", "SignalApplied", "StepDeferred", "StepFailed", "StepFired", "StepSkipped",
     "ThrottleKept", "TemplateDeleted", "TemplatePut", "UnknownRecord", "WindowEnded",
     "decode", "decode_all", "SEND_RECORDS",
@@ -226,6 +226,13 @@ class EngagementKept(NamedTuple):
     tag: int = 27
 
 
+class SeriesKept(NamedTuple):
+    """A cluster partition's stats series (engine/series.py bytes), journaled every save interval and
+    kept in its snapshots, so the partition's next owner goes on with its minutes. The last one wins."""
+    ring: bytes
+    tag: int = 29
+
+
 class IdempotencyKept(NamedTuple):
     """Snapshot only: a live idempotency key and the send it names."""
     key: str
@@ -240,7 +247,7 @@ SEND_RECORDS = (SendStarted, StepFired, StepSkipped, WindowEnded, DeliveryAnswer
                 SendStopped, SendCancelled, SendFinished, StepDeferred, SendOrdered)
 _TYPES: dict[int, Any] = {cls._field_defaults["tag"]: cls for cls in (
     *SEND_RECORDS, RecipientPut, ShardBatch, TemplatePut, TemplateDeleted, ClockMoved, CampaignCreated,
-    CampaignEnded, IdempotencyKept, ThrottleKept, EngagementKept, ShardLayout)}
+    CampaignEnded, IdempotencyKept, ThrottleKept, EngagementKept, ShardLayout, SeriesKept)}
 
 
 _ARITY = {cls: len(cls._fields) for cls in _TYPES.values()}

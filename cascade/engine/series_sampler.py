@@ -30,6 +30,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .clock import Clock
+from ..domain.records import SeriesKept
 from .commands import Command
 from .counters import SEND_COLUMNS, STEP_COLUMNS
 from .reply import Reply
@@ -53,15 +54,16 @@ READ_TIMEOUT_S = 10.0
 
 
 class SeriesSampler:
-    """An engine extension (extension.py) owning the series of one engine."""
-
-    record_types: tuple[type, ...] = ()
+    """An engine extension (extension.py) owning the series of one engine. `in_snapshots`: the ring
+    is a `SeriesKept` record of the engine's snapshots (and of its journal, when `save` appends one)."""
 
     def __init__(self, clock: Clock, router: Router, *, save: Callable[[bytes], None] | None = None,
-                 save_interval_s: float = 60.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+                 save_interval_s: float = 60.0, monotonic: Callable[[], float] = time.monotonic,
+                 in_snapshots: bool = False) -> None:
         self.clock = clock
         self.router = router
         self.ring = SeriesRing()
+        self.record_types: tuple[type, ...] = (SeriesKept,) if in_snapshots else ()
         self._save = save if save_interval_s > 0 else None
         self.save_interval_s = save_interval_s
         self._monotonic = monotonic
@@ -76,10 +78,21 @@ class SeriesSampler:
 
     # -- Extension --------------------------------------------------------------
     def records(self) -> list[Any]:
-        return []
+        if not self.record_types:
+            return []
+        with self._lock:  # no reading here: a snapshot holds the shards, and a reading asks them
+            return [SeriesKept(self.ring.encode())]
 
     def apply(self, record: Any) -> None:
-        return None
+        """A `SeriesKept` (recovery): the newest ring replaces what came before it."""
+        ring = SeriesRing()
+        try:
+            ring.load(record.ring)
+        except ValueError as exc:
+            _log.warning("stats series record not read (%s); the minutes before it are gone", exc)
+            return
+        with self._lock:
+            self.ring = ring
 
     def next_due(self) -> float | None:
         return None  # never a reason for an advance to stop: it reads at the stops there are
@@ -183,8 +196,9 @@ class SeriesSampler:
 
 
 def attach_series(engine: Engine, *, save: Callable[[bytes], None] | None = None,
-                  save_interval_s: float = 60.0) -> SeriesSampler:
+                  save_interval_s: float = 60.0, in_snapshots: bool = False) -> SeriesSampler:
     """Keep a stats series of `engine` (before it starts, like any extension)."""
-    sampler = SeriesSampler(engine.clock, engine.router, save=save, save_interval_s=save_interval_s)
+    sampler = SeriesSampler(engine.clock, engine.router, save=save, save_interval_s=save_interval_s,
+                            in_snapshots=in_snapshots)
     engine.attach(sampler)
     return sampler
