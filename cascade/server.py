@@ -14,6 +14,7 @@ during the drain exits at once (code 130).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -204,7 +205,7 @@ class Server:
         self.series = self._attach_series(self.engine, self.durability.data_dir)
         try:
             self.metrics = HttpMetrics(self.engine, self.registry, self.dispatcher, self.durability.stats,
-                                       campaigns=self.campaigns)
+                                       campaign_stats=self.campaigns.book.stats)
             ProcessCollector(registry=self.registry)
             self.app = build_app(self.engine, s, ready=self.ready.is_set, metrics=self.metrics,
                                  admin=self.durability, campaigns=LocalDesk(self.engine, self.campaigns.book),
@@ -232,7 +233,7 @@ class Server:
 
     async def _start_cluster(self, loop: asyncio.AbstractEventLoop) -> None:
         """A cluster node (docs/cluster.md): listen first (/healthz, /readyz 503), then join."""
-        from .cluster.campaigns import ClusterDesk  # nats-py is the [cluster] extra's: imported only here
+        from .cluster.campaigns import ClusterDesk, node_campaign_stats  # nats-py is the [cluster] extra's
         from .cluster.runtime import ClusterRuntime
 
         s = self.settings
@@ -243,7 +244,8 @@ class Server:
         runtime.engine.delivery_wait = self.dispatcher.oldest_wait
         engine = cast(Engine, runtime.engine)
         try:
-            self.metrics = HttpMetrics(engine, self.registry, self.dispatcher, runtime.stats)
+            self.metrics = HttpMetrics(engine, self.registry, self.dispatcher, runtime.stats,
+                                       campaign_stats=functools.partial(node_campaign_stats, runtime.engine))
             self.registry.register(runtime.collector())
             ProcessCollector(registry=self.registry)
             desk = ClusterDesk(runtime.engine, os.path.join(s.storage.data_dir, "campaign-uploads"),

@@ -321,7 +321,7 @@ def test_prometheus_shows_campaigns_by_status_and_the_fanout(engine: Engine) -> 
     create(engine, ["u4"], scheduled_at=T0 + 60)
     engine.advance(0)
     registry = CollectorRegistry()
-    HttpMetrics(engine, registry, campaigns=next(e for e in engine.extensions if isinstance(e, Campaigns)))
+    HttpMetrics(engine, registry, campaign_stats=next(e for e in engine.extensions if isinstance(e, Campaigns)).book.stats)
     text = generate_latest(registry).decode()
     assert 'cascade_campaigns{status="completed"} 1.0' in text
     assert 'cascade_campaigns{status="scheduled"} 1.0' in text

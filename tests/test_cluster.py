@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,6 +31,7 @@ from urllib.parse import quote
 import pytest
 from cluster_nodes import Cluster, ClusterNode, partition_of, partition_of_send, poll
 from nats_servers import nats_cluster  # noqa: F401 - a fixture, used by name
+from serverproc import ADMIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -657,6 +659,13 @@ def test_an_inbox_stream_on_any_node_gets_the_changes_made_on_the_owner(cluster:
 
 # -- 7. campaigns across the cluster -----------------------------------------------------------
 
+def metric(node: ClusterNode, name: str) -> float:
+    request = urllib.request.Request(node.base + "/metrics", headers=ADMIN)
+    with urllib.request.urlopen(request, timeout=10.0) as answer:
+        text = answer.read().decode()
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
 def campaign_of(node: ClusterNode, cid: str) -> dict[str, Any]:
     return dict(node.ok("GET", f"/v1/campaigns/{cid}"))
 
@@ -681,6 +690,8 @@ def test_a_campaign_taken_on_one_node_starts_every_row_once_and_reads_the_same_o
     assert sorted(s["recipient"] for s in sends) == sorted(rids)  # each row started once
     listed = b.ok("GET", "/v1/campaigns?status=completed")["campaigns"]
     assert [v["id"] for v in listed] == [cid] and listed[0]["sendsStarted"] == 60
+    # Each node's /metrics counts its partitions' fan-outs; Prometheus sums the nodes.
+    assert sum(metric(node, "cascade_campaign_sends_started_total") for node in (a, b, c)) == 60
 
     # A CSV on another node, scheduled an hour of clock time away, then cancelled from a third.
     later = datetime.fromtimestamp(clock_now(c) + 3600).astimezone().isoformat()

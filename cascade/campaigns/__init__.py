@@ -16,7 +16,7 @@ from .book import CAMPAIGN_RECORDS, CampaignBook, RowsStore
 from .fanout import Fanout
 from .host import CampaignHost
 
-__all__ = ["CampaignHost", "Campaigns", "attach_campaigns"]
+__all__ = ["CampaignHost", "Campaigns", "attach_campaigns", "campaigns_of"]
 
 
 class Campaigns:
@@ -60,3 +60,11 @@ def attach_campaigns(engine: Any, directory: str | None = None, max_sends_per_s:
     campaigns = Campaigns(engine, directory, max_sends_per_s, rows_store)
     engine.attach(campaigns)
     return campaigns
+
+
+def campaigns_of(engine: Any) -> Campaigns | None:
+    """The campaigns attached to `engine`, if any."""
+    for extension in engine.extensions:
+        if isinstance(extension, Campaigns):
+            return extension
+    return None

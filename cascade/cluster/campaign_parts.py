@@ -17,6 +17,8 @@ totals merged, and one status for the whole:
 
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Any
 
 from ..campaigns.book import CANCELLED, COMPLETED, RUNNING, SCHEDULED, Campaign
@@ -52,6 +54,8 @@ class PartitionedRows:
     def abort(self) -> None:
         for w in self._writers.values():
             w.abort()
+        with contextlib.suppress(OSError):  # the upload's own folder, once empty
+            os.rmdir(self.directory)
 
 
 def part_of(c: Campaign, totals: Any) -> list[Any]:

@@ -29,6 +29,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from ..campaigns import campaigns_of
 from ..campaigns.book import Campaign, campaign_view
 from ..campaigns.desk import newest_first_page
 from ..campaigns.rows import Upload
@@ -37,7 +38,7 @@ from .campaign_parts import PartitionedRows, merge
 from .front import ClusterEngine
 from .rows_store import RowsStore
 
-__all__ = ["ClusterDesk"]
+__all__ = ["ClusterDesk", "node_campaign_stats"]
 
 log = logging.getLogger("cascade.cluster.campaigns")
 
@@ -142,3 +143,27 @@ class ClusterDesk:
         if 1 not in states:
             raise AlreadyFinished(f"campaign {cid} has already been cancelled")
         return await self.view(cid)
+
+
+def node_campaign_stats(engine: ClusterEngine) -> dict[str, Any]:
+    """/metrics' campaign figures of one node: its partitions' parts summed (by status, rows of each
+    running campaign, sends started, fan-out rate). Prometheus sums nodes into the campaigns' totals;
+    by status, a campaign counts once for each node holding a part of it."""
+    by_status: dict[str, int] = {}
+    rows: dict[str, list[int]] = {}
+    started_total, rate = 0, 0.0
+    for partition_engine in engine.local_engines():
+        campaigns = campaigns_of(partition_engine)
+        if campaigns is None:
+            continue
+        stats = campaigns.book.stats()
+        for status, n in stats["by_status"].items():
+            by_status[status] = by_status.get(status, 0) + n
+        for cid, n_rows, n_started in stats["running"]:
+            acc = rows.setdefault(cid, [0, 0])
+            acc[0] += n_rows
+            acc[1] += n_started
+        started_total += stats.get("sends_started_total", 0)
+        rate += stats.get("sends_per_s", 0.0)
+    return {"by_status": by_status, "running": [(cid, n, s) for cid, (n, s) in sorted(rows.items())],
+            "sends_started_total": started_total, "sends_per_s": rate}

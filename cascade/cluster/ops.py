@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncio
 
-from ..campaigns import Campaigns
+from ..campaigns import Campaigns, campaigns_of
 from ..campaigns.book import CANCELLED, Campaign
 from ..domain.errors import AlreadyFinished, CascadeError, NotFound, Overloaded
 from ..engine import Engine
@@ -97,15 +97,8 @@ async def _series(engine: Engine, args: tuple[Any, ...]) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, read)
 
 
-def _campaigns_of(engine: Engine) -> Campaigns | None:
-    for extension in engine.extensions:
-        if isinstance(extension, Campaigns):
-            return extension
-    return None
-
-
 def _campaigns(engine: Engine) -> Campaigns:
-    found = _campaigns_of(engine)
+    found = campaigns_of(engine)
     if found is None:
         raise Overloaded("this partition runs no campaigns (it is being opened); retry shortly")
     return found
@@ -144,7 +137,7 @@ async def _campaign_cancel(engine: Engine, args: tuple[Any, ...]) -> Any:
 
 async def _campaign_parts(engine: Engine, args: tuple[Any, ...]) -> Any:
     """The parts here of the campaigns `args[0]` (None: all), each with its group's totals."""
-    campaigns = _campaigns_of(engine)
+    campaigns = campaigns_of(engine)
     if campaigns is None:
         return []
     wanted = args[0]

@@ -27,7 +27,6 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..campaigns import Campaigns
 from ..domain.channels import CHANNEL_SIGNALS
 from ..domain.sequence import SignalOutcome
 from ..engine.counters import SEND_COLUMNS, STEP_COLUMNS
@@ -98,9 +97,9 @@ class HttpMetrics:
 
     def __init__(self, engine: Engine, registry: CollectorRegistry, dispatcher: DeliveryDispatcher | None = None,
                  snapshot_stats: SnapshotStats | None = None, *, engine_timeout_s: float = 10.0,
-                 campaigns: Campaigns | None = None) -> None:
+                 campaign_stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self.engine = engine
-        self.campaigns = campaigns
+        self.campaign_stats = campaign_stats  # CampaignBook.stats, or a cluster node's sum over its partitions
         self.registry = registry
         self.dispatcher = dispatcher
         self.snapshot_stats = snapshot_stats
@@ -304,9 +303,8 @@ class HttpMetrics:
     def _campaign_families(self) -> Iterator[Metric]:
         """From the front's own figures (no shard is asked): campaigns by
         status, the progress of those fanning out, and the fan-out rate."""
-        book = self.campaigns.book if self.campaigns is not None else None
-        stats: dict[str, Any] = book.stats() if book is not None else {"by_status": {}, "running": [], "sends_started_total": 0,
-                                                       "sends_per_s": 0.0}
+        stats: dict[str, Any] = self.campaign_stats() if self.campaign_stats is not None else {}
+        stats = {"by_status": {}, "running": [], "sends_started_total": 0, "sends_per_s": 0.0, **stats}
         by_status = GaugeMetricFamily("cascade_campaigns", "Campaigns by status", labels=["status"])
         for status, n in stats["by_status"].items():
             by_status.add_metric([status], n)
