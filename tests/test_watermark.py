@@ -6,12 +6,17 @@ depth never drifts below zero on an idle real-clock engine."""
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from cascade.domain.errors import Overloaded
 from cascade.engine import Engine, EngineConfig, MemoryProvider, RealClock
+from cascade.storage.journal import FileJournal
 
 T0 = 1_800_000_000.0
 CHAIN = {"channels": [
@@ -116,6 +121,65 @@ def test_a_signal_stamped_before_a_window_that_closed_without_it_is_refused_not_
     assert status(engine, sid) == ["completed", "fired", "fired"]
     assert [m.message_id for m in push.messages] == [f"{sid}.2"]
     assert sum(s["refused_closed"] for s in engine.stats().wait()) == 2
+
+
+class HeldDisk:
+    """An fdatasync that stays shut until `open` is set: a disk that stalls."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.holding = threading.Event()
+
+    def __call__(self, fd: int) -> None:
+        self.holding.set()
+        self.open.wait(30)
+        os.fdatasync(fd)
+
+
+def test_sends_are_shed_while_a_signal_waits_to_be_applied_not_for_the_disk_nor_its_stamp(
+        tmp_path: Path, clock: SteppedClock, push: MemoryProvider) -> None:
+    disk = HeldDisk()
+    # One pending byte: with a commit held in the disk, the shard's next commit waits for space.
+    journal = FileJournal(tmp_path / "journal", max_pending_bytes=1, fdatasync=disk)
+    e = Engine(clock, {"push": push}, EngineConfig(shards=1, tick_interval_s=0.005, gc_freeze_interval_s=0),
+               journal=journal).start()
+    try:
+        e.put_template("chain", CHAIN)
+        e.put_recipient("u", {"pushTokens": ["t"]})
+        sids = [e.send("chain", "u") for _ in range(3)]
+        disk.open.set()
+        sids = [s[0].wait()["id"] for s in sids]  # durable: nothing of them waits in the journal
+        disk.open.clear()
+        disk.holding.clear()
+
+        def view(n: int, at: float) -> Any:
+            e.in_flight.enter(at)  # as the front door does while the request is answered
+            return e.signals([(f"{sids[n]}.1", None, None, "viewed", None)], arrival=at)
+
+        first = view(0, T0 + 1)  # applied; its commit sits in the stalled disk
+        assert disk.holding.wait(10)
+        clock.t = T0 + 2  # a second later (shed_lag_s is 50 ms)
+        assert e.behind() is None  # a slow disk is no backlog new sends would add to
+        mailbox = e.router.mailboxes[0]
+        second = view(1, T0 + 2)  # applied; its commit waits for journal space, holding the shard
+        taken = mailbox.posted
+        deadline = time.monotonic() + 10
+        while mailbox.processed < taken:  # until the shard has taken it (counted once applied)
+            assert time.monotonic() < deadline, "the shard never took the second view"
+            time.sleep(0.001)
+        # Queued behind the shard, stamped early as a front stamps after a loop hiccup: what
+        # counts is how long it has waited, not its stamp.
+        third = view(2, T0 + 1.5)
+        assert e.behind() is None
+        clock.t = T0 + 3
+        assert e.behind() == "signals are waiting to be applied; retry shortly"
+        disk.open.set()
+        assert [r.wait()["accepted"] for r in (first, second, third)] == [1, 1, 1]
+        assert e.behind() is None
+    finally:
+        disk.open.set()
+        e.stop()
+        journal.close()
 
 
 def test_without_a_signal_the_window_closes_once_the_clock_passes_the_deadline(

@@ -132,7 +132,9 @@ class ClusterEngine:
     def behind(self) -> str | None:
         """As a single server judges it: every partition here shares the front door, the in-flight
         requests and the delivery dispatcher it looks at (and a node owning none still sheds)."""
-        return behind_reason(self.shed_lag_s, self._loop_lag, self.delivery_wait, self.in_flight, self.clock)
+        # A partition owned elsewhere shows no mailbox here: a request's whole round trip counts.
+        return behind_reason(self.shed_lag_s, self._loop_lag, self.delivery_wait, self.in_flight.oldest_read,
+                             self.clock)
 
     def pending(self) -> int:
         return sum(e.pending() for e in self.local_engines())

@@ -30,7 +30,7 @@ class InFlight:
     def __init__(self, hold: Callable[[], float] | None = None) -> None:
         """`hold`: a time the watermark never passes, whatever is in flight (a cluster node's
         allowance for calls on their way from other nodes)."""
-        self._queue: deque[list[float | bool]] = deque()  # [arrival, done]
+        self._queue: deque[list[float | bool]] = deque()  # [arrival, done, read at]
         self._lock = threading.Lock()  # shards read the oldest from their threads
         self._read: float | None = None  # the front has read everything that arrived before this
         self._hold = hold
@@ -49,8 +49,9 @@ class InFlight:
         read = self._read
         return now if read is None or read > now else read
 
-    def enter(self, arrival: float) -> list[float | bool]:
-        entry: list[float | bool] = [arrival, False]
+    def enter(self, arrival: float, read_at: float | None = None) -> list[float | bool]:
+        """`read_at`: when the front read it (`arrival` may be earlier: stamped conservatively)."""
+        entry: list[float | bool] = [arrival, False, arrival if read_at is None else read_at]
         with self._lock:
             self._queue.append(entry)
         return entry
@@ -89,10 +90,10 @@ class InFlight:
             return read
         return first if read is None or first < read else read
 
-    def oldest_request(self) -> float | None:
-        """The earliest arrival of a request read and not yet answered."""
+    def oldest_read(self) -> float | None:
+        """When the oldest request read and not yet answered was read."""
         with self._lock:
-            return float(self._queue[0][0]) if self._queue else None
+            return float(self._queue[0][2]) if self._queue else None
 
     def __len__(self) -> int:
         return len(self._queue)

@@ -8,16 +8,23 @@ as a monotonic queue, so the oldest is known in O(1): the shard's low
 watermark. A window with deadline `d` may close only once everything that
 reached the server before `d` has been applied (API.md rule 11).
 
+Beside it, when each of those commands was posted: how long the shard has
+left work waiting. The arrival stamp cannot say that, because the front
+stamps a request conservatively (as of when the loop last read its sockets,
+arrivals.py), tens of milliseconds early after a loop hiccup: shedding sends
+on that age refused them while the shard was idle.
+
 `Admission` decides, under one lock for all mailboxes (so a request that
 spans shards is admitted whole or not at all), what may enter: engagement
 and cancels are refused only at the hard bound; new sends are shed first,
 as soon as a mailbox is a quarter full or the server falls behind
-(`behind()`: the event loop's lag or the oldest unapplied signal's age).
+(`behind()`: the event loop's lag or how long the oldest command has waited).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from typing import Callable, Sequence
 
@@ -29,12 +36,15 @@ SEND, SIGNAL, INTERNAL = range(3)  # admission classes, most sheddable first
 
 
 class Mailbox:
-    __slots__ = ("posted", "processed", "_arrivals", "_lock")
+    __slots__ = ("posted", "processed", "_arrivals", "_posted_at", "_now", "_lock")
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.monotonic) -> None:
+        """`now`: the clock that stamps posts (the engine's, so `waiting_since` compares with it)."""
         self.posted = 0
         self.processed = 0
         self._arrivals: deque[tuple[int, float]] = deque()  # (posted count after it, arrival), arrivals rising
+        self._posted_at: deque[tuple[int, float]] = deque()  # (posted count after it, when), of the same posts
+        self._now = now
         self._lock = threading.Lock()
 
     @property
@@ -50,6 +60,7 @@ class Mailbox:
                 while arrivals and arrivals[-1][1] >= arrival:
                     arrivals.pop()  # a later command that arrived earlier is the older one
                 arrivals.append((self.posted, arrival))
+                self._posted_at.append((self.posted, self._now()))
 
     def taken(self, n: int) -> float | None:
         """The shard processed `n` more; the oldest arrival still queued."""
@@ -58,7 +69,16 @@ class Mailbox:
             arrivals = self._arrivals
             while arrivals and arrivals[0][0] <= self.processed:
                 arrivals.popleft()
+            posted_at = self._posted_at
+            while posted_at and posted_at[0][0] <= self.processed:
+                posted_at.popleft()
             return arrivals[0][1] if arrivals else None
+
+    def waiting_since(self) -> float | None:
+        """When the oldest command from a request still queued was posted (as of the shard's last `taken`)."""
+        with self._lock:
+            posted_at = self._posted_at
+            return posted_at[0][1] if posted_at else None
 
 
 class Admission:

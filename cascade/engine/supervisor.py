@@ -102,7 +102,7 @@ class Engine:
         self.delivery_wait: Callable[[], float] = lambda: 0.0  # oldest message waiting for a provider slot (s)
         self.outstanding = Outstanding()
         n = self.config.shards
-        mailboxes = [Mailbox() for _ in range(n)]
+        mailboxes = [Mailbox(clock.now) for _ in range(n)]
         self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s, submit_jobs,
                                   self.delivery_results, journal, self.templates, mailboxes[i],
                                   self.in_flight.oldest, self.outstanding) for i in range(n)]
@@ -162,7 +162,8 @@ class Engine:
 
     def behind(self) -> str | None:
         """Why new sends must wait (the server is behind on what it was sent), or None."""
-        return behind_reason(self.config.shed_lag_s, self.loop_lag, self.delivery_wait, self.in_flight, self.clock)
+        return behind_reason(self.config.shed_lag_s, self.loop_lag, self.delivery_wait, self.router.waiting_since,
+                             self.clock)
 
     def watermark_lag(self) -> float:
         """How far the shards' windows trail the clock (the largest, in clock seconds)."""
@@ -583,10 +584,12 @@ def _parse_cursor(text: str | None) -> tuple[float, int] | None:
     return at
 
 
-def behind_reason(limit: float, loop_lag: float, delivery_wait: Callable[[], float], in_flight: InFlight,
-                  clock: Clock) -> str | None:
+def behind_reason(limit: float, loop_lag: float, delivery_wait: Callable[[], float],
+                  unapplied: Callable[[], float | None], clock: Clock) -> str | None:
     """Why new sends must wait, from what a front door sees (`Engine.behind`; a cluster node's, whose
-    partitions share these), or None. `limit` 0: never."""
+    partitions share these), or None. `unapplied`: since when the oldest command read from a request
+    has waited to be applied (when it was read or posted, not its arrival stamp, which the front
+    sets early on purpose). `limit` 0: never."""
     if limit <= 0:
         return None
     if loop_lag > limit:
@@ -594,8 +597,9 @@ def behind_reason(limit: float, loop_lag: float, delivery_wait: Callable[[], flo
     waited = delivery_wait()
     if waited > limit:  # a window opens when its step fires: a delivery backlog eats into it
         return f"deliveries wait {waited * 1000:.0f} ms for their providers; retry shortly"
-    # Requests read and not yet applied (a loop that has not read is the loop lag's to judge).
-    oldest = in_flight.oldest_request()
+    # A loop that has not read is the loop lag's to judge; a signal applied and waiting for its
+    # journal commit is not: refusing sends does not make a slow disk faster.
+    oldest = unapplied()
     if oldest is not None and clock.now() - oldest > limit * _clock_rate(clock):
         return "signals are waiting to be applied; retry shortly"
     return None

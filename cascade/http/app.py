@@ -131,8 +131,9 @@ class _Front:
         else:
             entry = None
             if signals:
-                arrival = request[ARRIVAL] = self.engine.in_flight.arrival(self.engine.clock.now())
-                entry = self.engine.in_flight.enter(arrival)
+                now = self.engine.clock.now()
+                arrival = request[ARRIVAL] = self.engine.in_flight.arrival(now)
+                entry = self.engine.in_flight.enter(arrival, now)
             if not public:
                 self.inflight += 1
             try:
