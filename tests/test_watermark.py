@@ -16,6 +16,7 @@ import pytest
 
 from cascade.domain.errors import Overloaded
 from cascade.engine import Engine, EngineConfig, MemoryProvider, RealClock
+from cascade.engine.arrivals import InFlight
 from cascade.storage.journal import FileJournal
 
 T0 = 1_800_000_000.0
@@ -180,6 +181,49 @@ def test_sends_are_shed_while_a_signal_waits_to_be_applied_not_for_the_disk_nor_
         disk.open.set()
         e.stop()
         journal.close()
+
+
+def test_a_signal_waiting_for_its_journal_commit_does_not_hold_the_other_windows(
+        tmp_path: Path, clock: SteppedClock, push: MemoryProvider) -> None:
+    disk = HeldDisk()
+    journal = FileJournal(tmp_path / "journal", fdatasync=disk)
+    e = Engine(clock, {"push": push}, EngineConfig(shards=1, tick_interval_s=0.005, gc_freeze_interval_s=0),
+               journal=journal).start()
+    try:
+        e.put_template("chain", CHAIN)
+        e.put_recipient("u", {"pushTokens": ["t"]})
+        sent = e.send("chain", "u")
+        disk.open.set()
+        sid = sent[0].wait()["id"]
+        disk.open.clear()
+        disk.holding.clear()
+        e.in_flight.enter(T0 + 1)  # as the front door does; it answers once the commit is durable
+        view = e.signals([(f"{sid}.1", None, None, "viewed", None)], arrival=T0 + 1)
+        assert disk.holding.wait(10)  # applied; its commit sits in the stalled disk
+        clock.t = T0 + 100
+        mailbox = e.router.mailboxes[0]
+        ticked = mailbox.processed + 2  # the first tick taken may have read the clock before it moved
+        deadline = time.monotonic() + 10
+        while mailbox.processed < ticked:
+            assert time.monotonic() < deadline, "the shard took no ticks"
+            time.sleep(0.005)
+        assert e.watermark_lag() < 1.0  # windows are judged up to the clock, not held at the view
+        disk.open.set()
+        assert view.wait()["accepted"] == 1
+    finally:
+        disk.open.set()
+        e.stop()
+        journal.close()
+
+
+@pytest.mark.parametrize("hand_over", [True, False])
+def test_a_request_leaves_the_watermark_to_the_mailboxes_only_on_one_server(hand_over: bool) -> None:
+    in_flight = InFlight(hand_over=hand_over)  # False: a cluster node's, whose partitions may be elsewhere
+    entry = in_flight.enter(T0)
+    in_flight.handed_over()  # its commands are in this process's mailboxes
+    assert in_flight.oldest() == (None if hand_over else T0)
+    in_flight.leave(entry)  # answered
+    assert in_flight.oldest() is None
 
 
 def test_without_a_signal_the_window_closes_once_the_clock_passes_the_deadline(

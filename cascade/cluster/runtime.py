@@ -45,7 +45,7 @@ class ClusterRuntime:
         rate = clock.rate
         # Windows wait for calls on their way from other nodes (rule 11 across nodes).
         self.allowance = ForwardAllowance(forwarding=lambda: self.node.others_alive)
-        self.in_flight = InFlight(hold=lambda: clock.now() - self.allowance.seconds() * rate)
+        self.in_flight = InFlight(hold=lambda: clock.now() - self.allowance.seconds() * rate, hand_over=False)
         self.template_store: TemplateStore | None = None
         self.snapshot_store: SnapshotStore | None = None
         self.rows_store: RowsStore | None = None

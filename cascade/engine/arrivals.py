@@ -14,6 +14,14 @@ been read and stamped, or is in the queue); the watermark holds there too,
 so a loop that stalls stops windows from closing instead of escalating
 chains whose clicks wait unread. None: no front reads for this engine (tests,
 the manual clock).
+
+On one server a request stops holding the watermark once its commands are in
+the shards' mailboxes (`handed_over`): each mailbox holds it at their arrival
+until they are applied, and a window can see an applied signal whatever its
+journal commit is doing. Held until the answer instead, every window waited
+for the disk (at 2,400 sends/s: step lateness p99 321 ms with the event p99
+at 133 ms, the loop and the shards keeping up). A cluster node keeps its
+requests until answered: the partitions they reach may be on other nodes.
 """
 
 from __future__ import annotations
@@ -22,14 +30,19 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextvars import ContextVar
 
 __all__ = ["InFlight"]
 
 
 class InFlight:
-    def __init__(self, hold: Callable[[], float] | None = None) -> None:
+    def __init__(self, hold: Callable[[], float] | None = None, hand_over: bool = True) -> None:
         """`hold`: a time the watermark never passes, whatever is in flight (a cluster node's
-        allowance for calls on their way from other nodes)."""
+        allowance for calls on their way from other nodes). `hand_over`: whether a request leaves
+        once its commands are in the mailboxes (one server) or only when answered (a cluster node)."""
+        # The request the running task serves (each request is served in a task of its own).
+        self._current: ContextVar[list[float | bool] | None] | None = (
+            ContextVar("cascade_in_flight_request", default=None) if hand_over else None)
         self._queue: deque[list[float | bool]] = deque()  # [arrival, done, read at]
         self._lock = threading.Lock()  # shards read the oldest from their threads
         self._read: float | None = None  # the front has read everything that arrived before this
@@ -54,9 +67,19 @@ class InFlight:
         entry: list[float | bool] = [arrival, False, arrival if read_at is None else read_at]
         with self._lock:
             self._queue.append(entry)
+        if self._current is not None:
+            self._current.set(entry)
         return entry
 
+    def handed_over(self) -> None:
+        """The running request's commands are in the mailboxes, which hold the watermark from now on."""
+        if self._current is not None and (entry := self._current.get()) is not None:
+            self._current.set(None)
+            self.leave(entry)
+
     def leave(self, entry: list[float | bool]) -> None:
+        if self._current is not None and self._current.get() is entry:
+            self._current.set(None)
         with self._lock:
             entry[1] = True
             queue = self._queue

@@ -259,12 +259,14 @@ class ShardState:
             if reply is not None:
                 replies.append(reply)
         horizon = now
-        queued = self.mailbox.taken(len(commands))
-        if queued is not None and queued < horizon:
-            horizon = queued
+        # In flight first: a request leaves it only after its commands are posted to the mailboxes
+        # (arrivals.py), so one that left after this read is in the mailbox when `taken` looks.
         flying = self.in_flight()
         if flying is not None and flying < horizon:
             horizon = flying
+        queued = self.mailbox.taken(len(commands))
+        if queued is not None and queued < horizon:
+            horizon = queued
         self.stats.watermark_lag = now - horizon
         fire_due(horizon)
         self._commit(replies)

@@ -180,7 +180,10 @@ class Engine:
         return self.router.shard_of_slot(slot_of(rid))
 
     def _ask(self, i: int, op: str, payload: Any, kind: int = INTERNAL, arrival: float | None = None) -> Reply:
-        return self.router.ask(i, op, payload, kind, arrival)
+        reply = self.router.ask(i, op, payload, kind, arrival)
+        if kind == SIGNAL:
+            self.in_flight.handed_over()
+        return reply
 
     # -- durability and time: what the snapshot coordinator, recovery and the admin API call ----
     def front_records(self) -> list[Any]:
@@ -468,6 +471,7 @@ class Engine:
         # All or nothing: a half-applied batch would never answer.
         self.router.submit_many([(i, Command("signals", batches[i], gather.part(n), arrival))
                                  for n, i in enumerate(busy)], SIGNAL, arrival)
+        self.in_flight.handed_over()
         return parent
 
     def delivery_results(self, results: list[tuple[Any, DeliveryOutcome]]) -> None:
