@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
@@ -180,7 +181,7 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
     callbacks of each pass, so bytes that arrived before a sleep began were
     read by the time it ends; the request's own task starts a pass later,
     and a further sleep covers that. After a late wake (the loop was stalled
-    or swamped) the horizon stays put a few periods more: the loop is still
+    or swamped) the horizon trails by a few sleeps more: the loop is still
     catching up on requests it has read but not yet started. Not under the
     manual clock, whose time moves only when told to (and must not wait)."""
     async def probe(_: web.Application) -> Any:
@@ -188,7 +189,8 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
 
         async def measure() -> None:
             loop = asyncio.get_running_loop()
-            before: float | None = None
+            starts: deque[float] = deque(maxlen=READ_HOLD + 2)  # when each of the last probes began
+            read = engine.clock.now()
             hold = 0
             while True:
                 began, began_at = loop.time(), engine.clock.now()
@@ -196,12 +198,18 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
                 late = loop.time() - began - LAG_PROBE_S
                 engine.loop_lag = late if late > 1e-6 else 0.0  # below a microsecond: float noise, on time
                 if late > LAG_PROBE_S:
-                    hold = READ_HOLD  # the loop was stalled: let it catch up on what it has not read
+                    hold = READ_HOLD  # the loop was stalled: it is still working through what it read
                 elif hold:
                     hold -= 1
-                elif watch and before is not None:
-                    engine.in_flight.read_up_to(before)
-                before = began_at
+                if watch and starts:
+                    # Each wake is a pass through the loop's queue. After a late one the horizon
+                    # trails by READ_HOLD more of them, but keeps moving: held still instead, it
+                    # stood for as long as the loop kept lagging 10 ms, and with it every window.
+                    candidate = starts[0] if hold else starts[-1]
+                    if candidate > read:  # never back: requests were stamped with it
+                        read = candidate
+                        engine.in_flight.read_up_to(read)
+                starts.append(began_at)
 
         if watch:  # from the first request on: nothing has been read yet
             engine.in_flight.read_up_to(engine.clock.now())
