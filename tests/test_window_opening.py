@@ -1,7 +1,8 @@
 """A step's window opens when its channel has the message: the time the
 server spends getting it there (a delivery queue, a slow fsync, a slow
-provider) is not taken from the recipient. Deadlines stay absolute: a
-window whose message was not accepted by its deadline closes then."""
+provider) is not taken from the recipient, and a window never closes before
+its message was accepted: the provider's answer, accepted or refused, comes
+in any case (its retries and timeouts bound it)."""
 
 from __future__ import annotations
 
@@ -75,14 +76,28 @@ def test_a_window_is_counted_from_when_the_channel_accepted_the_message(engine: 
     assert parse_iso(steps(engine, sid)[0]["deadline"]) == T0 + 500  # the view keeps the window as it was
 
 
-def test_a_window_whose_message_is_never_accepted_still_closes_at_its_deadline(engine: Engine, held: Held) -> None:
-    """Deadlines stay absolute (rule 10): a provider that has not answered by
-    then does not hold the chain; its late answer changes nothing."""
+def test_a_window_does_not_close_before_its_channel_has_the_message(engine: Engine, held: Held) -> None:
+    """Rule 11: a message still waiting in the server's delivery queue (or at a provider
+    that has not answered) has not reached the recipient; ending its window then would be
+    the server's own backlog escalating. Its answer opens the window."""
     sid = engine.send("chain", "u")[0].wait()["id"]
-    engine.advance(301)
-    assert [s["status"] for s in steps(engine, sid)] == ["fired", "fired"]
+    engine.advance(400)  # past firedAt + 5 min, and the provider has still not answered
+    assert [s["status"] for s in steps(engine, sid)] == ["waiting", "pending"]
     accept(engine, held)
-    assert parse_iso(steps(engine, sid)[0]["deadline"]) == T0 + 300
+    assert parse_iso(steps(engine, sid)[0]["deadline"]) == T0 + 400 + 300
+    engine.advance(299)
+    assert [s["status"] for s in steps(engine, sid)] == ["waiting", "pending"]
+    engine.advance(2)
+    assert [s["status"] for s in steps(engine, sid)] == ["fired", "fired"]
+
+
+def test_a_refusal_after_the_deadline_fires_the_next_step_at_once(engine: Engine, held: Held) -> None:
+    sid = engine.send("chain", "u")[0].wait()["id"]
+    engine.advance(400)
+    engine.delivery_results([(token, DeliveryOutcome(False, "rejected")) for _, _, token in held.jobs])
+    held.jobs.clear()
+    engine.stats().wait()
+    assert [s["status"] for s in steps(engine, sid)][1] == "fired"  # rule 5: no window to wait
 
 
 def test_the_deadline_a_view_shows_is_the_window_that_was(engine: Engine, held: Held) -> None:

@@ -119,6 +119,12 @@ def timer_due(send: Send, now: float, emit: Emit) -> None:
         return
     st = send.step_status(i)
     if st == WAITING:
+        if not send.answered(i):
+            # The window opens when the channel has the message, and its answer moves the
+            # deadline there. Until then the message waits in our own delivery queue or at its
+            # provider, whose answer (accepted, or refused after its retries and timeouts) comes
+            # in any case. Ending the window now let our own backlog escalate (rule 11).
+            return
         emit(WindowEnded(send.key, i, now))
         _advance(send, i + 1, now, emit)
     elif st == DEFERRED:
