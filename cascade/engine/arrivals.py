@@ -51,7 +51,10 @@ class InFlight:
         self._tokens = itertools.count()
 
     def read_up_to(self, t: float | None) -> None:
-        self._read = t
+        """Advance the read horizon to `t` (never back: requests were stamped with it); None: no
+        front reads any more (stopping), what is due may fire."""
+        if t is None or self._read is None or t > self._read:
+            self._read = t
 
     def arrival(self, now: float) -> float:
         """When a request the front reads now reached the server, at the

@@ -599,7 +599,7 @@ def behind_reason(limit: float, loop_lag: float, delivery_wait: Callable[[], flo
     if loop_lag > limit:
         return f"the server is {loop_lag * 1000:.0f} ms behind; retry shortly"
     waited = delivery_wait()
-    if waited > limit:  # a window opens when its step fires: a delivery backlog eats into it
+    if waited > limit:  # a window opens only once its channel has the message: a backlog delays them all
         return f"deliveries wait {waited * 1000:.0f} ms for their providers; retry shortly"
     # A loop that has not read is the loop lag's to judge; a signal applied and waiting for its
     # journal commit is not: refusing sends does not make a slow disk faster.

@@ -190,7 +190,6 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
         async def measure() -> None:
             loop = asyncio.get_running_loop()
             starts: deque[float] = deque(maxlen=READ_HOLD + 2)  # when each of the last probes began
-            read = engine.clock.now()
             hold = 0
             while True:
                 began, began_at = loop.time(), engine.clock.now()
@@ -205,10 +204,7 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
                     # Each wake is a pass through the loop's queue. After a late one the horizon
                     # trails by READ_HOLD more of them, but keeps moving: held still instead, it
                     # stood for as long as the loop kept lagging 10 ms, and with it every window.
-                    candidate = starts[0] if hold else starts[-1]
-                    if candidate > read:  # never back: requests were stamped with it
-                        read = candidate
-                        engine.in_flight.read_up_to(read)
+                    engine.in_flight.read_up_to(starts[0] if hold else starts[-1])
                 starts.append(began_at)
 
         if watch:  # from the first request on: nothing has been read yet
