@@ -210,15 +210,18 @@ class Node:
         client.run(members.heartbeat(), self.lease_s)
         client.run(members.refresh(), self.lease_s)
         self.others_alive = any(m.alive and m.node != self.id for m in members.members())
-        wanted = share(self.id, members.sharing(), self.partitions) if not self._draining else set()
+        # Read once: a stop can set _draining while this round runs, and then hands over what the round keeps.
+        draining = self._draining
+        wanted = share(self.id, members.sharing(), self.partitions) if not draining else set()
         with self._lock:
             held = dict(self.leases_held)
             owned = dict(self.owned)
         # Hand over only when another node shares the partitions (it takes them at once), or draining.
-        successor = self._draining or bool(set(members.sharing()) - {self.id})
+        successor = draining or bool(set(members.sharing()) - {self.id})
+        reason = "node stopping" if draining else "rebalanced to another node"
         for p, partition in owned.items():
             if p not in wanted and successor:
-                self._let_go(partition, handover=True, reason="rebalanced to another node")
+                self._let_go(partition, handover=True, reason=reason)
         for p in sorted(wanted - set(held) - self.opening):
             lease = client.run(leases.acquire(p, self.id, self.lease_s), self.lease_s)
             if lease is None:
