@@ -290,7 +290,7 @@ class Server:
         try:
             saved = read_series(data_dir) if interval > 0 else None
             if saved is not None:
-                series.ring.load(saved)
+                series.restore(saved)
         except (OSError, ValueError) as exc:  # the series is a convenience: start without it, loudly
             _log.warning("stats series not restored from %s: %s", os.path.join(data_dir, FILE_NAME), exc,
                          extra={"event": "series_not_restored"})

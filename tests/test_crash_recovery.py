@@ -731,6 +731,34 @@ async def test_the_manual_clock_resumes_after_kill_9_when_only_templates_were_wr
         serve.cleanup()
 
 
+async def test_the_stats_series_counts_what_happened_after_its_last_save_after_kill_9(tmp_path: Path) -> None:
+    """The series file is saved once a minute; what came after it is in the journal, and a restart counts it
+    (before: the restart's first reading took it as a baseline, and the series lost those sends)."""
+    serve = ServerProc(tmp_path, tmp_path / "data", snapshot_interval_s=3600)
+    try:
+        serve.start()
+        await serve.wait_ready()
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            ids = await small_workload(http, "a", n=6)
+            before = await api(http, "GET", "/v1/stats/series?minutes=120")
+            ids += await small_workload(http, "b", n=4)  # after the last reading too
+        assert sum(p["sendsStarted"] for p in before["points"]) == 6
+        serve.kill9()
+        serve.start()
+        await serve.wait_ready()
+        async with aiohttp.ClientSession(serve.base, headers=ADMIN, timeout=TIMEOUT) as http:
+            after = await api(http, "GET", "/v1/stats/series?minutes=120")
+            requested = sum(p["channels"]["inapp"]["requested"] + p["channels"]["push"]["requested"]
+                            for p in after["points"])
+            assert sum(p["sendsStarted"] for p in after["points"]) == len(ids), after["points"]
+            metrics = [await api(http, "GET", f"/v1/templates/{t}/metrics") for t in TEMPLATES]
+            assert requested == sum(step["requested"] for m in metrics for step in m["steps"]) >= len(ids)
+            again = await api(http, "GET", "/v1/stats/series?minutes=120")
+        assert again["points"] == after["points"]  # counted once
+    finally:
+        serve.cleanup()
+
+
 # -- crash images at chosen moments (in-process server, fault injection) ------------------------
 #
 # A kill -9 keeps what the journal writer has written (the page cache survives

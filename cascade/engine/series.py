@@ -26,7 +26,7 @@ from ..domain.channels import CHANNEL_SIGNALS, CHANNELS
 from ..domain.timefmt import iso
 from .shard_stats import LATENESS_BUCKETS
 
-__all__ = ["COLUMNS", "KEEP_MINUTES", "MAX_MINUTES", "OUTCOMES", "SeriesRing"]
+__all__ = ["COLUMNS", "DURABLE_COLUMNS", "KEEP_MINUTES", "MAX_MINUTES", "OUTCOMES", "Reading", "SeriesRing"]
 
 KEEP_MINUTES = 1500  # 25 hours: a 24-hour window at any step still finds every bucket it covers
 MAX_MINUTES = 1440
@@ -39,6 +39,10 @@ COLUMNS: tuple[str, ...] = (
 )
 _INDEX = {name: i for i, name in enumerate(COLUMNS)}
 _LATE = _INDEX["late.0"]
+# Columns read from counters a recovery restores (the sends' and channels'); the lateness columns
+# come from shard statistics, which start again from zero with the process.
+DURABLE_COLUMNS = range(_LATE)
+Reading = tuple[float, list[int]]  # (clock time, the cumulative count of each column)
 _FORMAT = 1
 
 
@@ -90,16 +94,21 @@ class SeriesRing:
         return {"step": step, "from": iso(first), "to": iso(end), "points": points}
 
     # -- persistence ---------------------------------------------------------
-    def encode(self) -> bytes:
-        """The ring as bytes, columns named, so a later layout can still read it."""
-        data: bytes = msgpack.packb({"format": _FORMAT, "columns": list(COLUMNS),
-                                     "buckets": [[m, b] for m, b in sorted(self._buckets.items())]})
+    def encode(self, reading: Reading | None = None) -> bytes:
+        """The ring as bytes, columns named, so a later layout can still read it. `reading`: the
+        cumulative counts the ring is complete up to, and their clock time (series_sampler.py)."""
+        saved: dict[str, Any] = {"format": _FORMAT, "columns": list(COLUMNS),
+                                 "buckets": [[m, b] for m, b in sorted(self._buckets.items())]}
+        if reading is not None:
+            saved["reading"] = [reading[0], list(reading[1])]
+        data: bytes = msgpack.packb(saved)
         return data
 
-    def load(self, data: bytes) -> None:
+    def load(self, data: bytes) -> tuple[float, list[int | None]] | None:
         """Add the buckets of `encode`'s bytes, column by column name (names
-        this layout does not know are left out). Raises ValueError when the
-        bytes are not a series."""
+        this layout does not know are left out); answer their reading, if
+        they have one (None for a column it did not have). Raises ValueError
+        when the bytes are not a series."""
         try:
             saved = msgpack.unpackb(data)
             if not isinstance(saved, dict) or saved.get("format") != _FORMAT:
@@ -112,6 +121,14 @@ class SeriesRing:
                     if i is not None:
                         delta[i] += int(v)
                 self.add(int(minute), delta)
+            if saved.get("reading") is None:
+                return None
+            at, values = saved["reading"]
+            counts: list[int | None] = [None] * len(COLUMNS)
+            for i, v in zip(where, values):
+                if i is not None:
+                    counts[i] = int(v)
+            return float(at), counts
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as exc:
             raise ValueError(f"not a saved stats series: {exc}") from None
 

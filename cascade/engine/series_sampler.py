@@ -16,10 +16,15 @@ new minute since the last one, and before each answer, so:
   lands in the minute of the clock time it happened at, deterministically.
 
 Counts come from templates' groups only (a campaign's sends also count in
-their template). The first reading, at `start` (after recovery), is only a
-baseline: what recovery restored is not counted again. `save` gets the
-ring's bytes every `save_interval_s` of real time while counts change, and
-at `stop` (0: never); a crash loses at most that interval.
+their template). The ring is saved with its last reading (`save` gets the
+bytes every `save_interval_s` of real time while counts change, and at
+`stop`; 0: never). The first reading, at `start` (after recovery), is
+compared with the restored one: what happened after it and was recovered
+from the journal (a crash, a cluster partition's handover) is counted, into
+the minute of that reading, and nothing is counted twice. Without a restored
+reading (a first start, or saved bytes from before readings were kept) the
+first one is only a baseline, saved at once. Lateness counts are the
+process's own and start again from zero.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from .commands import Command
 from .counters import SEND_COLUMNS, STEP_COLUMNS
 from .reply import Reply
 from .router import Router
-from .series import COLUMNS, OUTCOMES, SeriesRing
+from .series import COLUMNS, DURABLE_COLUMNS, OUTCOMES, SeriesRing
 
 if TYPE_CHECKING:
     from .supervisor import Engine
@@ -72,6 +77,7 @@ class SeriesSampler:
         self._lock = threading.Lock()
         self._last: list[int] | None = None  # the cumulative counts of the last reading
         self._last_at = 0.0  # the clock time of the last reading
+        self._restored: tuple[float, list[int | None]] | None = None  # the saved ring's reading
         self._dirty = False  # counted since the last save
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,18 +87,21 @@ class SeriesSampler:
         if not self.record_types:
             return []
         with self._lock:  # no reading here: a snapshot holds the shards, and a reading asks them
-            return [SeriesKept(self.ring.encode())]
+            return [SeriesKept(self._encode())]
 
     def apply(self, record: Any) -> None:
         """A `SeriesKept` (recovery): the newest ring replaces what came before it."""
-        ring = SeriesRing()
         try:
-            ring.load(record.ring)
+            self.restore(record.ring)
         except ValueError as exc:
             _log.warning("stats series record not read (%s); the minutes before it are gone", exc)
-            return
+
+    def restore(self, data: bytes) -> None:
+        """Saved bytes (encode's) replace the ring, before `start`. Raises ValueError if not a series."""
+        ring = SeriesRing()
+        reading = ring.load(data)
         with self._lock:
-            self.ring = ring
+            self.ring, self._restored = ring, reading
 
     def next_due(self) -> float | None:
         return None  # never a reason for an advance to stop: it reads at the stops there are
@@ -102,7 +111,12 @@ class SeriesSampler:
             self.sample()
 
     def start(self) -> None:
-        self.sample()  # the baseline
+        baseline = self._restored is None
+        self.sample()
+        if baseline:  # from now on a crash or a handover finds a reading to go on from
+            with self._lock:
+                self._dirty = True
+            self.save()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="cascade-series", daemon=True)
         self._thread.start()
@@ -125,12 +139,22 @@ class SeriesSampler:
             counts = self._read()
             if counts is None:
                 return
+            if self._last is None and self._restored is not None:
+                at, restored = self._restored
+                self._restored = None
+                self._last = [b if i in DURABLE_COLUMNS and b is not None else c
+                              for i, (b, c) in enumerate(zip(restored, counts))]
+                self._last_at = at
             if self._last is not None:
                 delta = [max(0, a - b) for a, b in zip(counts, self._last)]
                 if any(delta):
                     self.ring.add(int(self._last_at // 60), delta)
                     self._dirty = True
             self._last, self._last_at = counts, now
+
+    def _encode(self) -> bytes:
+        """The ring and the reading it is complete up to (under the lock)."""
+        return self.ring.encode((self._last_at, self._last) if self._last is not None else None)
 
     def view(self, minutes: int, step: int) -> dict[str, Any]:
         """A fresh reading, then the window (series.py `points`). Blocking."""
@@ -187,7 +211,7 @@ class SeriesSampler:
         with self._lock:
             if not self._dirty:
                 return
-            data = self.ring.encode()
+            data = self._encode()
             self._dirty = False
         try:
             self._save(data)
