@@ -40,7 +40,7 @@ from .engine import Engine, EngineConfig, LogProvider, ManualClock, MemoryProvid
 from .engine.clock import Clock
 from .engine.series_file import FILE_NAME, read_series, write_series
 from .engine.series_sampler import SeriesSampler, attach_series
-from .http.app import HOT_KEY, build_app
+from .http.app import GATE_KEY, HOT_KEY, build_app
 from .http.acceptor import Acceptor
 from .http.lean_door import LeanDoor
 from .http.metrics import HttpMetrics
@@ -273,7 +273,8 @@ class Server:
         await self._runner.setup()
         if s.server.lean_door and not access:  # the access log is aiohttp's: with it, every request goes there
             assert self._runner.server is not None
-            self._door = LeanDoor(self.app, self.app[HOT_KEY], self._runner.server, s.server.max_body_bytes)
+            self._door = LeanDoor(self.app, self.app[HOT_KEY], self._runner.server, s.server.max_body_bytes,
+                                  self.app[GATE_KEY])
             self._listener = Acceptor.listen(asyncio.get_running_loop(), s.server.host, s.server.port,
                                              s.server.listen_backlog, self.reuse_port, self._door)
             self.port = self._listener.port

@@ -60,7 +60,7 @@ from .inbox_stream import InboxStreams
 from .openapi import Route, document
 from .routes_admin import AdminHooks
 
-__all__ = ["ARRIVAL", "AdminHooks", "ENGINE_KEY", "HOT_KEY", "MetricsHooks", "ROUTES_KEY", "SETTINGS_KEY",
+__all__ = ["ARRIVAL", "AdminHooks", "ENGINE_KEY", "GATE_KEY", "Gate", "HOT_KEY", "MetricsHooks", "ROUTES_KEY", "SETTINGS_KEY",
            "build_app"]
 
 _log = logging.getLogger("cascade.http")
@@ -69,10 +69,13 @@ ENGINE_KEY = web.AppKey("engine", Engine)
 SETTINGS_KEY = web.AppKey("settings", Settings)
 ROUTES_KEY = web.AppKey("routes", list)  # the operation table, for metrics labels and docs
 HOT_KEY = web.AppKey("hot", dict)  # (method, path) -> aiohttp route of each hot route, for the lean door
+Gate = Callable[[web.Request], "web.Response | None"]
+GATE_KEY: web.AppKey[Gate] = web.AppKey("gate")  # the refusal a hot request gets before its handler runs
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LAG_PROBE_S = 0.01  # how often the event loop's lag is measured
 READ_HOLD = 3  # probe periods the read horizon stays put after the loop was late
+_GATED = "cascade.gated"  # request key: the lean door's gate let it through
 _SANE_ID = re.compile(r"[A-Za-z0-9._:+=-]{1,128}")
 
 
@@ -83,6 +86,8 @@ class MetricsHooks(Protocol):
 
     middleware: Any
     handler: Handler
+
+    def observe_request(self, request: web.Request, status: int, seconds: float) -> None: ...
 
 
 class _Front:
@@ -102,33 +107,59 @@ class _Front:
     def new_id(self) -> str:
         return f"{self._prefix}-{next(self._ids)}"
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = request.headers.get("X-Request-Id")
-        if rid is None or _SANE_ID.fullmatch(rid) is None:
-            rid = self.new_id()
-        debug = _log.isEnabledFor(logging.DEBUG)
-        started = time.perf_counter() if debug else 0.0
-        route = self.routes.get(request.match_info.route)
+    def refusal(self, request: web.Request, route: Route | None) -> web.Response | None:
+        """The 503 a request gets before its handler runs (the in-flight bound, readiness, shedding), or
+        None. Synchronous, so the lean door can answer a refused send without a task (lean_door.py)."""
         # Public: no bound, gate or auth here (streams are bounded by their own limit and check their own auth).
-        public = route is not None and (route.need is None or route.stream)
-        response: web.StreamResponse
-        signals = route is not None and route.signals
+        if route is not None and (route.need is None or route.stream):
+            return None
         # Signals are admitted ahead of everything else (rule 11): they meet
         # the in-flight bound only at twice its size, as a last resort.
-        if not public and self.inflight >= (2 * self.limit if signals else self.limit):
-            response = error_response(503, "overloaded", f"{self.inflight} requests are in flight; retry shortly",
-                                      (), {"Retry-After": "1"})
-        elif not public and not self.ready():  # recovering or stopping: no half-loaded answers
-            response = error_response(503, "not_ready", "recovery is still running (or the server is stopping)",
-                                      (), {"Retry-After": "1"})
-        elif route is not None and route.sheddable and (why := self.engine.behind()) is not None \
+        if self.inflight >= (2 * self.limit if route is not None and route.signals else self.limit):
+            return error_response(503, "overloaded", f"{self.inflight} requests are in flight; retry shortly",
+                                  (), {"Retry-After": "1"})
+        if not self.ready():  # recovering or stopping: no half-loaded answers
+            return error_response(503, "not_ready", "recovery is still running (or the server is stopping)",
+                                  (), {"Retry-After": "1"})
+        if route is not None and route.sheddable and (why := self.engine.behind()) is not None \
                 and self._authorized(request, route):
             self.engine.admission.note_shed("lag")
-            response = error_response(503, "overloaded", why, (), {"Retry-After": "1"})
             # The connection stays open: a refused client that reconnects costs
             # both sides a handshake, and a storm of them fills the accept queue,
             # where a signal's new connection then waits a TCP retransmit.
+            return error_response(503, "overloaded", why, (), {"Retry-After": "1"})
+        return None
+
+    def request_id(self, request: web.Request) -> str:
+        rid = request.headers.get("X-Request-Id")
+        return rid if rid is not None and _SANE_ID.fullmatch(rid) is not None else self.new_id()
+
+    def gate(self, request: web.Request) -> web.Response | None:
+        """`refusal` for a hot route's request, with its request id and log line: the lean door's early
+        answer, which runs no middleware (build_app adds the metrics)."""
+        started = time.perf_counter()
+        route = self.routes.get(request.match_info.route)
+        response = self.refusal(request, route)
+        if response is None:
+            request[_GATED] = True  # the middleware does not ask again (behind() is a few µs)
+        else:
+            rid = response.headers["X-Request-Id"] = self.request_id(request)
+            if _log.isEnabledFor(logging.DEBUG):
+                self._log(request, rid, route, response.status, started)
+        return response
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        rid = self.request_id(request)
+        debug = _log.isEnabledFor(logging.DEBUG)
+        started = time.perf_counter() if debug else 0.0
+        route = self.routes.get(request.match_info.route)
+        public = route is not None and (route.need is None or route.stream)
+        response: web.StreamResponse
+        signals = route is not None and route.signals
+        refused = None if request.get(_GATED) else self.refusal(request, route)
+        if refused is not None:
+            response = refused
         else:
             entry = None
             if signals:
@@ -218,6 +249,16 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
     return probe
 
 
+def _observed(gate: Gate, metrics: MetricsHooks) -> Gate:
+    def observed(request: web.Request) -> web.Response | None:
+        started = time.perf_counter()
+        response = gate(request)
+        if response is not None:
+            metrics.observe_request(request, response.status, time.perf_counter() - started)
+        return response
+    return observed
+
+
 def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] = lambda: True,
               metrics: MetricsHooks | None = None, admin: AdminHooks | None = None,
               campaigns: CampaignDesk | None = None, series: SeriesSampler | None = None,
@@ -256,6 +297,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     streams.install(app)
     cors.install(app, [route.path for route in inbox])  # the inbox and its stream only, not the admin API
     engine.background.foreground = lambda: front.inflight  # campaign work yields to requests in flight
+    app[GATE_KEY] = front.gate if metrics is None else _observed(front.gate, metrics)
     app.cleanup_ctx.append(_lag_probe(engine))
     app[ENGINE_KEY] = engine
     app[SETTINGS_KEY] = settings

@@ -132,8 +132,10 @@ class LeanDoor:
     """The protocol factory of the listening socket (see the module doc)."""
 
     def __init__(self, app: web.Application, hot: dict[tuple[str, str], AbstractRoute],
-                 aiohttp_factory: Callable[[], asyncio.Protocol], max_body_bytes: int) -> None:
+                 aiohttp_factory: Callable[[], asyncio.Protocol], max_body_bytes: int,
+                 gate: Callable[[web.Request], web.Response | None] | None = None) -> None:
         self._hot = {(m.encode(), p.encode()): _Hot(r, app.middlewares) for (m, p), r in hot.items()}
+        self.gate = gate  # the app's refusal before a handler runs (app.py `_Front.gate`), answered at once
         self._aiohttp = aiohttp_factory
         self.max_body_bytes = max_body_bytes
         self.connections: set[_Connection] = set()
@@ -247,37 +249,46 @@ class _Connection(asyncio.Protocol):
 
     # -- framing ----------------------------------------------------------------
     def _next(self) -> None:
-        """Serve the next buffered request, wait for more bytes, or hand off."""
-        if self._writing_paused or self.transport is None:
-            return
-        if self.door.closing:
-            self.close()
-            return
-        if self._reading_paused:
-            self._reading_paused = False
-            self.transport.resume_reading()
-        buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
-        if end < 0:
-            if len(buffer) >= MAX_HEAD or self._eof:
+        """Serve the buffered requests the gate refuses, then the next one (in a task), wait for more
+        bytes, or hand off."""
+        while True:
+            if self._writing_paused or self.transport is None:
+                return
+            if self.door.closing:
+                self.close()
+                return
+            if self._reading_paused:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            buffer = self.buffer
+            end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+            if end < 0:
+                if len(buffer) >= MAX_HEAD or self._eof:
+                    self._hand_off()
+                return
+            framed = self._frame(bytes(buffer[:end]))
+            if framed is None:
                 self._hand_off()
-            return
-        framed = self._frame(bytes(buffer[:end]))
-        if framed is None:
-            self._hand_off()
-            return
-        hot, method, path, headers, length, keep_alive = framed
-        start = end + 4
-        if len(buffer) < start + length:
-            if self._eof:
-                self._hand_off()
-            return  # the body is still coming (bounded: length <= max_body_bytes)
-        body = bytes(buffer[start:start + length])
-        del buffer[:start + length]
-        self.busy = True
-        self.door.began()
-        request = LeanRequest(method, path, headers, body, hot.route)
-        asyncio.get_running_loop().create_task(self._serve(hot, request, keep_alive))
+                return
+            hot, method, path, headers, length, keep_alive = framed
+            start = end + 4
+            if len(buffer) < start + length:
+                if self._eof:
+                    self._hand_off()
+                return  # the body is still coming (bounded: length <= max_body_bytes)
+            body = bytes(buffer[start:start + length])
+            del buffer[:start + length]
+            request = LeanRequest(method, path, headers, body, hot.route)
+            # Refused at once, without a task: under overload most sends are, and the task and
+            # middleware layers were most of a refusal's cost (bench/refusal_cost.py).
+            refused = self.door.gate(cast(web.Request, request)) if self.door.gate is not None else None
+            if refused is None:
+                self.busy = True
+                self.door.began()
+                asyncio.get_running_loop().create_task(self._serve(hot, request, keep_alive))
+                return
+            if not self._answer(self._payload(request, refused, keep_alive), keep_alive):
+                return
 
     def _frame(self, head: bytes) -> tuple[_Hot, str, str, _Headers, int, bool] | None:
         """A simple request for a hot route, or None: hand the connection to aiohttp."""
@@ -342,19 +353,34 @@ class _Connection(asyncio.Protocol):
                 keep_alive = False
             payload = self._encode(response, keep_alive)
         except Exception:  # noqa: BLE001 - the middlewares map every error; this is a bug in the door itself
-            _log.exception("lean door: %s %s failed", request.method, request.path)
-            payload, keep_alive = _INTERNAL, False
+            payload = self._failed(request)
         finally:
             self.busy = False
             self.door.ended()
+        if self._answer(payload, keep_alive) and self.buffer:
+            self._next()
+
+    def _payload(self, request: LeanRequest, response: web.StreamResponse, keep_alive: bool) -> bytes:
+        try:
+            return self._encode(response, keep_alive)
+        except Exception:  # noqa: BLE001 - a bug in the door itself
+            return self._failed(request)
+
+    @staticmethod
+    def _failed(request: LeanRequest) -> bytes:
+        _log.exception("lean door: %s %s failed", request.method, request.path)
+        return _INTERNAL
+
+    def _answer(self, payload: bytes, keep_alive: bool) -> bool:
+        """Write an answer; whether the connection goes on to its next request."""
         transport = self.transport
         if transport is None:
-            return  # the client went away meanwhile
+            return False  # the client went away meanwhile
         transport.write(payload)
-        if not keep_alive or self._eof or self.door.closing:
+        if not keep_alive or payload is _INTERNAL or self._eof or self.door.closing:
             transport.close()
-        elif self.buffer:
-            self._next()
+            return False
+        return True
 
     def _encode(self, response: web.StreamResponse, keep_alive: bool) -> bytes:
         body = cast(web.Response, response).body

@@ -127,9 +127,11 @@ class HttpMetrics:
             status = exc.status
             raise
         finally:
-            resource = request.match_info.route.resource
-            route = resource.canonical if resource is not None else "unmatched"
-            self.observe(route, request.method, status, time.perf_counter() - start)
+            self.observe_request(request, status, time.perf_counter() - start)
+
+    def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
+        resource = request.match_info.route.resource
+        self.observe(resource.canonical if resource is not None else "unmatched", request.method, status, seconds)
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, str(status))

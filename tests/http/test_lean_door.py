@@ -107,3 +107,43 @@ async def test_doubtful_framing_goes_to_aiohttp_which_refuses_it(tmp_path: Path,
         assert server.port is not None
         [(status, _)] = await _exchange(server.port, head + b"\r\nHost: x\r\n\r\nhello")
         assert status == 400
+
+
+async def _refused_while_behind(tmp_path: Path, lean: bool) -> tuple[list[tuple[int, bytes, bytes]], str]:
+    """Pipelined sends and an event while the engine says it is behind: (status, head, body) each, and
+    /metrics after them."""
+    async with Server(_settings(tmp_path, lean)) as server:
+        assert server.port is not None and server.engine is not None
+        await _exchange(server.port, _request(b"PUT /v1/templates/t1 HTTP/1.1\r\nContent-Type: application/json",
+                                              TEMPLATE))
+        server.engine.behind = lambda: "the server is 80 ms behind; retry shortly"  # type: ignore[method-assign]
+        send = b"POST /v1/sends HTTP/1.1\r\nContent-Type: application/json\r\nX-Request-Id: req-%d"
+        raw = b"".join(_request(send % i, SEND) for i in range(3))
+        raw += _request(b"POST /v1/events HTTP/1.1\r\nContent-Type: application/json",
+                        b'{"messageId":"snd_000000000000001.1","type":"clicked"}')
+        raw += _request(send % 3, SEND)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(raw)
+        out = []
+        for _ in range(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+            out.append((int(head.split(b" ", 2)[1]), head, await reader.readexactly(length)))
+        writer.close()
+        [(_, metrics)] = await _exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        return out, metrics.decode()
+
+
+async def test_a_send_refused_while_behind_is_answered_at_once_in_order_and_counted(tmp_path: Path) -> None:
+    lean, lean_metrics = await _refused_while_behind(tmp_path / "lean", True)
+    plain, plain_metrics = await _refused_while_behind(tmp_path / "plain", False)
+    assert [s for s, _, _ in lean] == [s for s, _, _ in plain] == [503, 503, 503, 200, 503]
+    assert [b for _, _, b in lean] == [b for _, _, b in plain]
+    for i, (status, head, body) in zip((0, 1, 2, None, 3), lean):
+        if i is not None:
+            assert b"\r\nRetry-After: 1\r\n" in head and b"\r\nX-Request-Id: req-%d\r\n" % i in head, head
+            assert msgspec.json.decode(body)["error"]["code"] == "overloaded"
+    for text in (lean_metrics, plain_metrics):
+        assert re.search(r'cascade_http_request_duration_seconds_count\{method="POST",route="/v1/sends",'
+                         r'status="503"\} 4\.0', text), text
+        assert re.search(r'cascade_sends_shed_total\{reason="lag"\} 4\.0', text)
