@@ -91,10 +91,7 @@ async def _series(engine: Engine, args: tuple[Any, ...]) -> Any:
     if sampler is None:
         return None
 
-    def read() -> bytes:
-        sampler.sample()  # waits for the shard: off the loop
-        return sampler.ring.encode()
-    return await asyncio.get_running_loop().run_in_executor(None, read)
+    return await asyncio.get_running_loop().run_in_executor(None, sampler.fresh_ring)  # waits for the shards
 
 
 def _campaigns(engine: Engine) -> Campaigns:

@@ -152,6 +152,12 @@ class SeriesSampler:
                     self._dirty = True
             self._last, self._last_at = counts, now
 
+    def fresh_ring(self) -> bytes:
+        """A fresh reading, then the ring's bytes (a cluster gathers its partitions' rings). Blocking."""
+        self.sample()
+        with self._lock:
+            return self.ring.encode()
+
     def _encode(self) -> bytes:
         """The ring and the reading it is complete up to (under the lock)."""
         return self.ring.encode((self._last_at, self._last) if self._last is not None else None)
