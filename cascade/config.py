@@ -143,6 +143,7 @@ class EngineSettings(_Section, frozen=True):
     tick_interval_s: float = 0.05
     gc_freeze_interval_s: float = 0.1
     shed_lag_s: float = 0.05  # refuse new sends (503) while the server is this far behind; 0: never
+    pace_lag_s: float = 0.02  # pace new sends to keep the event loop's lag under this (send_pacer.py); 0: never
 
 
 class CampaignSettings(_Section, frozen=True):
@@ -187,7 +188,8 @@ _BOUNDS = (
     ("server", "series_save_interval_s", 0.0, True), ("storage", "snapshot_interval_s", 0.0, True),
     ("storage", "retain_finished_s", 0.0, True), ("clock", "rate", 0.0, False),
     ("engine", "tick_interval_s", 0.0, False), ("engine", "gc_freeze_interval_s", 0.0, True),
-    ("engine", "shed_lag_s", 0.0, True), ("engine", "max_pending_per_shard", 1, True),
+    ("engine", "shed_lag_s", 0.0, True), ("engine", "pace_lag_s", 0.0, True),
+    ("engine", "max_pending_per_shard", 1, True),
     ("campaigns", "max_sends_per_s", 0.0, True), ("cluster", "lease_s", 0.5, True),
 )
 

@@ -90,7 +90,7 @@ class Admission:
         self.send_limit = max(1, limit // 4) if limit > 0 else 0
         self.behind = behind  # why the server is behind (shed new sends), or None
         self.lock = threading.Lock()
-        self.shed_by_reason: dict[str, int] = {"queue": 0, "lag": 0}
+        self.shed_by_reason: dict[str, int] = {"queue": 0, "lag": 0, "paced": 0}
         self.refused_signals = 0
 
     def admit(self, counts: Sequence[tuple[int, int]], kind: int, arrival: float | None) -> None:

@@ -39,6 +39,7 @@ from aiohttp.web_urldispatcher import AbstractRoute
 from ..campaigns.desk import CampaignDesk
 from ..config import Settings
 from ..engine import Engine
+from ..engine.send_pacer import SendPacer
 from ..engine.series_sampler import SeriesSampler
 from . import (
     routes_admin,
@@ -97,6 +98,7 @@ class _Front:
         self.engine = engine
         self.ready = ready
         self.limit = settings.server.max_inflight_requests
+        self.pacer = SendPacer(settings.engine.pace_lag_s)  # fed by the lag probe
         self.inflight = 0
         self.routes: dict[AbstractRoute, Route] = {}
         auth = Authorizer(settings.auth)
@@ -121,13 +123,24 @@ class _Front:
         if not self.ready():  # recovering or stopping: no half-loaded answers
             return error_response(503, "not_ready", "recovery is still running (or the server is stopping)",
                                   (), {"Retry-After": "1"})
-        if route is not None and route.sheddable and (why := self.engine.behind()) is not None \
+        if route is not None and route.sheddable and (shed := self._shed()) is not None \
                 and self._authorized(request, route):
-            self.engine.admission.note_shed("lag")
+            reason, why = shed
+            self.engine.admission.note_shed(reason)
             # The connection stays open: a refused client that reconnects costs
             # both sides a handshake, and a storm of them fills the accept queue,
             # where a signal's new connection then waits a TCP retransmit.
             return error_response(503, "overloaded", why, (), {"Retry-After": "1"})
+        return None
+
+    def _shed(self) -> tuple[str, str] | None:
+        """(reason, message) a new send is refused for now, or None."""
+        why = self.engine.behind()
+        if why is not None:
+            return "lag", why
+        if self.pacer.refuse():
+            return "paced", f"new sends are paced at {self.pacer.rate or 0:.0f}/s to keep the server " \
+                             "responsive; retry shortly"
         return None
 
     def request_id(self, request: web.Request) -> str:
@@ -203,7 +216,7 @@ class _Front:
                    extra={"request_id": rid, "method": request.method, "route": path, "status": status, "ms": ms})
 
 
-def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
+def _lag_probe(engine: Engine, pacer: SendPacer) -> Callable[[web.Application], Any]:
     """Measure how late the event loop runs a timer: the part of the backlog
     the engine cannot count (requests read but not yet handled); and tell
     the watermark up to when the loop has read its sockets (arrivals.py).
@@ -227,6 +240,7 @@ def _lag_probe(engine: Engine) -> Callable[[web.Application], Any]:
                 await asyncio.sleep(LAG_PROBE_S)
                 late = loop.time() - began - LAG_PROBE_S
                 engine.loop_lag = late if late > 1e-6 else 0.0  # below a microsecond: float noise, on time
+                pacer.observe(engine.loop_lag)
                 if late > LAG_PROBE_S:
                     hold = READ_HOLD  # the loop was stalled: it is still working through what it read
                 elif hold:
@@ -298,7 +312,7 @@ def build_app(engine: Engine, settings: Settings, *, ready: Callable[[], bool] =
     cors.install(app, [route.path for route in inbox])  # the inbox and its stream only, not the admin API
     engine.background.foreground = lambda: front.inflight  # campaign work yields to requests in flight
     app[GATE_KEY] = front.gate if metrics is None else _observed(front.gate, metrics)
-    app.cleanup_ctx.append(_lag_probe(engine))
+    app.cleanup_ctx.append(_lag_probe(engine, front.pacer))
     app[ENGINE_KEY] = engine
     app[SETTINGS_KEY] = settings
     app[ROUTES_KEY] = table
