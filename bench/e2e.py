@@ -131,8 +131,11 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
             proc.wait()
 
 
-def server_config(sink_port: int, shards: int | None = None) -> str:
-    engine = "" if shards is None else f"\n[engine]\nshards = {shards}\n"
+def server_config(sink_port: int, settings: dict[str, dict[str, str]]) -> str:
+    """The server's TOML: webhooks to the sink, the scaled clock, and `settings` ({section: {key: TOML
+    value}}, from --shards and --set)."""
+    extra = "".join(f"\n[{section}]\n" + "".join(f"{key} = {value}\n" for key, value in keys.items())
+                    for section, keys in settings.items())
     channels = "".join(f"""
 [channels.{ch}]
 provider = "webhook"
@@ -148,7 +151,7 @@ journal_fsync = "batch"
 [clock]
 mode = "scaled"
 rate = {CLOCK_RATE}
-{engine}{channels}"""
+{extra}{channels}"""
 
 
 def machine_busy_s() -> float:
@@ -435,7 +438,7 @@ def run_once(rate: float, count: int, opts: argparse.Namespace) -> dict[str, Any
         procs: list[subprocess.Popen[bytes]] = []
         servers = Servers(opts.servers, opts.count, opts.nats_servers)
         try:
-            urls = servers.start(tmp, server_config(sink_port, opts.shards), server_cpu, spawn)
+            urls = servers.start(tmp, server_config(sink_port, opts.settings), server_cpu, spawn)
             url = urls[0]
             sink = spawn([sys.executable, str(BENCH / "e2e_sink.py"), "--port", str(sink_port),
                           "--server", ",".join(urls), "--connections", str(opts.connections),
@@ -649,6 +652,21 @@ def search(opts: argparse.Namespace) -> dict[str, Any]:
     return {"best_rate": passed, "first_failing_rate": failed, "probes": probes}
 
 
+def server_settings(ap: argparse.ArgumentParser, opts: argparse.Namespace) -> dict[str, dict[str, str]]:
+    settings: dict[str, dict[str, str]] = {}
+    if opts.shards is not None:
+        settings.setdefault("engine", {})["shards"] = str(opts.shards)
+    for item in opts.set:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not section or not key or not value.strip():
+            ap.error(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. engine.pace_lag_s=0.01")
+        if section in ("server", "storage", "clock") or section.startswith("channels"):
+            ap.error(f"--set {item!r}: the benchmark sets [{section}] itself")
+        settings.setdefault(section, {})[key] = value.strip()
+    return settings
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -672,6 +690,8 @@ def main() -> int:
                     help="longest wait after the last window for the server to finish (default 60 s)")
     ap.add_argument("--diagnose", type=int, default=500, help="wrong sends looked up on the server (default 500)")
     ap.add_argument("--shards", type=int, help="the server's engine.shards (default: its own default)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="a server setting for the run, VALUE in TOML (e.g. engine.pace_lag_s=0.01); repeatable")
     servers = ap.add_mutually_exclusive_group()
     servers.add_argument("--workers", type=int, help="cascade serve --workers N instead of one process")
     servers.add_argument("--nodes", type=int, help="a cluster of N nodes on a local NATS JetStream instead")
@@ -680,6 +700,7 @@ def main() -> int:
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not pin the server to CPU 0 and the clients to CPU 1")
     opts = ap.parse_args()
+    opts.settings = server_settings(ap, opts)
     opts.servers = "cluster" if opts.nodes else "workers" if opts.workers else "single"
     opts.count = opts.nodes or opts.workers or 1
     header = (f"cascade e2e: push -> email -> sms, windows {WINDOW_S:g} s (waitMinutes {WAIT_MINUTES}, "
@@ -693,13 +714,13 @@ def main() -> int:
             best = [p for p in result["probes"] if p["rate"] == result["best_rate"]] or result["probes"][-1:]
             print(f"-- the probe at {best[0]['rate']:g}/s:")
             print_run(best[0]["figures"], opts.max_lateness_ms)
-        out: dict[str, Any] = {"mode": "search", **result}
+        out: dict[str, Any] = {"mode": "search", **result, "server_settings": opts.settings}
     else:
         count = opts.sends if opts.sends is not None else max(1, round(opts.rate * opts.duration))
         figures = run_once(opts.rate, count, opts)
         print_run(figures, opts.max_lateness_ms)
         out = {"mode": "fixed", "ok": not failures(figures, opts.max_lateness_ms),
-               "why": failures(figures, opts.max_lateness_ms), **figures}
+               "why": failures(figures, opts.max_lateness_ms), **figures, "server_settings": opts.settings}
     print(json.dumps(out))
     return 0
 
