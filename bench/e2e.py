@@ -107,8 +107,8 @@ NOISE_CPU_S = 1.0
 # /metrics series worth showing: back-pressure figures (those the server has),
 # queues, delivery outcomes and the interpreter's own statement.
 SHOWN_METRICS = re.compile(r"watermark|(^|_)shed|refused|loop_lag|mailbox_depth|delivery_queued"
-                           r"|cascade_delivery_attempts_total|python_info|journal_fsync_duration_seconds_count"
-                           r"|timer_lateness_seconds_bucket")  # clock seconds: scaled with the clock
+                           r"|cascade_delivery_attempts_total|python_info|journal_fsync_duration_seconds_(count|sum)"
+                           r"|timer_lateness_seconds_bucket|request_duration_seconds_bucket.*/v1/events\"")  # clock seconds: scaled with the clock
 METRICS_EVERY_S = 0.5
 
 

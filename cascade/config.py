@@ -144,6 +144,7 @@ class EngineSettings(_Section, frozen=True):
     gc_freeze_interval_s: float = 0.1
     shed_lag_s: float = 0.05  # refuse new sends (503) while the server is this far behind; 0: never
     pace_lag_s: float = 0.02  # pace new sends to keep the event loop's lag under this (send_pacer.py); 0: never
+    pace_cpu_share: float = 0.9  # ... and to keep the process's CPU under this share of one core; 0: lag only
 
 
 class CampaignSettings(_Section, frozen=True):
@@ -189,6 +190,7 @@ _BOUNDS = (
     ("storage", "retain_finished_s", 0.0, True), ("clock", "rate", 0.0, False),
     ("engine", "tick_interval_s", 0.0, False), ("engine", "gc_freeze_interval_s", 0.0, True),
     ("engine", "shed_lag_s", 0.0, True), ("engine", "pace_lag_s", 0.0, True),
+    ("engine", "pace_cpu_share", 0.0, True),
     ("engine", "max_pending_per_shard", 1, True),
     ("campaigns", "max_sends_per_s", 0.0, True), ("cluster", "lease_s", 0.5, True),
 )

@@ -34,7 +34,7 @@ from ..engine.clock import Clock
 from ..engine.counters import merge_totals
 from ..engine.reply import Gather, Reply
 from ..engine.series import SeriesRing
-from ..engine.supervisor import Event, behind_reason, combine_listing
+from ..engine.supervisor import Event, backlog, behind_reason, combine_listing
 from ..engine.views import metrics_view
 from . import wire
 from .assign import partition_of_key, partition_of_recipient
@@ -135,6 +135,9 @@ class ClusterEngine:
         # A partition owned elsewhere shows no mailbox here: a request's whole round trip counts.
         return behind_reason(self.shed_lag_s, self._loop_lag, self.delivery_wait, self.in_flight.oldest_read,
                              self.clock)
+
+    def backlog_s(self) -> float:
+        return backlog(self._loop_lag, self.delivery_wait, self.in_flight.oldest_read, self.clock)
 
     def pending(self) -> int:
         return sum(e.pending() for e in self.local_engines())

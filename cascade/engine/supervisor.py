@@ -165,6 +165,10 @@ class Engine:
         return behind_reason(self.config.shed_lag_s, self.loop_lag, self.delivery_wait, self.router.waiting_since,
                              self.clock)
 
+    def backlog_s(self) -> float:
+        """How long the oldest work the server has taken on has waited, in real seconds (`backlog`)."""
+        return backlog(self.loop_lag, self.delivery_wait, self.router.waiting_since, self.clock)
+
     def watermark_lag(self) -> float:
         """How far the shards' windows trail the clock (the largest, in clock seconds)."""
         return max((st.stats.watermark_lag for st in self.states), default=0.0)
@@ -601,12 +605,24 @@ def behind_reason(limit: float, loop_lag: float, delivery_wait: Callable[[], flo
     waited = delivery_wait()
     if waited > limit:  # a window opens only once its channel has the message: a backlog delays them all
         return f"deliveries wait {waited * 1000:.0f} ms for their providers; retry shortly"
+    if _unapplied_s(unapplied, clock) > limit:
+        return "signals are waiting to be applied; retry shortly"
+    return None
+
+
+def backlog(loop_lag: float, delivery_wait: Callable[[], float], unapplied: Callable[[], float | None],
+            clock: Clock) -> float:
+    """The longest any of the three queues `behind_reason` judges has kept work waiting, real seconds:
+    what the send pacer holds under its target, whichever of the loop, the shards or the providers
+    is the one falling behind."""
+    return max(loop_lag, delivery_wait(), _unapplied_s(unapplied, clock))
+
+
+def _unapplied_s(unapplied: Callable[[], float | None], clock: Clock) -> float:
     # A loop that has not read is the loop lag's to judge; a signal applied and waiting for its
     # journal commit is not: refusing sends does not make a slow disk faster.
     oldest = unapplied()
-    if oldest is not None and clock.now() - oldest > limit * _clock_rate(clock):
-        return "signals are waiting to be applied; retry shortly"
-    return None
+    return 0.0 if oldest is None else max(0.0, (clock.now() - oldest) / _clock_rate(clock))
 
 
 def _clock_rate(clock: Clock) -> float:

@@ -98,7 +98,7 @@ class _Front:
         self.engine = engine
         self.ready = ready
         self.limit = settings.server.max_inflight_requests
-        self.pacer = SendPacer(settings.engine.pace_lag_s)  # fed by the lag probe
+        self.pacer = SendPacer(settings.engine.pace_lag_s, cpu_share=settings.engine.pace_cpu_share)  # fed by the lag probe
         self.inflight = 0
         self.routes: dict[AbstractRoute, Route] = {}
         auth = Authorizer(settings.auth)
@@ -240,7 +240,7 @@ def _lag_probe(engine: Engine, pacer: SendPacer) -> Callable[[web.Application], 
                 await asyncio.sleep(LAG_PROBE_S)
                 late = loop.time() - began - LAG_PROBE_S
                 engine.loop_lag = late if late > 1e-6 else 0.0  # below a microsecond: float noise, on time
-                pacer.observe(engine.loop_lag)
+                pacer.observe(engine.backlog_s())
                 if late > LAG_PROBE_S:
                     hold = READ_HOLD  # the loop was stalled: it is still working through what it read
                 elif hold:

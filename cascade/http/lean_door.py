@@ -18,8 +18,10 @@ request is ever framed by both (they could not disagree on where one ends).
 A framed request runs through the app's own middlewares and the route's own
 handler, given a `LeanRequest` (the part of aiohttp's request they use), so
 back-pressure, arrival, auth, error bodies and metrics are the app's, not a
-copy. Answers go out in request order: a pipelined request waits for the one
-before it. Bounds: reading pauses while 256 KiB wait unserved or the socket
+copy. Its handler starts inside the read that framed it, without a task
+(`_Steps`), so a signal is on its way to its shard within that pass of the
+event loop. Answers go out in request order: a pipelined request waits for
+the one before it. Bounds: reading pauses while 256 KiB wait unserved or the socket
 does not take our answers; a connection with nothing to do for
 `IDLE_TIMEOUT_S` (a half-sent head included) is closed; on shutdown idle
 connections close at once and busy ones after their answer.
@@ -28,9 +30,10 @@ connections close at once and busy ones after their answer.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from email.utils import formatdate
 from typing import Any, cast
 
@@ -207,6 +210,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._eof = False
+        self._inline = False  # the first step of a request's handler is running inside `_next`
+        self._go_on = True  # the last answer left the connection open
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -285,8 +290,14 @@ class _Connection(asyncio.Protocol):
             if refused is None:
                 self.busy = True
                 self.door.began()
-                asyncio.get_running_loop().create_task(self._serve(hot, request, keep_alive))
-                return
+                self._inline = True
+                try:
+                    _Steps(self._serve(hot, request, keep_alive))
+                finally:
+                    self._inline = False
+                if self.busy or not self._go_on:
+                    return  # answered later, when what it waits on is done; or the connection closed
+                continue  # answered at once (a validation error): on to the next request
             if not self._answer(self._payload(request, refused, keep_alive), keep_alive):
                 return
 
@@ -357,8 +368,9 @@ class _Connection(asyncio.Protocol):
         finally:
             self.busy = False
             self.door.ended()
-        if self._answer(payload, keep_alive) and self.buffer:
-            self._next()
+        self._go_on = self._answer(payload, keep_alive)
+        if self._go_on and self.buffer and not self._inline:
+            self._next()  # (inline, `_next` goes on itself: no recursion per pipelined request)
 
     def _payload(self, request: LeanRequest, response: web.StreamResponse, keep_alive: bool) -> bytes:
         try:
@@ -395,6 +407,38 @@ class _Connection(asyncio.Protocol):
         lines.append(b"")
         lines.append(body)
         return b"\r\n".join(lines)
+
+
+class _Steps:
+    """Runs a request's coroutine without a task: its first step at once, inside the caller (the
+    `data_received` that framed the request), and each later step when the future it waits on is
+    done, in the request's own context as a task would.
+
+    Why: a task's first step waits for the next pass of the event loop, and under load a pass is
+    what the loop lags by: a signal's answer took about five of them (framing, the handler, the
+    tell to its shard, the reply, the answer), so each of them counted. The handlers of the hot
+    routes need nothing of a task (no timeouts or cancellation: tests/http/test_lean_door.py)."""
+
+    __slots__ = ("_coro", "_context")
+
+    def __init__(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._coro = coro
+        self._context = contextvars.copy_context()
+        self._step()
+
+    def _step(self, _done: Any = None) -> None:
+        try:
+            awaited = self._context.run(self._coro.send, None)
+        except StopIteration:
+            return
+        except BaseException:  # noqa: BLE001 - `_serve` answers every error: this is a bug in the door
+            _log.exception("lean door: a request's handler failed outside its answer")
+            return
+        if getattr(awaited, "_asyncio_future_blocking", False):
+            awaited._asyncio_future_blocking = False
+            awaited.add_done_callback(self._step)  # (_step enters the context itself)
+        else:  # a bare yield (asyncio.sleep(0)): again on the next pass
+            asyncio.get_running_loop().call_soon(self._step)
 
 
 _INTERNAL_BODY = b'{"error":{"code":"internal","message":"internal error in the server","details":[]}}'

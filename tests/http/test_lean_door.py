@@ -97,6 +97,23 @@ async def test_pipelined_requests_are_answered_in_order_then_a_cold_one_is_hande
         assert recipients == [f"u{i}" for i in range(5)]
 
 
+async def test_a_long_pipeline_mixing_at_once_and_later_answers_keeps_its_order(tmp_path: Path) -> None:
+    # Invalid requests are answered within the read that framed them, a send once its shard has taken
+    # it: 600 on one connection (the first 400 all answered at once), in order, however each was answered.
+    async with Server(_settings(tmp_path, True)) as server:
+        assert server.port is not None
+        await _exchange(server.port, _request(b"PUT /v1/templates/t1 HTTP/1.1\r\nContent-Type: application/json",
+                                              TEMPLATE))
+        head = b"POST /v1/sends HTTP/1.1\r\nContent-Type: application/json"
+        sent = [i for i in range(400, 600) if i % 3 == 0]
+        bodies = [SEND.replace(b"u1", b"u%d" % i) if i in sent else b"{not json" for i in range(600)]
+        raw = b"".join(_request(head, body) for body in bodies)
+        answers = await _exchange(server.port, raw, answers=600)
+        assert [s for s, _ in answers] == [202 if i in sent else 400 for i in range(600)]
+        recipients = [msgspec.json.decode(body)["recipient"] for s, body in answers if s == 202]
+        assert recipients == [f"u{i}" for i in sent]
+
+
 @pytest.mark.parametrize("head", [
     b"POST /v1/sends HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6",  # two lengths: aiohttp refuses
     b"POST /v1/sends HTTP/1.1\r\nContent-Length: +5",
