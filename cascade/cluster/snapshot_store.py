@@ -173,12 +173,18 @@ class SnapshotStore:
                 continue  # already there (an upload of this set, or one cut short before its front)
             meta = api.ObjectMeta(name=name, description=json.dumps({"shards": shards}) if shard == 0 else None,
                                   options=api.ObjectMetaOptions(max_chunk_size=self._chunk))
-            with open(path, "rb") as f:
-                self.client.run(self.obs.put(name, f, meta), self.timeout_s)
+            self.client.run(retried(lambda: self._put(name, path, meta), f"upload of {name}", self.timeout_s),
+                            2 * self.timeout_s)
         log.info("snapshot set at journal position %d of partition %d uploaded to %s (%d shards)",
                  local.journal_position, partition, self.bucket, shards)
         self._prune(partition)
         return local.journal_position
+
+    async def _put(self, name: str, path: str, meta: api.ObjectMeta) -> None:
+        # From the start at each try: a stream without a leader for a moment (a fresh R3 bucket, a
+        # leader moving) answers "no responders" to a chunk, and the set is worth the wait.
+        with open(path, "rb") as f:
+            await self.obs.put(name, f, meta)
 
     def _prune(self, partition: int) -> None:
         objects = self._objects(partition)
