@@ -420,6 +420,11 @@ def event_figures(events: list[dict[str, Any]]) -> dict[str, Any]:
         "events_other": {k: v for k, v in outcomes.items() if k not in ("accepted", "503")},
         "event_retry_after_seen": dict(Counter(e["retryAfter"] for e in events if e["status"] == 503)),
         "event_latency_ms": dist([e["latency"] for e in events if e["accepted"]]),
+        # Its two parts: the sink's wait for a connection and its write (a new connection waits
+        # for the server to accept it), then the server's answer from the written request on.
+        "event_connect_write_ms": dist([e["sent"] - e["start"] for e in events if e["accepted"] and "sent" in e]),
+        "event_after_write_ms": dist([e["start"] + e["latency"] - e["sent"] for e in events
+                                      if e["accepted"] and "sent" in e]),
         # The sink's lag behind the planned click time: a saturated sink, not a slow server.
         "sink_lag_ms": dist([e["start"] - e["planned"] for e in events]),
     }
@@ -577,6 +582,8 @@ def print_run(f: dict[str, Any], max_lateness_ms: float) -> None:
         ("events refused (503)", f"{f['events_refused']}  {f['event_retry_after_seen'] or ''}"),
         ("other event outcomes", str(f["events_other"] or 0)),
         ("event latency ms", fmt(f["event_latency_ms"])),
+        ("  connect + write ms", fmt(f["event_connect_write_ms"])),
+        ("  answer after write ms", fmt(f["event_after_write_ms"])),
         ("sink lag ms", fmt(f["sink_lag_ms"])),
         ("step 1 arrival after 202 ms", fmt(f["step1_arrival_after_202_ms"])),
         ("lateness step 2 ms", fmt(f["lateness_step2_ms"])),

@@ -5,36 +5,50 @@ its waiter is woken only when the batch is done and durable
 (`resolve_batch`): a blocking caller through a threading event, an asyncio
 caller through `loop.call_soon_threadsafe` — one call per batch for all the
 replies of one loop, never a blocking pykka `get()` on the loop.
+
+On a loop a `Reply` is its own future (asyncio's duck-typed protocol: what
+`asyncio.isfuture` accepts, so tasks, `wait_for` and `gather` take it as
+is), not a wrapper of an `asyncio.Future`. Why: a Future runs its waiters'
+callbacks on the loop's *next* pass, and under load a pass is what the loop
+lags by; a signal's answer waited one pass for the reply to land and one
+more for its handler to go on. Here the handler goes on within the pass
+that received the answer (`_apply` runs the callbacks itself: it is only
+ever called from a callback of its own, never inside a task's step).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from typing import Any, Callable, Generator, Iterable
 
 __all__ = ["Gather", "Reply", "resolve_batch"]
 
 _UNSET = object()
+_PENDING, _DONE, _CANCELLED = range(3)
+Callback = Callable[[Any], object]
 
 
 class Reply:
-    __slots__ = ("_value", "_error", "_event", "_future", "_loop")
+    __slots__ = ("_value", "_error", "_event", "_loop", "_state", "_callbacks", "_cancel_message",
+                 "_asyncio_future_blocking")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._value: Any = _UNSET
+        self._value: Any = _UNSET  # written by the shard's thread; read on the loop only once _DONE
         self._error: BaseException | None = None
         self._loop = loop
         self._event = None if loop is not None else threading.Event()
-        self._future: asyncio.Future[Any] | None = loop.create_future() if loop is not None else None
+        self._state = _PENDING  # the loop's view; the shard's thread never touches it
+        self._callbacks: list[tuple[Callback, contextvars.Context | None]] = []
+        self._cancel_message: Any = None
+        # None: a blocking reply is no future (asyncio.isfuture says no); False: an asyncio one.
+        self._asyncio_future_blocking: bool | None = None if loop is None else False
 
     @classmethod
     def here(cls) -> Reply:
         """A reply for the calling context: asyncio-aware when a loop runs."""
-        try:
-            return cls(asyncio.get_running_loop())
-        except RuntimeError:
-            return cls()
+        return cls(asyncio._get_running_loop())
 
     @classmethod
     def resolved(cls, value: Any) -> Reply:
@@ -44,7 +58,7 @@ class Reply:
         if reply._loop is None:
             reply._wake()
         else:
-            reply._apply()
+            reply._apply()  # (nobody can wait on it yet: no callbacks run inside the caller)
         return reply
 
     @property
@@ -64,20 +78,26 @@ class Reply:
             self._event.set()
 
     def _apply(self) -> None:
-        """asyncio waiters: called on the loop's own thread."""
-        fut = self._future
-        if fut is None or fut.done():
-            return
-        if self._error is not None:
-            fut.set_exception(self._error)
-        else:
-            fut.set_result(self._value)
+        """asyncio waiters: called on the loop's own thread, outside any task."""
+        if self._state != _PENDING:
+            return  # cancelled meanwhile: the answer has nobody to go to
+        self._state = _DONE
+        callbacks, self._callbacks = self._callbacks, []
+        for fn, context in callbacks:
+            try:
+                if context is None:
+                    fn(self)
+                else:
+                    context.run(fn, self)
+            except Exception as exc:  # noqa: BLE001 - as the loop would treat a failing callback
+                self._loop.call_exception_handler(  # type: ignore[union-attr]
+                    {"message": f"a callback of a reply failed: {fn!r}", "exception": exc, "future": self})
 
     def done(self) -> bool:
         """Has the answer come (and been released to waiters)?"""
         if self._event is not None:
             return self._event.is_set()
-        return self._future is not None and self._future.done()
+        return self._state != _PENDING
 
     def wait(self, timeout: float | None = 30.0) -> Any:
         if self._event is None:
@@ -88,10 +108,68 @@ class Reply:
             raise self._error
         return self._value
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        if self._future is None:
+    # -- asyncio's future protocol (loop replies only) ---------------------------------
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("a blocking reply has no event loop")
+        return self._loop
+
+    def cancelled(self) -> bool:
+        return self._state == _CANCELLED
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Stop waiting (the shard still applies the command: it was accepted)."""
+        if self._loop is None or self._state != _PENDING:
+            return False
+        self._state = _CANCELLED
+        self._cancel_message = msg
+        callbacks, self._callbacks = self._callbacks, []
+        for fn, context in callbacks:
+            self._loop.call_soon(fn, self, context=context)  # (inside the canceller's step: not now)
+        return True
+
+    def _make_cancelled_error(self) -> asyncio.CancelledError:
+        return asyncio.CancelledError() if self._cancel_message is None else asyncio.CancelledError(self._cancel_message)
+
+    def result(self) -> Any:
+        if self._state == _CANCELLED:
+            raise self._make_cancelled_error()
+        if self._state != _DONE:
+            raise asyncio.InvalidStateError("the reply has not come yet")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        if self._state == _CANCELLED:
+            raise self._make_cancelled_error()
+        if self._state != _DONE:
+            raise asyncio.InvalidStateError("the reply has not come yet")
+        return self._error
+
+    def add_done_callback(self, fn: Callback, *, context: contextvars.Context | None = None) -> None:
+        if self._loop is None:
             raise RuntimeError("a blocking reply must be waited on with wait()")
-        return self._future.__await__()
+        if self._state != _PENDING:
+            self._loop.call_soon(fn, self, context=context)
+        else:
+            self._callbacks.append((fn, context))
+
+    def remove_done_callback(self, fn: Callback) -> int:
+        kept = [(f, c) for f, c in self._callbacks if f != fn]
+        removed = len(self._callbacks) - len(kept)
+        self._callbacks = kept
+        return removed
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._loop is None:
+            raise RuntimeError("a blocking reply must be waited on with wait()")
+        if self._state == _PENDING:
+            self._asyncio_future_blocking = True
+            yield self  # the task (or lean door) hangs its wake-up on us
+        return self.result()
+
+    __iter__ = __await__
 
 
 def _apply_all(replies: list[Reply]) -> None:
