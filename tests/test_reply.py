@@ -73,7 +73,9 @@ def test_wait_for_gives_up_and_a_late_answer_goes_nowhere() -> None:
             await asyncio.wait_for(reply, 0.01)
         assert reply.cancelled()
         _answer_from_a_thread(reply, "late")
-        await asyncio.sleep(0.01)
+        landed = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(landed.set_result, None)  # runs after the answer's callback
+        await landed
         assert reply.cancelled()
         with pytest.raises(asyncio.CancelledError):
             reply.result()

@@ -25,7 +25,6 @@ from typing import Any, Callable, Generator, Iterable
 
 __all__ = ["Gather", "Reply", "resolve_batch"]
 
-_UNSET = object()
 _PENDING, _DONE, _CANCELLED = range(3)
 Callback = Callable[[Any], object]
 
@@ -35,7 +34,7 @@ class Reply:
                  "_asyncio_future_blocking")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._value: Any = _UNSET  # written by the shard's thread; read on the loop only once _DONE
+        self._value: Any = None  # written by the shard's thread; read on the loop only once _DONE
         self._error: BaseException | None = None
         self._loop = loop
         self._event = None if loop is not None else threading.Event()
@@ -131,20 +130,20 @@ class Reply:
     def _make_cancelled_error(self) -> asyncio.CancelledError:
         return asyncio.CancelledError() if self._cancel_message is None else asyncio.CancelledError(self._cancel_message)
 
-    def result(self) -> Any:
+    def _check_done(self) -> None:
         if self._state == _CANCELLED:
             raise self._make_cancelled_error()
         if self._state != _DONE:
             raise asyncio.InvalidStateError("the reply has not come yet")
+
+    def result(self) -> Any:
+        self._check_done()
         if self._error is not None:
             raise self._error
         return self._value
 
     def exception(self) -> BaseException | None:
-        if self._state == _CANCELLED:
-            raise self._make_cancelled_error()
-        if self._state != _DONE:
-            raise asyncio.InvalidStateError("the reply has not come yet")
+        self._check_done()
         return self._error
 
     def add_done_callback(self, fn: Callback, *, context: contextvars.Context | None = None) -> None:
