@@ -136,9 +136,12 @@ class LeanDoor:
 
     def __init__(self, app: web.Application, hot: dict[tuple[str, str], AbstractRoute],
                  aiohttp_factory: Callable[[], asyncio.Protocol], max_body_bytes: int,
-                 gate: Callable[[web.Request], web.Response | None] | None = None) -> None:
+                 gate: Callable[[web.Request], tuple[web.Response, str] | None] | None = None) -> None:
         self._hot = {(m.encode(), p.encode()): _Hot(r, app.middlewares) for (m, p), r in hot.items()}
-        self.gate = gate  # the app's refusal before a handler runs (app.py `_Front.gate`), answered at once
+        # The app's refusal before a handler runs and the request's id (app.py `_Front.gate`), answered
+        # at once; the same response stands for a run of refusals, so its bytes are kept.
+        self.gate = gate
+        self._refusal: tuple[web.StreamResponse | None, bytes, bytes] = (None, b"", b"")
         self._aiohttp = aiohttp_factory
         self.max_body_bytes = max_body_bytes
         self.connections: set[_Connection] = set()
@@ -159,6 +162,14 @@ class LeanDoor:
 
     def hand_off(self) -> asyncio.Protocol:
         return self._aiohttp()
+
+    def refusal_bytes(self, response: web.StreamResponse) -> tuple[bytes, bytes]:
+        """`_head(response)`, encoded once for a run of requests the gate refuses alike."""
+        last, head, body = self._refusal
+        if response is not last:
+            head, body = _head(response)
+            self._refusal = (response, head, body)  # (held: its id is not reused while it is compared)
+        return head, body
 
     def date(self) -> bytes:
         now = int(time.time())
@@ -298,7 +309,7 @@ class _Connection(asyncio.Protocol):
                 if self.busy or not self._go_on:
                     return  # answered later, when what it waits on is done; or the connection closed
                 continue  # answered at once (a validation error): on to the next request
-            if not self._answer(self._payload(request, refused, keep_alive), keep_alive):
+            if not self._answer(self._refuse(request, *refused, keep_alive), keep_alive):
                 return
 
     def _frame(self, head: bytes) -> tuple[_Hot, str, str, _Headers, int, bool] | None:
@@ -372,11 +383,12 @@ class _Connection(asyncio.Protocol):
         if self._go_on and self.buffer and not self._inline:
             self._next()  # (inline, `_next` goes on itself: no recursion per pipelined request)
 
-    def _payload(self, request: LeanRequest, response: web.StreamResponse, keep_alive: bool) -> bytes:
+    def _refuse(self, request: LeanRequest, response: web.StreamResponse, request_id: str, keep_alive: bool) -> bytes:
         try:
-            return self._encode(response, keep_alive)
+            head, body = self.door.refusal_bytes(response)
         except Exception:  # noqa: BLE001 - a bug in the door itself
             return self._failed(request)
+        return self._assemble(head, body, keep_alive, b"X-Request-Id: %s\r\n" % request_id.encode("latin-1"))
 
     @staticmethod
     def _failed(request: LeanRequest) -> bytes:
@@ -395,18 +407,25 @@ class _Connection(asyncio.Protocol):
         return True
 
     def _encode(self, response: web.StreamResponse, keep_alive: bool) -> bytes:
-        body = cast(web.Response, response).body
-        if not isinstance(body, bytes):
-            raise TypeError(f"a hot route answered a {type(body).__name__} body; it must be bytes")
-        lines = [b"HTTP/1.1 %d %s" % (response.status, response.reason.encode("latin-1")),
-                 b"Date: " + self.door.date(), b"Content-Length: %d" % len(body)]
-        for name, value in response.headers.items():
-            if name.lower() not in ("content-length", "date", "connection"):
-                lines.append(f"{name}: {value}".encode("latin-1"))
-        lines.append(b"Connection: keep-alive" if keep_alive else b"Connection: close")
-        lines.append(b"")
-        lines.append(body)
-        return b"\r\n".join(lines)
+        return self._assemble(*_head(response), keep_alive)
+
+    def _assemble(self, head: bytes, body: bytes, keep_alive: bool, extra: bytes = b"") -> bytes:
+        return b"%s\r\nDate: %s\r\n%sConnection: %s\r\n\r\n%s" % (
+            head, self.door.date(), extra, b"keep-alive" if keep_alive else b"close", body)
+
+
+def _head(response: web.StreamResponse) -> tuple[bytes, bytes]:
+    """A hot route's answer as bytes: its status line and headers but Date and Connection (the
+    connection's own), and its body."""
+    body = cast(web.Response, response).body
+    if not isinstance(body, bytes):
+        raise TypeError(f"a hot route answered a {type(body).__name__} body; it must be bytes")
+    lines = [b"HTTP/1.1 %d %s" % (response.status, response.reason.encode("latin-1")),
+             b"Content-Length: %d" % len(body)]
+    for name, value in response.headers.items():
+        if name.lower() not in ("content-length", "date", "connection"):
+            lines.append(f"{name}: {value}".encode("latin-1"))
+    return b"\r\n".join(lines), body
 
 
 class _Steps:

@@ -151,6 +151,23 @@ async def _refused_while_behind(tmp_path: Path, lean: bool) -> tuple[list[tuple[
         return out, metrics.decode()
 
 
+@pytest.mark.parametrize("lean", [True, False])
+async def test_each_refusal_says_why_as_of_when_its_request_was_read(tmp_path: Path, lean: bool) -> None:
+    async with Server(_settings(tmp_path, lean)) as server:
+        assert server.port is not None and server.engine is not None
+        engine = server.engine
+        send = _request(b"POST /v1/sends HTTP/1.1\r\nContent-Type: application/json", SEND)
+        await _exchange(server.port, _request(b"PUT /v1/templates/t1 HTTP/1.1\r\nContent-Type: application/json",
+                                              TEMPLATE))
+        answers = []
+        for why in ("the server is 80 ms behind; retry shortly", "deliveries wait 70 ms; retry shortly", None):
+            engine.behind = lambda why=why: why  # type: ignore[method-assign]
+            answers += await _exchange(server.port, send)
+        assert [status for status, _ in answers] == [503, 503, 202]
+        assert [msgspec.json.decode(body)["error"]["message"] for _, body in answers[:2]] == [
+            "the server is 80 ms behind; retry shortly", "deliveries wait 70 ms; retry shortly"]
+
+
 async def test_a_send_refused_while_behind_is_answered_at_once_in_order_and_counted(tmp_path: Path) -> None:
     lean, lean_metrics = await _refused_while_behind(tmp_path / "lean", True)
     plain, plain_metrics = await _refused_while_behind(tmp_path / "plain", False)
