@@ -287,7 +287,7 @@ def _lag_probe(engine: Engine, pacer: SendPacer) -> Callable[[web.Application], 
 
 
 def _observed(gate: Gate, metrics: MetricsHooks) -> Gate:
-    def observed(request: web.Request) -> web.Response | None:
+    def observed(request: web.Request) -> tuple[web.Response, str] | None:
         started = time.perf_counter()
         refused = gate(request)
         if refused is not None:
