@@ -4,7 +4,6 @@ restarts and back-pressure."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -24,7 +23,6 @@ from cascade.engine import (
     TemplateInvalid,
 )
 from cascade.engine.background import Background
-from cascade.engine.pass_memo import PassMemo
 from cascade.engine.timers import TimerWheel
 
 PAIR = {"channels": [{"channel": "inapp", "stopCondition": "viewed", "waitMinutes": 5, "content": {"t": "{{a.b}}"}},
@@ -179,21 +177,3 @@ def test_background_work_yields_when_the_process_is_over_its_cpu_share() -> None
     wall[0] += 0.05
     cpu[0] += 0.09  # 100% over the last 0.1 s
     assert bg.cpu_over()
-
-
-async def test_a_pass_memo_judges_once_per_pass_of_the_loop() -> None:
-    state = {"behind": "the server is 80 ms behind"}
-    judged = []
-    memo = PassMemo(lambda: judged.append(1) or state["behind"])
-    assert memo() == "the server is 80 ms behind"
-    state["behind"] = None
-    assert memo() == "the server is 80 ms behind"  # the same pass: judged as it began
-    assert len(judged) == 1
-    await asyncio.sleep(0)  # the next pass judges anew
-    assert memo() is None and len(judged) == 2
-
-
-def test_a_pass_memo_off_a_loop_judges_every_call() -> None:
-    values = iter(["behind", None])
-    memo = PassMemo(lambda: next(values))
-    assert [memo(), memo()] == ["behind", None]

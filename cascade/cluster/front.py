@@ -32,7 +32,6 @@ from ..engine.arrivals import InFlight
 from ..engine.background import Background
 from ..engine.clock import Clock
 from ..engine.counters import merge_totals
-from ..engine.pass_memo import PassMemo
 from ..engine.reply import Gather, Reply
 from ..engine.series import SeriesRing
 from ..engine.supervisor import Event, backlog, behind_reason, combine_listing
@@ -86,7 +85,6 @@ class ClusterEngine:
         self.admission = NodeAdmission(self.local_engines)
         self.background = Background()  # uploads and every partition's campaign fan-out yield to requests
         self._loop_lag = 0.0
-        self._behind = PassMemo(self._judge_behind)
         self._inbox_listener: Callable[[str, str, str], None] | None = None
         self._outbox: dict[str, list[tuple[list[Any], asyncio.Future[Any]]]] = {}  # forwards of this iteration
         self._sending: set[asyncio.Future[None]] = set()
@@ -134,9 +132,6 @@ class ClusterEngine:
     def behind(self) -> str | None:
         """As a single server judges it: every partition here shares the front door, the in-flight
         requests and the delivery dispatcher it looks at (and a node owning none still sheds)."""
-        return self._behind()  # once a loop pass (engine/pass_memo.py)
-
-    def _judge_behind(self) -> str | None:
         # A partition owned elsewhere shows no mailbox here: a request's whole round trip counts.
         return behind_reason(self.shed_lag_s, self._loop_lag, self.delivery_wait, self.in_flight.oldest_read,
                              self.clock)

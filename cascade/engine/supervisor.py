@@ -43,7 +43,6 @@ from .idempotency import Claim, IdempotencyKeys
 from .mailbox import INTERNAL, SEND, SIGNAL, Admission, Mailbox
 from .manual_time import ManualTime
 from .outstanding import Outstanding
-from .pass_memo import PassMemo
 from .reply import Gather, Reply, resolve_batch
 from .router import Router
 from .shard import ShardState, SubmitJobs
@@ -107,7 +106,6 @@ class Engine:
         self.states = [ShardState(i, clock, self.providers, self.config.retain_finished_s, submit_jobs,
                                   self.delivery_results, journal, self.templates, mailboxes[i],
                                   self.in_flight.oldest, self.outstanding) for i in range(n)]
-        self._behind = PassMemo(self._judge_behind)
         self.admission = Admission(mailboxes, self.config.max_pending_per_shard, self.behind)
         self.router = Router(self.states, mailboxes, self.admission)
         self._stop = threading.Event()
@@ -163,11 +161,7 @@ class Engine:
         self.router.check_open()
 
     def behind(self) -> str | None:
-        """Why new sends must wait (the server is behind on what it was sent), or None; on the event
-        loop judged once a pass, for the front door and the admission of each send alike."""
-        return self._behind()
-
-    def _judge_behind(self) -> str | None:
+        """Why new sends must wait (the server is behind on what it was sent), or None."""
         return behind_reason(self.config.shed_lag_s, self.loop_lag, self.delivery_wait, self.router.waiting_since,
                              self.clock)
 
